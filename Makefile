@@ -1,0 +1,51 @@
+# vxlanpy: `make lab` runs the two-host overlay lab, `make test` runs ruff, mypy and the tests.
+# Both set everything up first (system tools via apt where missing, a venv with the package).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSTEM_TOOLS := ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark ethtool:ethtool ip:iproute2
+
+.PHONY: setup system-deps test lint typecheck pytest lab bench microbench clean
+
+setup: system-deps $(STAMP)
+
+# Install the Debian packages the labs and namespace tests use, only those missing.
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "warning: missing system packages:$$missing (not root: install them with apt-get)"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml setup.py vxlanpy/_fastpath.c vxlanpy/_build_fastpath.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check vxlanpy tests benchmarks
+	$(VENV)/bin/ruff format --check vxlanpy tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+microbench: setup
+	$(PY) benchmarks/micro.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info vxlanpy/_fastpath_c.* .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""cffi out-of-line API build of the fast path: ``vxlanpy/_fastpath.c`` -> ``vxlanpy._fastpath_c``.
+
+Run by setuptools through ``cffi_modules`` (see setup.py); never imported at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cffi import FFI
+
+CDEF = """
+uint32_t vx_flow_hash(const uint8_t *frame, uint32_t len);
+void vx_encap_batch(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
+                    const uint32_t *frame_len, const uint32_t *vni, uint32_t *payload_len,
+                    uint16_t *sport, uint32_t lo, uint32_t hi);
+void vx_decap_batch(const uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
+                    const uint32_t *payload_len, int strict, uint32_t *vni, int32_t *status,
+                    uint32_t *frame_len);
+"""
+
+_here = Path(__file__).resolve().parent
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "vxlanpy._fastpath_c",
+    "#include <stdint.h>\n" + CDEF,
+    sources=[os.path.relpath(_here / "_fastpath.c")],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

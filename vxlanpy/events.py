@@ -1,0 +1,103 @@
+"""Events the engine emits instead of logging. The driver decides what to print or stream.
+
+All events are frozen, slotted dataclasses; MAC addresses are 6 raw bytes, IP addresses strings.
+``to_dict()`` gives a JSON-friendly form (used by the control socket and the CLI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .wire import DropReason, format_mac
+
+__all__ = [
+    "Event",
+    "MacLearned",
+    "MacMoved",
+    "MacAged",
+    "L2Miss",
+    "L3Miss",
+    "Dropped",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": _NAMES[type(self)]}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bytes):
+                v = format_mac(v)
+            elif isinstance(v, DropReason):
+                v = v.value
+            out[f.name] = v
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class MacLearned(Event):
+    """``mac`` on ``vni`` is behind the VTEP ``remote`` (learned from a received frame)."""
+
+    vni: int
+    mac: bytes
+    remote: str
+
+
+@dataclass(frozen=True, slots=True)
+class MacMoved(Event):
+    """A learned ``mac`` now arrives from ``remote`` instead of ``old_remote``."""
+
+    vni: int
+    mac: bytes
+    old_remote: str
+    remote: str
+
+
+@dataclass(frozen=True, slots=True)
+class MacAged(Event):
+    """A learned entry was not refreshed within the ageing time and was removed."""
+
+    vni: int
+    mac: bytes
+    remote: str
+
+
+@dataclass(frozen=True, slots=True)
+class L2Miss(Event):
+    """A frame from the device went to a unicast ``mac`` with no FDB entry.
+
+    ``flooded`` says whether it was replicated to the flood list (else it was dropped).
+    """
+
+    vni: int
+    mac: bytes
+    flooded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class L3Miss(Event):
+    """The ARP proxy was asked for ``ip`` and has no neighbour entry; the request was dropped."""
+
+    vni: int
+    ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped(Event):
+    """A packet was dropped. ``vni`` is None when it was dropped before a VNI was known."""
+
+    reason: DropReason
+    vni: int | None
+    source: str | None
+
+
+_NAMES: dict[type, str] = {
+    MacLearned: "learned",
+    MacMoved: "moved",
+    MacAged: "aged",
+    L2Miss: "l2miss",
+    L3Miss: "l3miss",
+    Dropped: "dropped",
+}

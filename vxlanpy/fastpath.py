@@ -1,0 +1,98 @@
+"""Choose the fast-path backend: the cffi extension (``"cffi"``) or its pure-Python twin.
+
+``VXLANPY_PURE_PYTHON=1`` forces the twin; ``VXLANPY_REQUIRE_C=1`` turns a missing extension into
+an ``ImportError`` (CI sets it, so a broken build cannot hide behind the twin). Both backends
+expose the same three functions with the same signatures:
+
+- ``encap_batch(batch, lo, hi)``: headers in place, ``payload_len`` and ``sport`` set;
+- ``decap_batch(batch, strict)``: ``status``, ``vni`` and ``frame_len`` set per slot;
+- ``flow_hash(frame)``: the 32-bit inner-flow hash.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+from . import _fastpath_py
+from .batch import FrameBatch
+
+__all__ = ["BACKEND", "backend", "load", "encap_batch", "decap_batch", "flow_hash"]
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _CffiBackend:
+    """Adapts the raw cffi functions to the FrameBatch signatures. Views are made once per batch."""
+
+    name = "cffi"
+
+    def __init__(self, mod: Any) -> None:
+        self._ffi = mod.ffi
+        self._lib = mod.lib
+
+    def _views(self, batch: FrameBatch) -> tuple[Any, ...]:
+        v = batch.views.get("cffi")
+        if v is None:
+            fb = self._ffi.from_buffer
+            v = (
+                fb("uint8_t[]", batch.buf),
+                fb("uint32_t[]", batch.frame_len),
+                fb("uint32_t[]", batch.payload_len),
+                fb("uint32_t[]", batch.vni),
+                fb("int32_t[]", batch.status),
+                fb("uint16_t[]", batch.sport),
+            )
+            batch.views["cffi"] = v
+        return v
+
+    def encap_batch(self, batch: FrameBatch, lo: int, hi: int) -> None:
+        buf, flen, plen, vni, _st, sport = self._views(batch)
+        self._lib.vx_encap_batch(
+            buf, batch.slot, batch.headroom, batch.count, flen, vni, plen, sport, lo, hi
+        )
+
+    def decap_batch(self, batch: FrameBatch, strict: bool) -> None:
+        buf, flen, plen, vni, st, _sport = self._views(batch)
+        self._lib.vx_decap_batch(
+            buf, batch.slot, batch.headroom, batch.count, plen, int(strict), vni, st, flen
+        )
+
+    def flow_hash(self, frame: bytes | bytearray | memoryview) -> int:
+        return int(self._lib.vx_flow_hash(self._ffi.from_buffer(frame), len(frame)))
+
+
+class _PyBackend:
+    name = "python"
+    encap_batch = staticmethod(_fastpath_py.encap_batch)
+    decap_batch = staticmethod(_fastpath_py.decap_batch)
+    flow_hash = staticmethod(_fastpath_py.flow_hash)
+
+
+Backend = _CffiBackend | _PyBackend
+
+
+def load(name: str | None = None) -> Backend:
+    """Return a backend: ``"cffi"``, ``"python"``, or ``None`` for the environment's choice."""
+    if name == "python" or (name is None and _truthy("VXLANPY_PURE_PYTHON")):
+        return _PyBackend()
+    try:
+        from . import _fastpath_c  # type: ignore[attr-defined]
+    except ImportError as exc:
+        if name == "cffi" or _truthy("VXLANPY_REQUIRE_C"):
+            raise ImportError(
+                "vxlanpy's C fast path is not built (pip install -e . builds it): " + str(exc)
+            ) from exc
+        return _PyBackend()
+    mod: ModuleType = _fastpath_c
+    return _CffiBackend(mod)
+
+
+backend: Backend = load()
+BACKEND: str = backend.name
+encap_batch = backend.encap_batch
+decap_batch = backend.decap_batch
+flow_hash = backend.flow_hash
