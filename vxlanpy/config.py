@@ -1,0 +1,171 @@
+"""VTEP configuration: what the CLI flags and config files describe, validated in one place."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .fdb import Remote
+from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
+
+__all__ = ["ConfigError", "SegmentSpec", "VtepConfig", "parse_srcport"]
+
+IPV4_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+IPV6_OVERHEAD = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names it."""
+
+
+@dataclass
+class SegmentSpec:
+    """One VNI served by the VTEP, with its TAP device and tables."""
+
+    vni: int
+    tap: str | None = None  # default: vxlan<VNI>
+    address: str | None = None  # CIDR put on the TAP
+    mtu: int | None = None  # default: underlay MTU - 50 (IPv4) / - 70 (IPv6)
+    bridge: str | None = None  # enslave the TAP to this Linux bridge
+    remotes: list[str] = field(default_factory=list)  # flood list (head-end replication)
+    group: str | None = None  # multicast group for BUM traffic
+    learning: bool = True
+    ageing: float = 300.0
+    max_addresses: int = 0
+    proxy: bool = False
+    allow_vlan: bool = False
+    fdb: list[tuple[str, str]] = field(default_factory=list)  # (MAC, IP); 00:..:00 = flood
+    neigh: list[tuple[str, str]] = field(default_factory=list)  # (IP, MAC)
+
+    @property
+    def tap_name(self) -> str:
+        return self.tap or f"vxlan{self.vni}"
+
+    def fdb_entries(self) -> list[tuple[bytes, Remote]]:
+        return [(parse_mac(mac), Remote.make(ip)) for mac, ip in self.fdb]
+
+    def neigh_entries(self) -> list[tuple[str, bytes]]:
+        return [(str(ipaddress.ip_address(ip)), parse_mac(mac)) for ip, mac in self.neigh]
+
+
+@dataclass
+class VtepConfig:
+    """The VTEP: underlay endpoint and UDP settings shared by all segments."""
+
+    segments: list[SegmentSpec]
+    local: str | None = None
+    dstport: int = VXLAN_PORT
+    srcport: tuple[int, int] = DEFAULT_SRCPORT_RANGE
+    ttl: int | None = None
+    tos: int | None = None
+    df: Literal["unset", "set"] = "unset"
+    dev: str | None = None
+    strict: bool = False
+
+    def family(self) -> int:
+        """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
+        for ip in self._underlay_ips():
+            return ipaddress.ip_address(ip).version
+        return 4
+
+    def overhead(self) -> int:
+        return IPV6_OVERHEAD if self.family() == 6 else IPV4_OVERHEAD
+
+    def _underlay_ips(self) -> list[str]:
+        ips = [self.local] if self.local else []
+        for s in self.segments:
+            ips += s.remotes + ([s.group] if s.group else []) + [ip for _, ip in s.fdb]
+        return ips
+
+    def validate(self) -> VtepConfig:
+        """Check every value; raise ConfigError naming the first wrong one. Returns self."""
+        if not self.segments:
+            raise ConfigError("no segment configured (give --vni)")
+        _port("dstport", self.dstport)
+        lo, hi = self.srcport
+        _port("srcport", lo)
+        _port("srcport", hi)
+        if lo > hi:
+            raise ConfigError(f"srcport range {lo}:{hi} is empty (MIN must be <= MAX)")
+        if self.ttl is not None and not 1 <= self.ttl <= 255:
+            raise ConfigError(f"ttl must be in 1..255, got {self.ttl}")
+        if self.tos is not None and not 0 <= self.tos <= 255:
+            raise ConfigError(f"tos must be in 0..255, got {self.tos}")
+        if self.df not in ("unset", "set"):
+            raise ConfigError(f"df must be 'unset' or 'set', got {self.df!r}")
+        versions = set()
+        for ip in self._underlay_ips():
+            versions.add(_ip("underlay address", ip).version)
+        if len(versions) > 1:
+            raise ConfigError("underlay addresses mix IPv4 and IPv6")
+        vnis: set[int] = set()
+        taps: set[str] = set()
+        for s in self.segments:
+            if isinstance(s.vni, bool) or not isinstance(s.vni, int) or not 0 <= s.vni <= VNI_MAX:
+                raise ConfigError(f"VNI must be in 0..{VNI_MAX}, got {s.vni!r}")
+            if s.vni in vnis:
+                raise ConfigError(f"VNI {s.vni} is configured twice")
+            vnis.add(s.vni)
+            name = s.tap_name
+            if not 1 <= len(name) <= 15 or "/" in name or " " in name:
+                raise ConfigError(f"TAP name {name!r} must be 1-15 characters, no '/' or space")
+            if name in taps:
+                raise ConfigError(f"TAP name {name} is used twice")
+            taps.add(name)
+            if s.address is not None:
+                try:
+                    ipaddress.ip_interface(s.address)
+                except ValueError:
+                    raise ConfigError(f"address {s.address!r} is not an IP/prefix") from None
+                if "/" not in s.address:
+                    raise ConfigError(f"address {s.address!r} needs a prefix length (CIDR)")
+            if s.mtu is not None and not 68 <= s.mtu <= 65535:
+                raise ConfigError(f"mtu must be in 68..65535, got {s.mtu}")
+            if s.group is not None and not _ip("group", s.group).is_multicast:
+                raise ConfigError(f"group {s.group} is not a multicast address")
+            for r in s.remotes:
+                if _ip("remote", r).is_multicast:
+                    raise ConfigError(f"remote {r} is multicast: use --group")
+            if s.ageing < 0:
+                raise ConfigError(f"ageing must be >= 0 seconds, got {s.ageing}")
+            if s.max_addresses < 0:
+                raise ConfigError(f"max-address must be >= 0, got {s.max_addresses}")
+            for mac, ip in s.fdb:
+                _mac(mac)
+                _ip("fdb destination", ip)
+            for ip, mac in s.neigh:
+                _ip("neighbour", ip)
+                if _mac(mac)[0] & 1:
+                    raise ConfigError(f"neighbour MAC {mac} is not unicast")
+        if self.local is not None and _ip("local", self.local).is_multicast:
+            raise ConfigError(f"local {self.local} is multicast")
+        return self
+
+
+def _port(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"{name} must be a UDP port in 1..65535, got {value!r}")
+
+
+def _ip(what: str, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not an IP address") from None
+
+
+def _mac(text: str) -> bytes:
+    try:
+        return parse_mac(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a MAC address") from None
+
+
+def parse_srcport(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` -> (MIN, MAX)."""
+    try:
+        lo, hi = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"srcport must be MIN:MAX, got {text!r}") from None
+    return lo, hi

@@ -1,0 +1,156 @@
+"""Link and address configuration through netlink (pyroute2), never by parsing ``ip`` output."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from pyroute2 import IPRoute
+
+__all__ = [
+    "NetlinkError",
+    "link_index",
+    "link_exists",
+    "link_mtu",
+    "link_mac",
+    "configure_link",
+    "device_for_address",
+    "underlay_mtu",
+    "has_net_admin",
+]
+
+
+class NetlinkError(Exception):
+    """A link/address operation failed; the message names the device."""
+
+
+@contextlib.contextmanager
+def _ipr() -> Iterator[Any]:
+    """An IPRoute on a private plain-asyncio loop.
+
+    pyroute2 0.9 drives netlink through asyncio; uvloop cannot open AF_NETLINK endpoints, and no
+    loop may run inside a running one. So these calls are synchronous, must not be made from a
+    thread with a running loop (the driver calls them through ``asyncio.to_thread``), and get a
+    selector loop of their own whatever the event-loop policy is.
+    """
+    loop = asyncio.SelectorEventLoop()
+    try:
+        with IPRoute(use_event_loop=loop) as ipr:
+            yield ipr
+    finally:
+        loop.close()
+
+
+def link_index(name: str) -> int | None:
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+    return int(idx[0]) if idx else None
+
+
+def link_exists(name: str) -> bool:
+    return link_index(name) is not None
+
+
+def _link_attr(name: str, attr: str) -> Any:
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            raise NetlinkError(f"no such device: {name}")
+        return ipr.get_links(idx[0])[0].get_attr(attr)
+
+
+def link_mtu(name: str) -> int:
+    return int(_link_attr(name, "IFLA_MTU"))
+
+
+def link_mac(name: str) -> bytes:
+    return bytes.fromhex(str(_link_attr(name, "IFLA_ADDRESS")).replace(":", ""))
+
+
+def configure_link(
+    name: str,
+    *,
+    mtu: int | None = None,
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None,
+    bridge: str | None = None,
+    up: bool = True,
+) -> None:
+    """Set MTU, add an address, enslave to ``bridge`` and bring ``name`` up."""
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            raise NetlinkError(f"no such device: {name}")
+        index = idx[0]
+        try:
+            if mtu is not None:
+                ipr.link("set", index=index, mtu=mtu)
+            if bridge is not None:
+                br = ipr.link_lookup(ifname=bridge)
+                if not br:
+                    raise NetlinkError(f"bridge {bridge} does not exist")
+                ipr.link("set", index=index, master=br[0])
+            if address is not None:
+                ipr.addr(
+                    "add",
+                    index=index,
+                    address=str(address.ip),
+                    prefixlen=address.network.prefixlen,
+                )
+            if up:
+                ipr.link("set", index=index, state="up")
+        except NetlinkError:
+            raise
+        except Exception as exc:  # pyroute2 raises its own NetlinkError with an errno
+            raise NetlinkError(f"configuring {name}: {exc}") from exc
+
+
+def device_for_address(ip: str) -> str | None:
+    """The device that holds the local address ``ip``, if any."""
+    with _ipr() as ipr:
+        for a in ipr.get_addr(address=ip):
+            links = ipr.get_links(a["index"])
+            if links:
+                return str(links[0].get_attr("IFLA_IFNAME"))
+    return None
+
+
+def route_device(dest: str) -> str | None:
+    """The device the kernel would use to reach ``dest``, if there is a route."""
+    try:
+        with _ipr() as ipr:
+            routes = ipr.route("get", dst=dest)
+            if not routes:
+                return None
+            oif = routes[0].get_attr("RTA_OIF")
+            links = ipr.get_links(oif)
+            return str(links[0].get_attr("IFLA_IFNAME")) if links else None
+    except Exception:
+        return None
+
+
+def underlay_mtu(local: str | None, remote: str | None, dev: str | None) -> int | None:
+    """MTU of the underlay device: ``dev``, else the one holding ``local``, else the route to
+    ``remote``; None if none of them can be found."""
+    name = dev or (device_for_address(local) if local else None)
+    if name is None and remote:
+        name = route_device(remote)
+    return link_mtu(name) if name else None
+
+
+def has_net_admin() -> bool:
+    """True when this process may create TAPs and raw sockets (root, or both capabilities)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    caps = int(line.split()[1], 16)
+                    return bool(caps & (1 << 12)) and bool(caps & (1 << 13))
+    except OSError:
+        pass
+    return False

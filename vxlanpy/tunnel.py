@@ -1,0 +1,381 @@
+"""The asyncio driver and the public async API: :class:`Vtep`.
+
+The driver only moves bytes: it reads TAP frames and UDP datagrams in batches, hands each batch
+to the engine, writes what the engine asks for, and runs the ageing timer. Example::
+
+    import asyncio, vxlanpy
+    from vxlanpy.tunnel import Vtep
+    from vxlanpy.config import VtepConfig, SegmentSpec
+
+    async def main() -> None:
+        cfg = VtepConfig(local="198.18.0.1",
+                         segments=[SegmentSpec(vni=42, tap="vx42", address="198.19.0.1/24",
+                                               remotes=["198.18.0.2"])])
+        async with Vtep(cfg) as vtep:
+            async for ev in vtep.events():
+                print(ev)
+
+    asyncio.run(main())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .batch import DEFAULT_BATCH, FrameBatch
+from .config import VtepConfig
+from .engine import Engine, Segment, SegmentConfig
+from .events import Event
+from .fdb import FdbEntry, Remote
+from .io.netlink import has_net_admin, underlay_mtu
+from .io.tap import Tap, TapError, TapGone
+from .io.udp import TransportError, UdpTransport
+from .wire import ETH_HLEN, parse_mac
+
+__all__ = ["Vtep", "VtepError", "install_uvloop"]
+
+log = logging.getLogger("vxlanpy")
+
+_READ_BUDGET = 8  # batches per readiness callback before yielding to the loop
+
+
+class VtepError(Exception):
+    """The VTEP could not start or stopped on an error; the message says why."""
+
+
+def install_uvloop() -> str:
+    """Make uvloop the event loop policy if it is installed; return the loop name in use."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+class Vtep:
+    """A running VTEP: one UDP transport, one TAP per segment, one engine.
+
+    Use as ``async with Vtep(config) as vtep:``. Table changes take effect on the next frame.
+    """
+
+    def __init__(self, config: VtepConfig, *, batch: int = DEFAULT_BATCH) -> None:
+        self.config = config.validate()
+        self.engine = Engine(dstport=config.dstport, srcport=config.srcport, strict=config.strict)
+        self.taps: dict[int, Tap] = {}
+        self.transport: UdpTransport | None = None
+        self.failure: BaseException | None = None
+        self.events_lost = 0
+        self._batch_size = batch
+        self._subscribers: list[asyncio.Queue[Event]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stopped = asyncio.Event()
+        self._tx_batch: FrameBatch | None = None
+        self._rx_batch: FrameBatch | None = None
+        self._rx_sources: list[str] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Vtep:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Create the TAPs and sockets and start forwarding. Raises VtepError."""
+        if not has_net_admin():
+            raise VtepError("need root or CAP_NET_ADMIN + CAP_NET_RAW to create TAPs and sockets")
+        self._loop = asyncio.get_running_loop()
+        # netlink (pyroute2) runs its own loop: do the blocking set-up in a worker thread
+        max_frame = await asyncio.to_thread(self._setup)
+        assert self.transport is not None
+        self._tx_batch = FrameBatch(self._batch_size, max_frame)
+        self._rx_batch = FrameBatch(self._batch_size, max_frame)
+        loop = self._loop
+        for vni, tap in self.taps.items():
+            loop.add_reader(tap.fd, self._on_tap, vni)
+        loop.add_reader(self.transport.fileno(), self._on_udp)
+
+    def _setup(self) -> int:
+        """Create TAPs, segments and the transport; return the largest frame to expect."""
+        cfg = self.config
+        first_remote = next(
+            (r for s in cfg.segments for r in [*s.remotes, s.group or ""] if r), None
+        )
+        try:
+            base = underlay_mtu(cfg.local, first_remote, cfg.dev) or 1500
+            max_frame = ETH_HLEN + 4
+            for spec in cfg.segments:
+                mtu = spec.mtu or base - cfg.overhead()
+                if mtu < 68:
+                    raise VtepError(f"TAP MTU {mtu} is too small (underlay MTU {base})")
+                max_frame = max(max_frame, mtu + ETH_HLEN + 4)
+                addr = ipaddress.ip_interface(spec.address) if spec.address else None
+                tap = Tap(spec.tap_name, mtu=mtu, address=addr, bridge=spec.bridge)
+                self.taps[spec.vni] = tap
+                self.engine.add_segment(
+                    SegmentConfig(
+                        vni=spec.vni,
+                        remotes=spec.remotes,
+                        group=spec.group,
+                        learning=spec.learning,
+                        ageing=spec.ageing,
+                        max_addresses=spec.max_addresses,
+                        proxy=spec.proxy,
+                        allow_vlan=spec.allow_vlan,
+                        local_mac=tap.mac,
+                        fdb=spec.fdb_entries(),
+                        neigh=spec.neigh_entries(),
+                    )
+                )
+            groups = {s.group for s in cfg.segments if s.group}
+            if len(groups) > 1:
+                raise VtepError("one multicast group per VTEP is supported")
+            self.transport = UdpTransport(
+                port=cfg.dstport,
+                local=cfg.local,
+                family=socket.AF_INET6 if cfg.family() == 6 else socket.AF_INET,
+                group=next(iter(groups), None),
+                dev=cfg.dev,
+                ttl=cfg.ttl,
+                tos=cfg.tos,
+                df=cfg.df,
+            )
+        except (TapError, TransportError, OSError, ValueError) as exc:
+            self._teardown()
+            raise VtepError(str(exc)) from exc
+        except BaseException:
+            self._teardown()
+            raise
+        return max_frame
+
+    async def close(self) -> None:
+        """Stop forwarding, remove the TAPs, close the sockets. Idempotent."""
+        self._teardown()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Return when the VTEP stops (closed, or failed: see ``failure``)."""
+        await self._stopped.wait()
+
+    def _teardown(self) -> None:
+        loop = self._loop
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for tap in self.taps.values():
+            if loop is not None and not tap.closed:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(tap.fd)
+            tap.close()
+        if self.transport is not None:
+            if loop is not None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(self.transport.fileno())
+            self.transport.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        log.error("%s", exc)
+        self.failure = exc
+        self._teardown()
+        self._stopped.set()
+
+    # --- the data path ---------------------------------------------------------------------------
+
+    def _on_tap(self, vni: int) -> None:
+        tap = self.taps[vni]
+        batch = self._tx_batch
+        transport = self.transport
+        assert batch is not None and transport is not None and self._loop is not None
+        engine = self.engine
+        for _ in range(_READ_BUDGET):
+            batch.clear()
+            try:
+                n = tap.read_batch(batch)
+            except TapGone as exc:
+                self._fail(exc)
+                return
+            if n == 0:
+                break
+            engine.handle_frames(vni, batch, self._loop.time())
+            for d in engine.datagrams_to_send():
+                transport.send(d)
+            self._write_device()
+            if n < batch.capacity:
+                break
+        self._after_work()
+
+    def _on_udp(self) -> None:
+        batch = self._rx_batch
+        transport = self.transport
+        assert batch is not None and transport is not None and self._loop is not None
+        sources = self._rx_sources
+        engine = self.engine
+        for _ in range(_READ_BUDGET):
+            batch.clear()
+            sources.clear()
+            n = transport.recv_batch(batch, sources)
+            if n == 0:
+                break
+            engine.handle_datagrams(batch, sources, self._loop.time())
+            self._write_device()
+            if n < batch.capacity:
+                break
+        self._after_work()
+
+    def _write_device(self) -> None:
+        taps = self.taps
+        for f in self.engine.frames_to_device():
+            tap = taps.get(f.vni)
+            if tap is None:
+                continue
+            try:
+                tap.write(f.frame)
+            except TapGone as exc:
+                self._fail(exc)
+                return
+
+    def _after_work(self) -> None:
+        self._dispatch_events()
+        self._arm_timer()
+
+    def _dispatch_events(self) -> None:
+        for ev in self.engine.events():
+            for q in self._subscribers:
+                try:
+                    q.put_nowait(ev)
+                except asyncio.QueueFull:
+                    self.events_lost += 1
+
+    def _arm_timer(self) -> None:
+        t = self.engine.get_timer()
+        if t is None or self._loop is None or self._stopped.is_set():
+            return
+        if self._timer_at is not None and self._timer_at <= t:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = t
+        self._timer = self._loop.call_at(t, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self._timer_at = None
+        self.engine.handle_timer(self._loop.time())
+        self._after_work()
+
+    # --- events ----------------------------------------------------------------------------------
+
+    async def events(self, maxsize: int = 10000) -> AsyncIterator[Event]:
+        """Engine events as they happen (learned, moved, aged, l2/l3 miss, dropped)."""
+        q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self._subscribers.append(q)
+        try:
+            while True:
+                get = asyncio.ensure_future(q.get())
+                stop = asyncio.ensure_future(self._stopped.wait())
+                done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    stop.cancel()
+                    yield get.result()
+                else:
+                    get.cancel()
+                    return
+        finally:
+            self._subscribers.remove(q)
+
+    # --- tables and counters -----------------------------------------------------------------
+
+    def segment(self, vni: int) -> Segment:
+        try:
+            return self.engine.segment(vni)
+        except KeyError:
+            raise VtepError(f"VNI {vni} is not configured") from None
+
+    def fdb_update(
+        self,
+        op: str,
+        vni: int,
+        mac: str,
+        ip: str | None = None,
+        *,
+        port: int | None = None,
+        remote_vni: int | None = None,
+    ) -> None:
+        """``op`` is add, append, replace or del (as ``bridge fdb``); ``ip`` optional for del."""
+        fdb = self.segment(vni).fdb
+        m = parse_mac(mac)
+        remote = Remote.make(ip, port, remote_vni) if ip is not None else None
+        if op == "del":
+            fdb.delete(m, remote)
+        elif remote is None:
+            raise ValueError(f"fdb {op} needs a destination IP")
+        elif op == "add":
+            fdb.add(m, remote)
+        elif op == "append":
+            fdb.append(m, remote)
+        elif op == "replace":
+            fdb.replace(m, remote)
+        else:
+            raise ValueError(f"unknown fdb operation {op!r}")
+        self._arm_timer()
+
+    def neigh_update(self, op: str, vni: int, ip: str, mac: str | None = None) -> None:
+        """``op`` is add, replace or del (as ``ip neigh``)."""
+        table = self.segment(vni).neigh
+        if op == "del":
+            table.delete(ip)
+        elif mac is None:
+            raise ValueError(f"neigh {op} needs a MAC (lladdr)")
+        elif op == "add":
+            table.add(ip, parse_mac(mac))
+        elif op == "replace":
+            table.replace(ip, parse_mac(mac))
+        else:
+            raise ValueError(f"unknown neigh operation {op!r}")
+
+    def fdb_entries(self, vni: int) -> list[FdbEntry]:
+        assert self._loop is not None
+        return self.segment(vni).fdb.entries(self._loop.time())
+
+    def neigh_entries(self, vni: int) -> list[tuple[str, bytes]]:
+        return self.segment(vni).neigh.entries()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters per VNI, drops before a VNI was known, socket and TAP errors."""
+        t = self.transport
+        return {
+            "segments": {vni: seg.counters.to_dict() for vni, seg in self.engine.segments.items()},
+            "unattributed": self.engine.counters.to_dict(),
+            "socket_errors": dict(t.errors) if t else {},
+            "tap_write_errors": {tap.name: tap.write_errors for tap in self.taps.values()},
+            "events_lost": self.events_lost + self.engine.events_lost,
+        }
+
+    def describe(self) -> str:
+        """One line: what this VTEP listens on and serves."""
+        cfg = self.config
+        parts = []
+        for spec in cfg.segments:
+            tap = self.taps.get(spec.vni)
+            dest = ",".join(spec.remotes) or ""
+            if spec.group:
+                dest = (dest + "," if dest else "") + f"group {spec.group}"
+            parts.append(
+                f"vni {spec.vni} tap {spec.tap_name} mtu {tap.mtu if tap else '?'}"
+                + (f" {spec.address}" if spec.address else "")
+                + (f" -> {dest}" if dest else "")
+            )
+        where = f"{cfg.local or '*'}:{cfg.dstport}"
+        return f"listening on udp {where}; " + "; ".join(parts)
