@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_TOOLS := ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark ethtool:ethtool ip:iproute2
+SYSTEM_TOOLS := ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark ethtool:ethtool ip:iproute2 bridge:iproute2 nstat:iproute2
 
 .PHONY: setup system-deps test lint typecheck pytest lab bench microbench clean
 
@@ -43,6 +43,12 @@ pytest: setup
 	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q
 
 test: lint typecheck pytest
+
+# The main job: a two-host overlay lab (vxlanpy <-> the kernel's vxlan) in network namespaces.
+# LAB_ARGS passes options through, e.g. make lab LAB_ARGS="--hosts 3 --peer vxlanpy".
+lab: setup
+	@if [ "$$(id -u)" != 0 ]; then echo "make lab needs root (network namespaces, TAP devices)"; exit 1; fi
+	$(VENV)/bin/vxlanpy-tunnel lab $(LAB_ARGS)
 
 microbench: setup
 	$(PY) benchmarks/micro.py

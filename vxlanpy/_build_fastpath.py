@@ -18,6 +18,8 @@ void vx_encap_batch(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
 void vx_decap_batch(const uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
                     const uint32_t *payload_len, int strict, uint32_t *vni, int32_t *status,
                     uint32_t *frame_len);
+uint32_t vx_complete_checksums(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
+                               const uint32_t *frame_len);
 """
 
 _here = Path(__file__).resolve().parent

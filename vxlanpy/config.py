@@ -9,7 +9,7 @@ from typing import Literal
 from .fdb import Remote
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
 
-__all__ = ["ConfigError", "SegmentSpec", "VtepConfig", "parse_srcport"]
+__all__ = ["ConfigError", "SegmentSpec", "VtepConfig", "parse_srcport", "load_config"]
 
 IPV4_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 IPV6_OVERHEAD = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
@@ -28,6 +28,7 @@ class SegmentSpec:
     address: str | None = None  # CIDR put on the TAP
     mtu: int | None = None  # default: underlay MTU - 50 (IPv4) / - 70 (IPv6)
     bridge: str | None = None  # enslave the TAP to this Linux bridge
+    mac: str | None = None  # the TAP's MAC (default: the kernel's random one)
     remotes: list[str] = field(default_factory=list)  # flood list (head-end replication)
     group: str | None = None  # multicast group for BUM traffic
     learning: bool = True
@@ -120,6 +121,8 @@ class VtepConfig:
                     raise ConfigError(f"address {s.address!r} is not an IP/prefix") from None
                 if "/" not in s.address:
                     raise ConfigError(f"address {s.address!r} needs a prefix length (CIDR)")
+            if s.mac is not None and _mac(s.mac)[0] & 1:
+                raise ConfigError(f"TAP MAC {s.mac} is not unicast")
             if s.mtu is not None and not 68 <= s.mtu <= 65535:
                 raise ConfigError(f"mtu must be in 68..65535, got {s.mtu}")
             if s.group is not None and not _ip("group", s.group).is_multicast:
@@ -169,3 +172,132 @@ def parse_srcport(text: str) -> tuple[int, int]:
     except ValueError:
         raise ConfigError(f"srcport must be MIN:MAX, got {text!r}") from None
     return lo, hi
+
+
+# --- config files (TOML) -------------------------------------------------------------------------
+
+_VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "local": (str, "an IP address string"),
+    "dstport": (int, "an integer UDP port"),
+    "srcport": ((str, list), 'a "MIN:MAX" string or [MIN, MAX]'),
+    "ttl": (int, "an integer 1..255"),
+    "tos": (int, "an integer 0..255"),
+    "df": (str, '"unset" or "set"'),
+    "dev": (str, "an interface name"),
+    "strict": (bool, "true or false"),
+    "control": (str, "a path"),
+}
+_SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "vni": (int, "an integer 0..16777215"),
+    "tap": (str, "an interface name"),
+    "address": (str, 'a CIDR string like "198.19.0.1/24"'),
+    "mtu": (int, "an integer"),
+    "bridge": (str, "an interface name"),
+    "mac": (str, "a MAC address string"),
+    "remotes": (list, "a list of IP address strings"),
+    "group": (str, "a multicast IP address string"),
+    "learning": (bool, "true or false"),
+    "ageing": ((int, float), "a number of seconds"),
+    "max_addresses": (int, "an integer"),
+    "proxy": (bool, "true or false"),
+    "allow_vlan": (bool, "true or false"),
+    "fdb": (list, 'a list of tables {mac = "...", dst = "..."}'),
+    "neigh": (list, 'a list of tables {ip = "...", lladdr = "..."}'),
+}
+
+
+def _check_table(
+    path: str, where: str, table: object, keys: dict[str, tuple[type | tuple[type, ...], str]]
+) -> dict[str, object]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {where} must be a table")
+    for k, v in table.items():
+        if k not in keys:
+            raise ConfigError(
+                f"{path}: {where}: unknown key {k!r} (known: {', '.join(sorted(keys))})"
+            )
+        typ, expect = keys[k]
+        if isinstance(v, bool) and typ is not bool and not (isinstance(typ, tuple) and bool in typ):
+            raise ConfigError(f"{path}: {where}.{k} must be {expect}, got {v!r}")
+        if not isinstance(v, typ):
+            raise ConfigError(f"{path}: {where}.{k} must be {expect}, got {v!r}")
+    return table
+
+
+def _pairs(path: str, where: str, items: list[object], a: str, b: str) -> list[tuple[str, str]]:
+    out = []
+    for n, item in enumerate(items):
+        w = f"{where}[{n}]"
+        if not isinstance(item, dict) or set(item) != {a, b}:
+            raise ConfigError(f"{path}: {w} must be a table with exactly the keys {a!r}, {b!r}")
+        if not isinstance(item[a], str) or not isinstance(item[b], str):
+            raise ConfigError(f"{path}: {w}: {a!r} and {b!r} must be strings")
+        out.append((item[a], item[b]))
+    return out
+
+
+def load_config(path: str) -> tuple[VtepConfig, str | None]:
+    """Read a TOML config file: ``([vtep] + [[segment]] ...)``. Returns the validated config and
+    the control-socket path it names (or None). Every error names the file and the key."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    unknown = set(data) - {"vtep", "segment"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+    vt = _check_table(path, "[vtep]", data.get("vtep", {}), _VTEP_KEYS)
+    segs = data.get("segment", [])
+    if not isinstance(segs, list) or not segs:
+        raise ConfigError(f"{path}: at least one [[segment]] table is needed")
+    specs = []
+    for n, raw in enumerate(segs):
+        where = f"segment[{n}]"
+        st = _check_table(path, where, raw, _SEGMENT_KEYS)
+        if "vni" not in st:
+            raise ConfigError(f"{path}: {where}: 'vni' is required")
+        kw = dict(st)
+        remotes = kw.get("remotes", [])
+        assert isinstance(remotes, list)
+        if not all(isinstance(r, str) for r in remotes):
+            raise ConfigError(f"{path}: {where}.remotes must be a list of IP address strings")
+        fdb = kw.pop("fdb", [])
+        neigh = kw.pop("neigh", [])
+        assert isinstance(fdb, list) and isinstance(neigh, list)
+        spec = SegmentSpec(**kw)  # type: ignore[arg-type]
+        spec.ageing = float(spec.ageing)
+        spec.fdb = _pairs(path, f"{where}.fdb", fdb, "mac", "dst")
+        spec.neigh = _pairs(path, f"{where}.neigh", neigh, "ip", "lladdr")
+        specs.append(spec)
+    srcport = vt.get("srcport", "49152:65535")
+    if isinstance(srcport, list):
+        if len(srcport) != 2 or not all(isinstance(p, int) for p in srcport):
+            raise ConfigError(f"{path}: [vtep].srcport must be [MIN, MAX] integers")
+        sp = (int(srcport[0]), int(srcport[1]))
+    else:
+        try:
+            sp = parse_srcport(str(srcport))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [vtep].{exc}") from None
+    control = vt.get("control")
+    cfg = VtepConfig(
+        segments=specs,
+        local=vt.get("local"),  # type: ignore[arg-type]
+        dstport=vt.get("dstport", VXLAN_PORT),  # type: ignore[arg-type]
+        srcport=sp,
+        ttl=vt.get("ttl"),  # type: ignore[arg-type]
+        tos=vt.get("tos"),  # type: ignore[arg-type]
+        df=vt.get("df", "unset"),  # type: ignore[arg-type]
+        dev=vt.get("dev"),  # type: ignore[arg-type]
+        strict=bool(vt.get("strict", False)),
+    )
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg, control if isinstance(control, str) else None

@@ -189,6 +189,7 @@ class Engine:
         strict: bool = False,
         backend: str | None = None,
         max_events: int = 4096,
+        complete_checksums: bool = True,
     ) -> None:
         if not 1 <= dstport <= 65535:
             raise ValueError(f"dstport must be in 1..65535, got {dstport}")
@@ -198,6 +199,10 @@ class Engine:
         self.dstport = dstport
         self.srcport = (lo, hi)
         self.strict = strict
+        # Complete inner TCP/UDP checksums a kernel peer left in the CHECKSUM_PARTIAL state
+        # (offload over veth): a TAP's stack would drop them. Wrong checksums stay wrong.
+        self.complete_checksums = complete_checksums
+        self.checksums_completed = 0
         self.fast = fastpath.load(backend) if backend else fastpath.backend
         self.counters = Counters()  # drops before a VNI is known
         self.events_lost = 0
@@ -330,6 +335,8 @@ class Engine:
         Next: write ``frames_to_device()`` to each segment's device, then reuse the batch.
         """
         self.fast.decap_batch(batch, self.strict)
+        if self.complete_checksums:
+            self.checksums_completed += self.fast.complete_checksums(batch)
         buf = batch.buf
         mv = memoryview(buf)
         out = self._to_device

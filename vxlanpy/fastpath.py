@@ -2,11 +2,18 @@
 
 ``VXLANPY_PURE_PYTHON=1`` forces the twin; ``VXLANPY_REQUIRE_C=1`` turns a missing extension into
 an ``ImportError`` (CI sets it, so a broken build cannot hide behind the twin). Both backends
-expose the same three functions with the same signatures:
+expose the same four functions with the same signatures:
 
 - ``encap_batch(batch, lo, hi)``: headers in place, ``payload_len`` and ``sport`` set;
 - ``decap_batch(batch, strict)``: ``status``, ``vni`` and ``frame_len`` set per slot;
+- ``complete_checksums(batch) -> int``: receive path, after ``decap_batch``: inner TCP/UDP
+  checksums a checksum-offloading sender left partial (the field holds only the folded
+  pseudo-header sum) are completed in place, so the frames can be written to a TAP; correct and
+  otherwise wrong checksums are left alone. Returns how many frames were rewritten;
 - ``flow_hash(frame)``: the 32-bit inner-flow hash.
+
+The batch kernels raise ``ValueError`` for a ``count`` outside ``0..capacity`` and ``encap_batch``
+for a port range that is not ``0 <= lo <= hi <= 65535``.
 """
 
 from __future__ import annotations
@@ -16,9 +23,19 @@ from types import ModuleType
 from typing import Any
 
 from . import _fastpath_py
+from ._fastpath_py import check_batch, check_port_range
 from .batch import FrameBatch
 
-__all__ = ["BACKEND", "backend", "load", "encap_batch", "decap_batch", "flow_hash"]
+__all__ = [
+    "BACKEND",
+    "Backend",
+    "backend",
+    "load",
+    "encap_batch",
+    "decap_batch",
+    "complete_checksums",
+    "flow_hash",
+]
 
 
 def _truthy(name: str) -> bool:
@@ -50,15 +67,25 @@ class _CffiBackend:
         return v
 
     def encap_batch(self, batch: FrameBatch, lo: int, hi: int) -> None:
+        check_batch(batch)
+        check_port_range(lo, hi)
         buf, flen, plen, vni, _st, sport = self._views(batch)
         self._lib.vx_encap_batch(
             buf, batch.slot, batch.headroom, batch.count, flen, vni, plen, sport, lo, hi
         )
 
     def decap_batch(self, batch: FrameBatch, strict: bool) -> None:
+        check_batch(batch)
         buf, flen, plen, vni, st, _sport = self._views(batch)
         self._lib.vx_decap_batch(
             buf, batch.slot, batch.headroom, batch.count, plen, int(strict), vni, st, flen
+        )
+
+    def complete_checksums(self, batch: FrameBatch) -> int:
+        check_batch(batch)
+        buf, flen, _plen, _vni, _st, _sport = self._views(batch)
+        return int(
+            self._lib.vx_complete_checksums(buf, batch.slot, batch.headroom, batch.count, flen)
         )
 
     def flow_hash(self, frame: bytes | bytearray | memoryview) -> int:
@@ -69,6 +96,7 @@ class _PyBackend:
     name = "python"
     encap_batch = staticmethod(_fastpath_py.encap_batch)
     decap_batch = staticmethod(_fastpath_py.decap_batch)
+    complete_checksums = staticmethod(_fastpath_py.complete_checksums)
     flow_hash = staticmethod(_fastpath_py.flow_hash)
 
 
@@ -95,4 +123,5 @@ backend: Backend = load()
 BACKEND: str = backend.name
 encap_batch = backend.encap_batch
 decap_batch = backend.decap_batch
+complete_checksums = backend.complete_checksums
 flow_hash = backend.flow_hash

@@ -23,7 +23,6 @@ from __future__ import annotations
 import enum
 import heapq
 import ipaddress
-import math
 from dataclasses import dataclass
 
 from .wire import ZERO_MAC, check_vni, format_mac
@@ -68,8 +67,10 @@ class Remote:
     def make(cls, ip: str, port: int | None = None, vni: int | None = None) -> Remote:
         """Validate and normalise (``ValueError`` on a bad address, port or VNI)."""
         addr = ipaddress.ip_address(ip)
-        if port is not None and not 1 <= port <= 65535:
-            raise ValueError(f"UDP port must be in 1..65535, got {port}")
+        if port is not None and (
+            not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
+        ):
+            raise ValueError(f"UDP port must be an integer in 1..65535, got {port!r}")
         if vni is not None:
             check_vni(vni)
         return cls(addr.compressed, port, vni)
@@ -114,6 +115,17 @@ _MS_MASK = (1 << _MS_BITS) - 1
 _SCHED_SHIFT = _RID_BITS + _MS_BITS
 
 
+def _ms(now: float) -> int:
+    """The FDB's clock: ``now`` in whole milliseconds, rounded (``int()`` would turn 1.001 s,
+    stored as 1.000999..., into 1000 ms)."""
+    return round(now * 1000)
+
+
+def _ageing_ms(ageing: float) -> int:
+    """The ageing time in whole milliseconds; a positive time never rounds down to 0 (never)."""
+    return max(1, round(ageing * 1000)) if ageing > 0 else 0
+
+
 class Fdb:
     """The FDB of one segment. See the module docstring for the rules."""
 
@@ -126,6 +138,7 @@ class Fdb:
             raise ValueError("max_addresses must be >= 0 (0 = no limit)")
         self.learning = learning
         self._ageing = float(ageing)
+        self._ageing_ms = _ageing_ms(ageing)
         self.max_addresses = max_addresses
         self._static: dict[bytes, tuple[Remote, ...]] = {}
         self._learned: dict[bytes, int] = {}
@@ -150,6 +163,7 @@ class Fdb:
         if ageing < 0:
             raise ValueError("ageing must be >= 0 seconds (0 = never age)")
         self._ageing = float(ageing)
+        self._ageing_ms = _ageing_ms(ageing)
         self._wheel.clear()
         self._heap.clear()
         for mac, v in self._learned.items():
@@ -272,7 +286,7 @@ class Fdb:
             return LearnResult.SPOOFED, None
         if not self.learning:
             return LearnResult.DISABLED, None
-        ms = int(now * 1000) & _MS_MASK
+        ms = _ms(now) & _MS_MASK
         v = self._learned.get(mac)
         if v is not None:
             rid = v & _RID_MASK
@@ -300,10 +314,10 @@ class Fdb:
     def expire(self, now: float) -> list[tuple[bytes, Remote]]:
         """Remove learned entries whose ageing time has passed; return ``(mac, remote)`` each."""
         out: list[tuple[bytes, Remote]] = []
-        if self._ageing <= 0:
+        age_ms = self._ageing_ms
+        if age_ms <= 0:
             return out
-        age_ms = self._ageing * 1000.0
-        now_ms = now * 1000.0
+        now_ms = _ms(now)
         heap, wheel, learned = self._heap, self._wheel, self._learned
         while heap and heap[0] <= now:
             sec = heapq.heappop(heap)
@@ -344,8 +358,9 @@ class Fdb:
 
     def _pack(self, mac: bytes, rid: int, last_ms: int) -> int:
         sched = 0
-        if self._ageing > 0:
-            sched = math.ceil((last_ms + self._ageing * 1000.0) / 1000.0)
+        if self._ageing_ms > 0:
+            # the whole second the deadline falls in (rounded up): expire(now >= sched) sees it
+            sched = -(-(last_ms + self._ageing_ms) // 1000)
             bucket = self._wheel.get(sched)
             if bucket is None:
                 self._wheel[sched] = [mac]

@@ -181,6 +181,9 @@ class Topology:
                     p.wait(5)
                 except (OSError, subprocess.TimeoutExpired):
                     pass
+            for stream in (p.stdin, p.stdout, p.stderr):
+                if stream is not None:
+                    stream.close()
         self.procs.clear()
         for h in list(self.hosts.values()):
             subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)

@@ -36,13 +36,14 @@ from .fdb import FdbEntry, Remote
 from .io.netlink import has_net_admin, underlay_mtu
 from .io.tap import Tap, TapError, TapGone
 from .io.udp import TransportError, UdpTransport
-from .wire import ETH_HLEN, parse_mac
+from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
 
 __all__ = ["Vtep", "VtepError", "install_uvloop"]
 
 log = logging.getLogger("vxlanpy")
 
-_READ_BUDGET = 8  # batches per readiness callback before yielding to the loop
+_READ_BUDGET = 8
+MAX_UDP_PAYLOAD = 65535 - VXLAN_HLEN  # batches per readiness callback before yielding to the loop
 
 
 class VtepError(Exception):
@@ -100,7 +101,9 @@ class Vtep:
         max_frame = await asyncio.to_thread(self._setup)
         assert self.transport is not None
         self._tx_batch = FrameBatch(self._batch_size, max_frame)
-        self._rx_batch = FrameBatch(self._batch_size, max_frame)
+        # Receive slots hold any UDP datagram: a kernel peer over veth hands over tunnel-GSO
+        # super-packets (up to 64 KiB) that the socket does not segment for us.
+        self._rx_batch = FrameBatch(self._batch_size, MAX_UDP_PAYLOAD)
         loop = self._loop
         for vni, tap in self.taps.items():
             loop.add_reader(tap.fd, self._on_tap, vni)
@@ -121,7 +124,8 @@ class Vtep:
                     raise VtepError(f"TAP MTU {mtu} is too small (underlay MTU {base})")
                 max_frame = max(max_frame, mtu + ETH_HLEN + 4)
                 addr = ipaddress.ip_interface(spec.address) if spec.address else None
-                tap = Tap(spec.tap_name, mtu=mtu, address=addr, bridge=spec.bridge)
+                mac = parse_mac(spec.mac) if spec.mac else None
+                tap = Tap(spec.tap_name, mtu=mtu, address=addr, bridge=spec.bridge, mac=mac)
                 self.taps[spec.vni] = tap
                 self.engine.add_segment(
                     SegmentConfig(
@@ -361,6 +365,7 @@ class Vtep:
             "socket_errors": dict(t.errors) if t else {},
             "tap_write_errors": {tap.name: tap.write_errors for tap in self.taps.values()},
             "events_lost": self.events_lost + self.engine.events_lost,
+            "checksums_completed": self.engine.checksums_completed,
         }
 
     def describe(self) -> str:

@@ -159,15 +159,16 @@ def decapsulate(payload: bytes | bytearray | memoryview, strict: bool = False) -
 # --- MAC addresses ----------------------------------------------------------------------------
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
 def parse_mac(text: str) -> bytes:
     """Parse ``aa:bb:cc:dd:ee:ff`` (or with ``-``) into 6 bytes; ``ValueError`` otherwise."""
     parts = text.strip().replace("-", ":").split(":")
-    if len(parts) != 6 or not all(1 <= len(p) <= 2 for p in parts):
+    # Check the digits here: int(p, 16) alone also takes "+f", " f", "_" and non-ASCII digits.
+    if len(parts) != 6 or not all(1 <= len(p) <= 2 and _HEX.issuperset(p) for p in parts):
         raise ValueError(f"not a MAC address: {text!r}")
-    try:
-        return bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ValueError(f"not a MAC address: {text!r}") from None
+    return bytes(int(p, 16) for p in parts)
 
 
 def format_mac(mac: bytes) -> str:

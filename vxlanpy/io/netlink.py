@@ -77,9 +77,10 @@ def configure_link(
     mtu: int | None = None,
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None,
     bridge: str | None = None,
+    mac: bytes | None = None,
     up: bool = True,
 ) -> None:
-    """Set MTU, add an address, enslave to ``bridge`` and bring ``name`` up."""
+    """Set MTU and MAC, add an address, enslave to ``bridge`` and bring ``name`` up."""
     with _ipr() as ipr:
         idx = ipr.link_lookup(ifname=name)
         if not idx:
@@ -88,6 +89,8 @@ def configure_link(
         try:
             if mtu is not None:
                 ipr.link("set", index=index, mtu=mtu)
+            if mac is not None:
+                ipr.link("set", index=index, address=mac.hex(":"))
             if bridge is not None:
                 br = ipr.link_lookup(ifname=bridge)
                 if not br:

@@ -35,6 +35,7 @@ class Tap:
         mtu: int,
         address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None,
         bridge: str | None = None,
+        mac: bytes | None = None,
     ) -> None:
         if not name or len(name) > 15 or "/" in name or " " in name:
             raise TapError(f"invalid interface name {name!r} (1-15 characters, no '/' or space)")
@@ -49,7 +50,7 @@ class Tap:
         self.closed = False
         try:
             os.set_blocking(self.fd, False)
-            configure_link(self.name, mtu=mtu, address=address, bridge=bridge)
+            configure_link(self.name, mtu=mtu, address=address, bridge=bridge, mac=mac)
             self.mac = link_mac(self.name)
         except (NetlinkError, OSError) as exc:
             self.close()

@@ -161,11 +161,14 @@ class UdpTransport:
         while batch.count < batch.capacity:
             i = batch.count
             try:
-                n, addr = rx.recvfrom_into(batch.payload_buffer(i))
+                n, _anc, flags, addr = rx.recvmsg_into([batch.payload_buffer(i)])
             except BlockingIOError:
                 break
             except OSError as exc:  # ICMP errors surface here (ECONNREFUSED, ...): count them
                 self.errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
+                continue
+            if flags & socket.MSG_TRUNC:  # larger than a slot: never deliver a cut frame
+                self.errors["truncated"] += 1
                 continue
             batch.payload_len[i] = n
             batch.count += 1

@@ -1,0 +1,93 @@
+"""Point to point: vxlanpy against the Linux kernel's vxlan (the reference peer), and vxlanpy
+against itself, on ports 4789 and 8472, over IPv4 and IPv6 underlays; MTU with DF."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Vxlanpy, ping, tcp_transfer
+
+from vxlanpy.netns import Topology
+
+MB = 1_000_000
+
+
+def _pair(topo: Topology, v6: bool = False):  # type: ignore[no-untyped-def]
+    a = topo.add_host("a")
+    b = topo.add_host("b")
+    if v6:
+        ua, ub = "2001:2::1", "2001:2::2"
+        dev = topo.link(a, b, f"{ua}/64", f"{ub}/64")
+    else:
+        ua, ub = "198.18.0.1", "198.18.0.2"
+        dev = topo.link(a, b, f"{ua}/24", f"{ub}/24")
+    return a, b, dev, ua, ub
+
+
+@pytest.mark.parametrize("port", [4789, 8472])
+def test_vxlanpy_vs_kernel(topo: Topology, port: int) -> None:
+    a, b, dev, ua, ub = _pair(topo)
+    topo.kernel_vxlan(b, vni=120, dev=dev, dstport=port, remote=ua, address="198.19.0.2/24")
+    v = Vxlanpy(
+        topo,
+        a,
+        ["--vni", "120", "--dstport", str(port), "--local", ua, "--remote", ub]
+        + ["--tap", "vx0", "--address", "198.19.0.1/24"],
+    )
+    ping(a, "198.19.0.2")
+    ping(b, "198.19.0.1")
+    tcp_transfer(a, b, "198.19.0.2", 20 * MB)
+    tcp_transfer(b, a, "198.19.0.1", 20 * MB, port=5002)
+    assert v.stop() == 0
+    stats = v.stats()
+    seg = stats["segments"]["120"]  # type: ignore[index]
+    assert seg["rx_bytes"] > 20 * MB and seg["tx_bytes"] > 20 * MB  # both transfers went through us
+    assert stats["checksums_completed"] > 0  # the kernel peer's partial checksums were fixed
+    assert a.sh("ip", "-o", "link", "show").count("vx0") == 0  # TAP removed on exit
+
+
+@pytest.mark.parametrize("port", [4789, 8472])
+def test_vxlanpy_vs_vxlanpy(topo: Topology, port: int) -> None:
+    a, b, dev, ua, ub = _pair(topo)
+    common = ["--vni", "120", "--dstport", str(port), "--tap", "vx0"]
+    va = Vxlanpy(topo, a, [*common, "--local", ua, "--remote", ub, "--address", "198.19.0.1/24"])
+    vb = Vxlanpy(topo, b, [*common, "--local", ub, "--remote", ua, "--address", "198.19.0.2/24"])
+    ping(a, "198.19.0.2")
+    ping(b, "198.19.0.1")
+    tcp_transfer(a, b, "198.19.0.2", 20 * MB)
+    assert va.stop() == 0 and vb.stop() == 0
+
+
+def test_ipv6_underlay(topo: Topology) -> None:
+    a, b, dev, ua, ub = _pair(topo, v6=True)
+    topo.kernel_vxlan(b, vni=7, dev=dev, remote=ua, local=ub, address="198.19.0.2/24", name="vx0")
+    v = Vxlanpy(
+        topo,
+        a,
+        ["--vni", "7", "--local", ua, "--remote", ub, "--tap", "vx0"]
+        + ["--address", "198.19.0.1/24"],
+    )
+    assert a.sh("cat", "/sys/class/net/vx0/mtu").strip() == "1430"  # 1500 - 70
+    ping(a, "198.19.0.2")
+    ping(b, "198.19.0.1")
+    tcp_transfer(a, b, "198.19.0.2", 5 * MB)
+    assert v.stop() == 0
+
+
+def test_mtu_full_size_with_df(topo: Topology) -> None:
+    a, b, dev, ua, ub = _pair(topo)
+    topo.kernel_vxlan(b, vni=120, dev=dev, remote=ua, address="198.19.0.2/24")
+    v = Vxlanpy(
+        topo,
+        a,
+        ["--vni", "120", "--local", ua, "--remote", ub, "--tap", "vx0"]
+        + ["--address", "198.19.0.1/24"],
+    )
+    mtu = int(a.sh("cat", "/sys/class/net/vx0/mtu"))
+    assert mtu == 1500 - 50
+    payload = str(mtu - 28)  # IPv4 20 + ICMP 8: a packet of exactly the overlay MTU
+    ping(a, "198.19.0.2", extra=("-M", "do", "-s", payload))
+    ping(b, "198.19.0.1", extra=("-M", "do", "-s", payload))
+    # one byte more does not fit with DF: the sender's stack refuses it
+    out = a.sh("ping", "-c", "1", "-M", "do", "-s", str(mtu - 27), "198.19.0.2", check=False)
+    assert "message too long" in out.lower() or "100% packet loss" in out
+    assert v.stop() == 0

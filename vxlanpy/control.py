@@ -1,0 +1,312 @@
+"""Runtime control of a running VTEP over a Unix socket: fdb, neigh, stats, events, config.
+
+Protocol: one JSON object per line each way. A request names ``cmd`` (``fdb``, ``neigh``,
+``stats``, ``events``, ``config``), an ``op`` where it has several, and its arguments; the
+answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``. ``events``
+answers ``{"ok": true}`` and then streams one event object per line until the client leaves.
+The socket is created mode 0600 in a 0700 directory: root only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from .fdb import FdbError
+from .neigh import NeighExists, NeighNotFound
+from .tunnel import Vtep, VtepError
+from .wire import format_mac
+
+__all__ = [
+    "ControlServer",
+    "ControlError",
+    "DEFAULT_DIR",
+    "default_dir",
+    "default_path",
+    "find_socket",
+    "request",
+    "stream",
+]
+
+DEFAULT_DIR = "/run/vxlanpy"
+_MAX_LINE = 1 << 16
+
+
+class ControlError(Exception):
+    """The control socket could not be reached, or the VTEP refused the request."""
+
+
+def default_dir() -> str:
+    """Where sockets go by default: one directory per network namespace, so VTEPs in different
+    namespaces (which share the filesystem) never collide. In a named namespace (``ip netns``)
+    it is ``/run/vxlanpy/netns-<name>``; elsewhere ``/run/vxlanpy``."""
+    try:
+        mine = os.stat("/proc/self/ns/net").st_ino
+        for name in sorted(os.listdir("/run/netns")):
+            if os.stat(os.path.join("/run/netns", name)).st_ino == mine:
+                return os.path.join(DEFAULT_DIR, f"netns-{name}")
+    except OSError:
+        pass
+    return DEFAULT_DIR
+
+
+def default_path(tap: str) -> str:
+    return os.path.join(default_dir(), f"{tap}.sock")
+
+
+class ControlServer:
+    """Serves the control protocol for ``vtep`` on ``path``."""
+
+    def __init__(self, vtep: Vtep, path: str) -> None:
+        self.vtep = vtep
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Bind the socket; ControlError if another VTEP is serving on it."""
+        d = os.path.dirname(self.path) or "."
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        if os.stat(d).st_mode & 0o077 and d.startswith(DEFAULT_DIR):
+            os.chmod(d, 0o700)
+        if os.path.exists(self.path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)  # stale socket of a VTEP that is gone
+            else:
+                raise ControlError(f"control socket {self.path} is in use by another VTEP")
+            finally:
+                probe.close()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._client, self.path, limit=_MAX_LINE)
+        except OSError as exc:
+            raise ControlError(f"cannot create control socket {self.path}: {exc}") from exc
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._clients):
+                t.cancel()
+            self._server = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            d = os.path.dirname(self.path)
+            if os.path.basename(d).startswith("netns-"):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)  # only when empty
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await _send(writer, {"ok": False, "error": "request line too long"})
+                    return
+                if not line:
+                    return
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("a request is a JSON object")
+                except ValueError as exc:
+                    await _send(writer, {"ok": False, "error": f"malformed request: {exc}"})
+                    continue
+                if req.get("cmd") == "events":
+                    await self._events(writer)
+                    return
+                await _send(writer, self.handle(req))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if task is not None:
+                self._clients.discard(task)
+            writer.close()
+
+    async def _events(self, writer: asyncio.StreamWriter) -> None:
+        await _send(writer, {"ok": True})
+        async for ev in self.vtep.events():
+            await _send(writer, ev.to_dict())
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request (everything but ``events``)."""
+        try:
+            return {"ok": True, "result": self._dispatch(req)}
+        except (VtepError, FdbError, NeighExists, NeighNotFound, ValueError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            return {"ok": False, "error": str(msg)}
+        except TypeError as exc:
+            return {"ok": False, "error": f"bad argument: {exc}"}
+
+    def _dispatch(self, req: dict[str, Any]) -> Any:
+        cmd = req.get("cmd")
+        op = req.get("op", "show")
+        v = self.vtep
+        if cmd == "stats":
+            return v.stats()
+        if cmd == "config":
+            return config_dict(v)
+        if cmd not in ("fdb", "neigh"):
+            raise ValueError(f"unknown command {cmd!r}")
+        vnis = self._vnis(req.get("vni"))
+        if cmd == "fdb":
+            if op == "show":
+                return [row for vni in vnis for row in fdb_rows(v, vni)]
+            v.fdb_update(
+                str(op),
+                vnis[0],
+                _str(req, "mac"),
+                req.get("dst"),
+                port=_opt_int(req, "port"),
+                remote_vni=_opt_int(req, "remote_vni"),
+            )
+            return None
+        if op == "show":
+            return [row for vni in vnis for row in neigh_rows(v, vni)]
+        v.neigh_update(str(op), vnis[0], _str(req, "ip"), req.get("lladdr"))
+        return None
+
+    def _vnis(self, vni: object) -> list[int]:
+        segs = sorted(self.vtep.engine.segments)
+        if vni is None:
+            return segs
+        if not isinstance(vni, int) or vni not in segs:
+            raise ValueError(f"VNI {vni} is not configured (have {', '.join(map(str, segs))})")
+        return [vni]
+
+
+def _str(req: dict[str, Any], key: str) -> str:
+    v = req.get(key)
+    if not isinstance(v, str):
+        raise ValueError(f"{key!r} is required")
+    return v
+
+
+def _opt_int(req: dict[str, Any], key: str) -> int | None:
+    v = req.get(key)
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+        raise ValueError(f"{key!r} must be an integer")
+    return v
+
+
+def fdb_rows(vtep: Vtep, vni: int) -> list[dict[str, Any]]:
+    tap = vtep.taps[vni].name if vni in vtep.taps else f"vni{vni}"
+    rows = []
+    for e in vtep.fdb_entries(vni):
+        for r in e.remotes:
+            rows.append(
+                {
+                    "mac": format_mac(e.mac),
+                    "dev": tap,
+                    "dst": r.ip,
+                    "port": r.port,
+                    "vni": r.vni if r.vni is not None else vni,
+                    "permanent": e.permanent,
+                    "age": None if e.age is None else round(e.age, 1),
+                }
+            )
+    return rows
+
+
+def neigh_rows(vtep: Vtep, vni: int) -> list[dict[str, Any]]:
+    tap = vtep.taps[vni].name if vni in vtep.taps else f"vni{vni}"
+    return [
+        {"ip": ip, "dev": tap, "lladdr": format_mac(mac), "vni": vni, "state": "PERMANENT"}
+        for ip, mac in vtep.neigh_entries(vni)
+    ]
+
+
+def config_dict(vtep: Vtep) -> dict[str, Any]:
+    """The running configuration with the live static FDB and neighbour entries."""
+    cfg = dataclasses.asdict(vtep.config)
+    for seg in cfg["segments"]:
+        s = vtep.engine.segment(seg["vni"])
+        tap = vtep.taps.get(seg["vni"])
+        if tap is not None:
+            seg["tap"] = tap.name
+            seg["mtu"] = tap.mtu
+            seg["mac"] = format_mac(tap.mac)
+        seg["remotes"] = []
+        seg["fdb"] = [(format_mac(mac), r.ip) for mac, rs in s.fdb.static_items() for r in rs]
+        seg["neigh"] = [(ip, format_mac(mac)) for ip, mac in s.neigh.entries()]
+        seg["learning"] = s.fdb.learning
+    return cfg
+
+
+async def _send(writer: asyncio.StreamWriter, obj: object) -> None:
+    writer.write(json.dumps(obj).encode() + b"\n")
+    await writer.drain()
+
+
+# --- client side -------------------------------------------------------------------------------
+
+
+def find_socket(path: str | None) -> str:
+    """``path``, or the only socket in the default directory; ControlError otherwise."""
+    if path:
+        return path
+    where = default_dir()
+    found = sorted(glob.glob(os.path.join(where, "*.sock")))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ControlError(f"no running VTEP found in {where} (give --control PATH)")
+    raise ControlError(f"several VTEPs are running ({', '.join(found)}): give --control PATH")
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except OSError as exc:
+        s.close()
+        raise ControlError(f"cannot reach the VTEP at {path}: {exc.strerror or exc}") from None
+    return s
+
+
+def request(path: str, req: dict[str, Any], timeout: float = 5.0) -> Any:
+    """Send one request; return its result or raise ControlError with the VTEP's message."""
+    with _connect(path, timeout) as s:
+        s.sendall(json.dumps(req).encode() + b"\n")
+        f = s.makefile("rb")
+        line = f.readline()
+        f.close()
+    if not line:
+        raise ControlError("the VTEP closed the connection without answering")
+    resp = json.loads(line)
+    if not resp.get("ok"):
+        raise ControlError(str(resp.get("error", "request refused")))
+    return resp.get("result")
+
+
+def stream(path: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Send a streaming request (``events``) and yield each object that comes back."""
+    with _connect(path, 5.0) as s:
+        s.sendall(json.dumps(req).encode() + b"\n")
+        s.settimeout(None)
+        f = s.makefile("rb")
+        try:
+            first = f.readline()
+            if not first or not json.loads(first).get("ok"):
+                raise ControlError(f"events refused: {first!r}")
+            for line in f:
+                yield json.loads(line)
+        finally:
+            f.close()
