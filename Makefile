@@ -29,7 +29,7 @@ system-deps:
 $(STAMP): pyproject.toml setup.py vxlanpy/_fastpath.c vxlanpy/_build_fastpath.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	@touch $(STAMP)
 
 lint: setup
@@ -52,6 +52,11 @@ lab: setup
 
 microbench: setup
 	$(PY) benchmarks/micro.py
+
+# Micro (pytest-benchmark) and end-to-end (namespaces, root) benchmarks; results in docs/.
+bench: setup
+	$(PY) -m benchmarks micro
+	$(PY) -m benchmarks e2e $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info vxlanpy/_fastpath_c.* .pytest_cache .mypy_cache .ruff_cache

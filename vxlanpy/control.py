@@ -83,7 +83,9 @@ class ControlServer:
             except OSError:
                 os.unlink(self.path)  # stale socket of a VTEP that is gone
             else:
-                raise ControlError(f"control socket {self.path} is in use by another VTEP")
+                raise ControlError(
+                    f"control socket {self.path} is in use by another VTEP (give --control PATH)"
+                )
             finally:
                 probe.close()
         old = os.umask(0o177)

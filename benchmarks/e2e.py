@@ -1,0 +1,403 @@
+"""End-to-end benchmark: four VTEP pairs in network namespaces, measured in ONE run.
+
+Pairs (host a <-> host b over a veth underlay, overlay 198.19.0.1 <-> 198.19.0.2):
+  kernel-kernel     Linux vxlan on both sides (the reference)
+  vxlanpy-kernel    vxlanpy on a, Linux vxlan on b
+  vxlanpy-vxlanpy   vxlanpy on both sides
+  naive-naive       benchmarks/naive_forwarder.py on both sides (the per-packet baseline)
+
+For each: TCP throughput a->b with 1 and 4 streams and b->a with 1 stream (iperf3), 64-byte UDP
+packet rate a->b (iperf3 -u -l 64 -b 0: received pps and loss), ping RTT p50/p99, and the CPU
+used by a's dataplane process during the 1-stream TCP test. Repetitions are interleaved
+(rep 1 of every pair, then rep 2, ...) so slow drift of a noisy machine hits all rows alike.
+Medians, spread (min..max) and the ratio to kernel-kernel are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vxlanpy.netns import NetnsError, Topology, have_netns
+
+HERE = Path(__file__).resolve().parent
+NAIVE = str(HERE / "naive_forwarder.py")
+PAIRS = ("kernel-kernel", "vxlanpy-kernel", "vxlanpy-vxlanpy", "naive-naive")
+METRICS: dict[str, tuple[str, str, bool]] = {
+    # key: (label, unit, higher is better)
+    "tcp1": ("TCP 1 stream a->b", "Gbit/s", True),
+    "tcp4": ("TCP 4 streams a->b", "Gbit/s", True),
+    "tcp1_rev": ("TCP 1 stream b->a", "Gbit/s", True),
+    "udp64_pps": ("64-byte UDP received", "kpps", True),
+    "udp64_loss": ("64-byte UDP loss", "%", False),
+    "rtt_p50": ("ping RTT p50", "us", False),
+    "rtt_p99": ("ping RTT p99", "us", False),
+    "cpu": ("a's dataplane CPU (TCP 1 stream)", "% of a core", False),
+}
+A_UL, B_UL, A_OL, B_OL = "198.18.0.1", "198.18.0.2", "198.19.0.1", "198.19.0.2"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Pair:
+    """One VTEP pair, built in fresh namespaces."""
+
+    def __init__(self, kind: str, vni: int = 120) -> None:
+        self.kind = kind
+        self.topo = Topology()
+        self.a = self.topo.add_host("a")
+        self.b = self.topo.add_host("b")
+        self.dev = self.topo.link(self.a, self.b, f"{A_UL}/24", f"{B_UL}/24")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        left, right = kind.split("-")
+        for side, impl in (("a", left), ("b", right)):
+            host = self.a if side == "a" else self.b
+            local, remote, addr = (A_UL, B_UL, A_OL) if side == "a" else (B_UL, A_UL, B_OL)
+            if impl == "kernel":
+                self.topo.kernel_vxlan(
+                    host,
+                    vni=vni,
+                    dev=self.dev,
+                    remote=remote,
+                    local=local,
+                    address=f"{addr}/24",
+                )
+            else:
+                if impl == "vxlanpy":
+                    argv = [sys.executable, "-m", "vxlanpy.cli", "run", "--vni", str(vni)]
+                    argv += ["--local", local, "--remote", remote, "--tap", "vx0"]
+                    argv += [
+                        "--address",
+                        f"{addr}/24",
+                        "--control",
+                        f"/run/vxlanpy/bench-{self.topo.tag}-{side}.sock",
+                    ]
+                else:
+                    argv = [sys.executable, NAIVE, "--vni", str(vni), "--local", local]
+                    argv += ["--remote", remote, "--tap", "vx0", "--address", f"{addr}/24"]
+                p = host.popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+                assert p.stderr is not None
+                line = p.stderr.readline().decode()
+                if "listening on" not in line and "naive forwarder" not in line:
+                    raise NetnsError(f"{impl} on {side} did not start: {line}")
+                self.procs[side] = p
+        for _ in range(50):  # wait until the overlay answers
+            if " 0% packet loss" in self.a.sh("ping", "-c", "1", "-W", "1", B_OL, check=False):
+                break
+        else:
+            raise NetnsError(f"{kind}: overlay does not answer ping")
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            self.topo.stop(p)
+        self.topo.close()
+
+    # --- measurements ---------------------------------------------------------------------
+
+    def cpu_ticks(self) -> int | None:
+        p = self.procs.get("a")
+        if p is None:
+            return None
+        with open(f"/proc/{p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    def iperf(self, args: list[str], seconds: float) -> dict[str, Any]:
+        srv = self.b.popen(
+            ["iperf3", "-s", "-1", "-B", B_OL], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            out = ""
+            for _ in range(50):
+                out = self.a.sh(
+                    "iperf3",
+                    "-c",
+                    B_OL,
+                    "-t",
+                    str(seconds),
+                    "-J",
+                    *args,
+                    check=False,
+                    timeout=seconds + 60,
+                )
+                if '"error"' not in out:
+                    break
+                time.sleep(0.1)
+            data: dict[str, Any] = json.loads(out)
+            if "error" in data:
+                raise NetnsError(f"iperf3 {' '.join(args)}: {data['error']}")
+            return data
+        finally:
+            self.topo.stop(srv)
+
+    def tcp(
+        self, streams: int, seconds: float, reverse: bool = False
+    ) -> tuple[float, float | None]:
+        args = ["-P", str(streams)] + (["-R"] if reverse else [])
+        t0, c0 = time.monotonic(), self.cpu_ticks()
+        data = self.iperf(args, seconds)
+        t1, c1 = time.monotonic(), self.cpu_ticks()
+        gbps = float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+        cpu = None
+        if c0 is not None and c1 is not None:
+            cpu = 100.0 * (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
+        return gbps, cpu
+
+    def udp64(self, seconds: float) -> tuple[float, float]:
+        data = self.iperf(["-u", "-l", "64", "-b", "0"], seconds)
+        s = data["end"]["sum"]
+        received = s["packets"] - s["lost_packets"]
+        return received / s["seconds"] / 1e3, float(s["lost_percent"])
+
+    def rtt(self, count: int) -> tuple[float, float]:
+        out = self.a.sh(
+            "ping",
+            "-c",
+            str(count),
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            B_OL,
+            check=False,
+            timeout=count * 0.1 + 30,
+        )
+        times = sorted(float(t) * 1000 for t in re.findall(r"time=([\d.]+) ms", out))
+        if not times:
+            raise NetnsError(f"{self.kind}: ping got no replies")
+        return _pct(times, 50), _pct(times, 99)
+
+
+def _pct(sorted_values: list[float], p: float) -> float:
+    k = (len(sorted_values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def run(
+    reps: int, seconds: float, pings: int, pairs: tuple[str, ...]
+) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {p: {m: [] for m in METRICS} for p in pairs}
+    total = reps * len(pairs)
+    step = 0
+    t_start = time.monotonic()
+    for rep in range(1, reps + 1):
+        for kind in pairs:
+            step += 1
+            log(
+                f"[{step}/{total}] {kind} (rep {rep}/{reps}, "
+                f"{time.monotonic() - t_start:.0f} s elapsed)"
+            )
+            pair = Pair(kind)
+            r = results[kind]
+            try:
+                p50, p99 = pair.rtt(pings)
+                r["rtt_p50"].append(p50)
+                r["rtt_p99"].append(p99)
+                log(f"      ping RTT p50 {p50:.0f} us  p99 {p99:.0f} us")
+                g, cpu = pair.tcp(1, seconds)
+                r["tcp1"].append(g)
+                if cpu is not None:
+                    r["cpu"].append(cpu)
+                log(
+                    f"      TCP 1 stream a->b {g:.2f} Gbit/s"
+                    + (f"  (a's CPU {cpu:.0f}%)" if cpu is not None else "")
+                )
+                g4, _ = pair.tcp(4, seconds)
+                r["tcp4"].append(g4)
+                log(f"      TCP 4 streams a->b {g4:.2f} Gbit/s")
+                gr, _ = pair.tcp(1, seconds, reverse=True)
+                r["tcp1_rev"].append(gr)
+                log(f"      TCP 1 stream b->a {gr:.2f} Gbit/s")
+                kpps, loss = pair.udp64(seconds)
+                r["udp64_pps"].append(kpps)
+                r["udp64_loss"].append(loss)
+                log(f"      64-byte UDP {kpps:.0f} kpps received, {loss:.1f}% loss")
+            finally:
+                pair.close()
+    return results
+
+
+def summarize(
+    results: dict[str, dict[str, list[float]]],
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    ref = results.get("kernel-kernel", {})
+    for kind, metrics in results.items():
+        out[kind] = {}
+        for m, vals in metrics.items():
+            if not vals:
+                out[kind][m] = {"median": None, "min": None, "max": None, "ratio": None}
+                continue
+            med = statistics.median(vals)
+            base = statistics.median(ref[m]) if ref.get(m) else None
+            ratio = med / base if base else None
+            out[kind][m] = {"median": med, "min": min(vals), "max": max(vals), "ratio": ratio}
+    return out
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from vxlanpy import BACKEND
+
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "backend": BACKEND,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    if unit == "Gbit/s":
+        return f"{v:.2f}"
+    if unit == "%" or unit.startswith("%"):
+        return f"{v:.1f}"
+    return f"{v:.0f}"
+
+
+def markdown(
+    summary: dict[str, Any],
+    mach: dict[str, str],
+    command: str,
+    reps: int,
+    seconds: float,
+    chart: str | None,
+) -> str:
+    pairs = list(summary)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, Linux {mach['kernel']}, "
+        f"Python {mach['python']}, vxlanpy backend `{mach['backend']}`  ",
+        f"Run: {mach['date']}; {reps} repetition(s) per pair, interleaved; "
+        f"{seconds:g} s per throughput test. Cells: median (min..max) ×ratio to kernel-kernel.",
+        "",
+        "| metric | " + " | ".join(pairs) + " |",
+        "|---|" + "---|" * len(pairs),
+    ]
+    for m, (label, unit, _hib) in METRICS.items():
+        cells = []
+        for p in pairs:
+            s = summary[p][m]
+            if s["median"] is None:
+                cells.append("—")
+                continue
+            cell = f"{_fmt(s['median'], unit)} ({_fmt(s['min'], unit)}..{_fmt(s['max'], unit)})"
+            if s["ratio"] is not None and p != "kernel-kernel":
+                cell += f" ×{s['ratio']:.3f}"
+            cells.append(cell)
+        lines.append(f"| {label} [{unit}] | " + " | ".join(cells) + " |")
+    if chart:
+        lines += ["", f"![throughput and packet rate relative to kernel-kernel]({chart})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no chart")
+        return False
+    metrics = ["tcp1", "tcp4", "tcp1_rev", "udp64_pps"]
+    pairs = [p for p in summary if p != "kernel-kernel"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(1, len(pairs))
+    for i, p in enumerate(pairs):
+        vals = [summary[p][m]["ratio"] or 0.0 for m in metrics]
+        xs = [j + i * width for j in range(len(metrics))]
+        ax.bar(xs, vals, width, label=p)
+        for x, v in zip(xs, vals, strict=True):
+            ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="kernel-kernel = 1")
+    ax.set_xticks([j + width * (len(pairs) - 1) / 2 for j in range(len(metrics))])
+    ax.set_xticklabels([METRICS[m][0] for m in metrics], fontsize=8)
+    ax.set_ylabel("ratio to kernel-kernel (median)")
+    ax.set_title("vxlanpy end-to-end, same run, same machine")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--pings", type=int, default=200)
+    ap.add_argument("--pairs", default=",".join(PAIRS), help="comma-separated subset")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 1 s, 20 pings")
+    ap.add_argument("--out", default=str(HERE.parent / "docs"), help="where results go")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.reps, a.seconds, a.pings = 1, 1.0, 20
+    if not have_netns():
+        log("the end-to-end benchmark needs root, iproute2 and /dev/net/tun")
+        return 1
+    pairs = tuple(p for p in a.pairs.split(",") if p)
+    unknown = set(pairs) - set(PAIRS)
+    if unknown:
+        log(f"unknown pair(s): {', '.join(sorted(unknown))}")
+        return 2
+    command = "python -m benchmarks e2e " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    results = run(a.reps, a.seconds, a.pings, pairs)
+    summary = summarize(results)
+    mach = machine()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "machine": mach,
+                "reps": a.reps,
+                "seconds": a.seconds,
+                "raw": results,
+                "summary": summary,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    chart = "benchmarks.png" if plot(summary, out / "benchmarks.png") else None
+    md = markdown(summary, mach, command, a.reps, a.seconds, chart)
+    (out / "benchmarks.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The benchmark harness works (CI checks the harness, not the speed): both parts in --quick."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from vxlanpy.netns import Topology
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_e2e_quick(topo: Topology, tmp_path: Path) -> None:
+    # `topo` only gates on privileges (skip, or fail under CI=true); the harness builds its own.
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "e2e", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    pairs = set(data["summary"])
+    assert pairs == {"kernel-kernel", "vxlanpy-kernel", "vxlanpy-vxlanpy", "naive-naive"}
+    for pair, metrics in data["summary"].items():
+        assert metrics["tcp1"]["median"] > 0, pair
+        assert metrics["rtt_p50"]["median"] > 0, pair
+        if pair != "kernel-kernel":
+            assert metrics["tcp1"]["ratio"] > 0, pair
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "| TCP 1 stream a->b [Gbit/s] |" in md and "×" in md
+    assert (tmp_path / "benchmarks.png").stat().st_size > 1000
+    assert "[4/4] naive-naive" in p.stderr  # progress was shown
+
+
+def test_micro_quick(tmp_path: Path) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "micro", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    data = json.loads((tmp_path / "micro.json").read_text())
+    names = {b["name"] for b in data["benchmarks"]}
+    assert "test_pack_batch[cffi]" in names and "test_fdb_lookup[10000]" in names
+    md = (tmp_path / "micro.md").read_text()
+    assert "ns/frame" in md
