@@ -40,6 +40,8 @@ ips = st.sampled_from(IPS)
 ports = st.sampled_from([None, 4789, 8472])
 vnis = st.sampled_from([None, 42])
 remotes = st.builds(Remote.make, ips, ports, vnis)
+gaps = st.integers(0, 1500)  # ms between frames: several frames within one ageing time
+AGEING_MS = st.sampled_from([1000, 2500, 5000, 0, 300_000])
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -53,8 +55,8 @@ class FdbMachine(RuleBasedStateMachine):
 
     @initialize(
         max_addresses=st.sampled_from([0, 1, 2, 3, 5]),
-        ageing_ms=st.sampled_from([0, 1000, 2500, 5000, 300_000]),
-        learning=st.booleans(),
+        ageing_ms=AGEING_MS,
+        learning=st.sampled_from([True, False]),
     )
     def setup(self, max_addresses: int, ageing_ms: int, learning: bool) -> None:
         self.fdb = Fdb(learning=learning, ageing=ageing_ms / 1000, max_addresses=max_addresses)
@@ -181,8 +183,19 @@ class FdbMachine(RuleBasedStateMachine):
 
     # --- learning, time and settings ------------------------------------------------------
 
-    @rule(mac=unicast, ip=ips)
-    def learn(self, mac: bytes, ip: str) -> None:
+    @rule(mac=unicast, ip=ips, gap=gaps)
+    def learn(self, mac: bytes, ip: str, gap: int) -> None:
+        self.now_ms += gap
+        self.learn_now(mac, ip)
+
+    @rule(frames=st.lists(st.tuples(unicast, ips, gaps), min_size=1, max_size=10))
+    def learn_burst(self, frames: list[tuple[bytes, str, int]]) -> None:
+        """Traffic: several frames, a few ms to a second apart (learning dominates the runs)."""
+        for mac, ip, gap in frames:
+            self.now_ms += gap
+            self.learn_now(mac, ip)
+
+    def learn_now(self, mac: bytes, ip: str) -> None:
         old: str | None = None
         if mac in self.static:
             hit = any(r.ip == ip for r in self.static[mac])
@@ -205,7 +218,7 @@ class FdbMachine(RuleBasedStateMachine):
     def set_learning(self, learning: bool) -> None:
         self.fdb.learning = self.learning = learning
 
-    @rule(ageing_ms=st.sampled_from([0, 1000, 2500, 5000, 300_000]))
+    @rule(ageing_ms=AGEING_MS)
     def set_ageing(self, ageing_ms: int) -> None:
         self.fdb.set_ageing(ageing_ms / 1000, self.now)
         self.ageing_ms = ageing_ms
@@ -218,8 +231,12 @@ class FdbMachine(RuleBasedStateMachine):
     def advance_to_whole_second(self) -> None:
         self.now_ms = (self.now_ms // 1000 + 1) * 1000
 
-    @rule()
-    def expire(self) -> None:
+    @rule(gap=st.integers(0, 3000))
+    def expire(self, gap: int) -> None:
+        self.now_ms += gap
+        self.expire_now()
+
+    def expire_now(self) -> None:
         got = self.fdb.expire(self.now)
         macs_out = [m for m, _ in got]
         assert len(macs_out) == len(set(macs_out)), "an entry was reported twice"
@@ -246,7 +263,7 @@ class FdbMachine(RuleBasedStateMachine):
         nd = self.fdb.next_deadline()
         assert nd is not None and nd == int(nd)
         self.now_ms = max(self.now_ms, int(nd) * 1000)
-        self.expire()
+        self.expire_now()
 
     # --- invariants -----------------------------------------------------------------------
 

@@ -20,16 +20,28 @@ void vx_decap_batch(const uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
                     uint32_t *frame_len);
 uint32_t vx_complete_checksums(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
                                const uint32_t *frame_len);
+uint32_t vx_tso_segment(const uint8_t *f, uint32_t len, uint32_t gso_size, uint32_t vni,
+                        uint8_t *out, uint32_t slot, uint32_t headroom, uint32_t max_frame,
+                        uint32_t first, uint32_t capacity, uint32_t *frame_len,
+                        uint32_t *vni_out);
+"""
+
+# Batched syscalls (vxlanpy/_fastio.c), built into the same extension.
+IO_CDEF = """
+int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
+                  uint32_t n, const uint32_t *payload_len, const uint16_t *sport, uint16_t dport,
+                  const void *addr, uint32_t addrlen);
 """
 
 _here = Path(__file__).resolve().parent
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
+ffibuilder.cdef(IO_CDEF)
 ffibuilder.set_source(
     "vxlanpy._fastpath_c",
-    "#include <stdint.h>\n" + CDEF,
-    sources=[os.path.relpath(_here / "_fastpath.c")],
+    "#include <stdint.h>\n" + CDEF + IO_CDEF,
+    sources=[os.path.relpath(_here / "_fastpath.c"), os.path.relpath(_here / "_fastio.c")],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )
 

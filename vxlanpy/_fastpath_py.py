@@ -19,7 +19,7 @@ from .wire import (
     port_from_hash,
 )
 
-__all__ = ["encap_batch", "decap_batch", "complete_checksums", "flow_hash"]
+__all__ = ["encap_batch", "decap_batch", "complete_checksums", "tso_segment", "flow_hash"]
 
 _HDR = struct.Struct("!II")
 _FLAGS = VXLAN_FLAG_I << 24
@@ -35,6 +35,16 @@ def check_port_range(lo: int, hi: int) -> None:
     """Refuse a source-port range that is empty or not made of UDP ports."""
     if not 0 <= lo <= hi <= 0xFFFF:
         raise ValueError(f"source port range must satisfy 0 <= lo <= hi <= 65535, got {lo}..{hi}")
+
+
+def check_tso(batch: FrameBatch, src: int, gso_size: int, out: FrameBatch) -> None:
+    """Refuse a source slot not in use or a ``gso_size`` that is not a virtio 16-bit size."""
+    check_batch(batch)
+    check_batch(out)
+    if not 0 <= src < batch.count:
+        raise ValueError(f"source slot {src} outside 0..{batch.count - 1}")
+    if not 0 <= gso_size <= 0xFFFF:
+        raise ValueError(f"gso_size must satisfy 0 <= gso_size <= 65535, got {gso_size}")
 
 
 def encap_batch(batch: FrameBatch, lo: int, hi: int) -> None:
@@ -166,3 +176,111 @@ def complete_checksums(batch: FrameBatch) -> int:
         if ETH_HLEN <= n <= limit and _complete_one(view, batch.frame_offset(i), n):
             fixed += 1
     return fixed
+
+
+# --- Transmit path: TCP segmentation of a GSO super-frame (TSO) -------------------------------
+
+_TCP_FIN = 0x01
+_TCP_PSH = 0x08
+_TCP_CWR = 0x80
+
+
+def _tso_layout(frame: bytes) -> tuple[bool, int, int, int] | None:
+    """(IPv4?, IP header length, TCP header length, TCP payload length) of a segmentable frame:
+    untagged Ethernet, IPv4 (not a fragment) or IPv6 (next header TCP), TCP, payload not empty."""
+    n = len(frame)
+    if n < ETH_HLEN + 20:
+        return None
+    et = (frame[12] << 8) | frame[13]
+    ip = ETH_HLEN
+    avail = n - ETH_HLEN
+    if et == ETH_P_IP:
+        if frame[ip] >> 4 != 4 or frame[ip + 9] != 6:
+            return None
+        iphl = (frame[ip] & 0x0F) * 4
+        iplen = (frame[ip + 2] << 8) | frame[ip + 3]
+        if iphl < 20 or iplen > avail or iplen < iphl:
+            return None
+        if ((frame[ip + 6] << 8) | frame[ip + 7]) & 0x3FFF:  # MF set or offset: a fragment
+            return None
+        v4 = True
+    elif et == ETH_P_IPV6:
+        if avail < 40 or frame[ip] >> 4 != 6 or frame[ip + 6] != 6:
+            return None
+        iphl = 40
+        iplen = 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
+        if iplen > avail:
+            return None
+        v4 = False
+    else:
+        return None
+    tcplen = iplen - iphl
+    if tcplen < 20:
+        return None
+    thl = (frame[ip + iphl + 12] >> 4) * 4
+    if thl < 20 or thl > tcplen or thl == tcplen:  # no payload: nothing to segment
+        return None
+    return v4, iphl, thl, tcplen - thl
+
+
+def tso_segment(batch: FrameBatch, src: int, gso_size: int, out: FrameBatch) -> int:
+    """Segment the TCP super-frame in slot ``src`` into ``out`` (see fastpath.py)."""
+    check_tso(batch, src, gso_size, out)
+    n = batch.frame_len[src]
+    if n > batch.slot - batch.headroom:  # a corrupt length: unreadable
+        return 0
+    if gso_size == 0:
+        return 0
+    off = batch.frame_offset(src)
+    frame = bytes(memoryview(batch.buf)[off : off + n])
+    layout = _tso_layout(frame)
+    if layout is None:
+        return 0
+    v4, iphl, thl, plen = layout
+    count = -(-plen // gso_size)
+    ip = ETH_HLEN
+    th = ip + iphl
+    hlen = th + thl
+    first = out.count
+    if count > out.capacity - first or hlen + min(gso_size, plen) > out.max_frame:
+        return 0
+    hdr = bytearray(frame[:hlen])
+    payload = frame[hlen : hlen + plen]
+    ip_id = (frame[ip + 4] << 8) | frame[ip + 5]  # IPv4 identification (unused for IPv6)
+    seq = int.from_bytes(frame[th + 4 : th + 8])
+    flags = frame[th + 13]
+    if v4:
+        pseudo = int.from_bytes(frame[ip + 12 : ip + 20]) + 6
+    else:
+        pseudo = int.from_bytes(frame[ip + 8 : ip + 40]) + 6
+    vni = batch.vni[src]
+    for k in range(count):
+        chunk = payload[k * gso_size : (k + 1) * gso_size]
+        l4len = thl + len(chunk)
+        if v4:
+            struct.pack_into("!HH", hdr, ip + 2, iphl + l4len, (ip_id + k) & 0xFFFF)
+            struct.pack_into("!H", hdr, ip + 10, 0)
+            csum = 0xFFFF - _fold(int.from_bytes(hdr[ip:th]))
+            struct.pack_into("!H", hdr, ip + 10, csum)
+        else:
+            struct.pack_into("!H", hdr, ip + 4, l4len)
+        fl = flags
+        if k:
+            fl &= ~_TCP_CWR
+        if k != count - 1:
+            fl &= ~(_TCP_FIN | _TCP_PSH)
+        struct.pack_into("!I", hdr, th + 4, (seq + k * gso_size) & 0xFFFFFFFF)
+        hdr[th + 13] = fl
+        struct.pack_into("!H", hdr, th + 16, 0)
+        segment = int.from_bytes(hdr[th:] + chunk)
+        if len(chunk) & 1:
+            segment <<= 8  # an odd last byte is the high half of a word
+        struct.pack_into("!H", hdr, th + 16, 0xFFFF - _fold(pseudo + l4len + segment))
+        i = first + k
+        doff = out.frame_offset(i)
+        out.buf[doff : doff + hlen] = hdr
+        out.buf[doff + hlen : doff + hlen + len(chunk)] = chunk
+        out.frame_len[i] = hlen + len(chunk)
+        out.vni[i] = vni
+    out.count = first + count
+    return count

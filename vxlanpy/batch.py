@@ -43,6 +43,9 @@ class FrameBatch:
         "vni",
         "status",
         "sport",
+        "gso_type",
+        "gso_size",
+        "vnet_flags",
         "views",
     )
 
@@ -69,6 +72,10 @@ class FrameBatch:
         self.vni = array("I", bytes(4 * capacity))
         self.status = array("i", bytes(4 * capacity))  # 0 ok, else a wire.STATUS_REASONS key
         self.sport = array("H", bytes(2 * capacity))  # outer UDP source port
+        # from the TAP's virtio-net header (IFF_VNET_HDR): GSO type/size and flags per frame
+        self.gso_type = array("B", bytes(capacity))
+        self.gso_size = array("H", bytes(2 * capacity))
+        self.vnet_flags = array("B", bytes(capacity))
         self.views: dict[str, Any] = {}  # per-backend cached views (cffi pointers)
 
     def frame_offset(self, i: int) -> int:

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true", help="drop packets with reserved bits set")
     run.add_argument("--allow-vlan", action="store_true", help="carry 802.1Q-tagged frames")
     run.add_argument("--no-uvloop", action="store_true", help="use the plain asyncio loop")
+    run.add_argument(
+        "--no-offload", action="store_true", help="no TAP checksum/TSO offloads (IFF_VNET_HDR)"
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every event")
 
     def client(name: str, helptext: str) -> argparse.ArgumentParser:
@@ -149,6 +152,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         if a.vni is not None or a.remote or a.fdb or a.neigh or a.group:
             raise ConfigError("give either --config or the segment flags (--vni ...), not both")
         cfg, control = load_config(a.config)
+        if a.no_offload:
+            cfg.offload = False
         return cfg, a.control or control
     if a.vni is None:
         raise UsageError("run needs --vni (or --config FILE)")
@@ -179,6 +184,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         df=a.df,
         dev=a.dev,
         strict=a.strict,
+        offload=not a.no_offload,
     ).validate()
     return cfg, a.control
 

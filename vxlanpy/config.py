@@ -63,6 +63,7 @@ class VtepConfig:
     df: Literal["unset", "set"] = "unset"
     dev: str | None = None
     strict: bool = False
+    offload: bool = True  # TAP checksum/TSO offloads (IFF_VNET_HDR), segmented in the fast path
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -79,8 +80,10 @@ class VtepConfig:
             ips += s.remotes + ([s.group] if s.group else []) + [ip for _, ip in s.fdb]
         return ips
 
-    def validate(self) -> VtepConfig:
-        """Check every value; raise ConfigError naming the first wrong one. Returns self."""
+    def validate(self, *, in_file: bool = False) -> VtepConfig:
+        """Check every value; raise ConfigError naming the first wrong one. Returns self.
+
+        ``in_file``: name segment keys as a config file does (``segment[N].key``)."""
         if not self.segments:
             raise ConfigError("no segment configured (give --vni)")
         _port("dstport", self.dstport)
@@ -95,55 +98,60 @@ class VtepConfig:
             raise ConfigError(f"tos must be in 0..255, got {self.tos}")
         if self.df not in ("unset", "set"):
             raise ConfigError(f"df must be 'unset' or 'set', got {self.df!r}")
-        versions = set()
-        for ip in self._underlay_ips():
-            versions.add(_ip("underlay address", ip).version)
-        if len(versions) > 1:
-            raise ConfigError("underlay addresses mix IPv4 and IPv6")
-        vnis: set[int] = set()
-        taps: set[str] = set()
-        for s in self.segments:
-            if isinstance(s.vni, bool) or not isinstance(s.vni, int) or not 0 <= s.vni <= VNI_MAX:
-                raise ConfigError(f"VNI must be in 0..{VNI_MAX}, got {s.vni!r}")
-            if s.vni in vnis:
-                raise ConfigError(f"VNI {s.vni} is configured twice")
-            vnis.add(s.vni)
-            name = s.tap_name
-            if not 1 <= len(name) <= 15 or "/" in name or " " in name:
-                raise ConfigError(f"TAP name {name!r} must be 1-15 characters, no '/' or space")
-            if name in taps:
-                raise ConfigError(f"TAP name {name} is used twice")
-            taps.add(name)
-            if s.address is not None:
-                try:
-                    ipaddress.ip_interface(s.address)
-                except ValueError:
-                    raise ConfigError(f"address {s.address!r} is not an IP/prefix") from None
-                if "/" not in s.address:
-                    raise ConfigError(f"address {s.address!r} needs a prefix length (CIDR)")
-            if s.mac is not None and _mac(s.mac)[0] & 1:
-                raise ConfigError(f"TAP MAC {s.mac} is not unicast")
-            if s.mtu is not None and not 68 <= s.mtu <= 65535:
-                raise ConfigError(f"mtu must be in 68..65535, got {s.mtu}")
-            if s.group is not None and not _ip("group", s.group).is_multicast:
-                raise ConfigError(f"group {s.group} is not a multicast address")
-            for r in s.remotes:
-                if _ip("remote", r).is_multicast:
-                    raise ConfigError(f"remote {r} is multicast: use --group")
-            if s.ageing < 0:
-                raise ConfigError(f"ageing must be >= 0 seconds, got {s.ageing}")
-            if s.max_addresses < 0:
-                raise ConfigError(f"max-address must be >= 0, got {s.max_addresses}")
-            for mac, ip in s.fdb:
-                _mac(mac)
-                _ip("fdb destination", ip)
-            for ip, mac in s.neigh:
-                _ip("neighbour", ip)
-                if _mac(mac)[0] & 1:
-                    raise ConfigError(f"neighbour MAC {mac} is not unicast")
         if self.local is not None and _ip("local", self.local).is_multicast:
             raise ConfigError(f"local {self.local} is multicast")
+        vnis: set[int] = set()
+        taps: set[str] = set()
+        for n, s in enumerate(self.segments):
+            try:
+                _check_segment(s, vnis, taps)
+            except ConfigError as exc:
+                raise ConfigError(f"segment[{n}].{exc}" if in_file else str(exc)) from None
+        versions = {ipaddress.ip_address(ip).version for ip in self._underlay_ips()}
+        if len(versions) > 1:
+            raise ConfigError("underlay addresses mix IPv4 and IPv6")
         return self
+
+
+def _check_segment(s: SegmentSpec, vnis: set[int], taps: set[str]) -> None:
+    if isinstance(s.vni, bool) or not isinstance(s.vni, int) or not 0 <= s.vni <= VNI_MAX:
+        raise ConfigError(f"vni must be an integer in 0..{VNI_MAX}, got {s.vni!r}")
+    if s.vni in vnis:
+        raise ConfigError(f"vni {s.vni} is configured twice")
+    vnis.add(s.vni)
+    name = s.tap_name
+    if not 1 <= len(name) <= 15 or "/" in name or " " in name:
+        raise ConfigError(f"tap {name!r} must be 1-15 characters, no '/' or space")
+    if name in taps:
+        raise ConfigError(f"tap {name} is used twice")
+    taps.add(name)
+    if s.address is not None:
+        try:
+            ipaddress.ip_interface(s.address)
+        except ValueError:
+            raise ConfigError(f"address {s.address!r} is not an IP/prefix") from None
+        if "/" not in s.address:
+            raise ConfigError(f"address {s.address!r} needs a prefix length (CIDR)")
+    if s.mac is not None and _mac("mac", s.mac)[0] & 1:
+        raise ConfigError(f"mac {s.mac} is not unicast")
+    if s.mtu is not None and not 68 <= s.mtu <= 65535:
+        raise ConfigError(f"mtu must be in 68..65535, got {s.mtu}")
+    if s.group is not None and not _ip("group", s.group).is_multicast:
+        raise ConfigError(f"group {s.group} is not a multicast address")
+    for r in s.remotes:
+        if _ip("remote", r).is_multicast:
+            raise ConfigError(f"remote {r} is multicast: use group")
+    if s.ageing < 0:
+        raise ConfigError(f"ageing must be >= 0 seconds, got {s.ageing}")
+    if s.max_addresses < 0:
+        raise ConfigError(f"max_addresses must be >= 0, got {s.max_addresses}")
+    for mac, ip in s.fdb:
+        _mac("fdb mac", mac)
+        _ip("fdb dst", ip)
+    for ip, mac in s.neigh:
+        _ip("neigh ip", ip)
+        if _mac("neigh lladdr", mac)[0] & 1:
+            raise ConfigError(f"neigh lladdr {mac} is not unicast")
 
 
 def _port(name: str, value: int) -> None:
@@ -158,11 +166,11 @@ def _ip(what: str, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise ConfigError(f"{what} {text!r} is not an IP address") from None
 
 
-def _mac(text: str) -> bytes:
+def _mac(what: str, text: str) -> bytes:
     try:
         return parse_mac(text)
     except ValueError:
-        raise ConfigError(f"{text!r} is not a MAC address") from None
+        raise ConfigError(f"{what} {text!r} is not a MAC address") from None
 
 
 def parse_srcport(text: str) -> tuple[int, int]:
@@ -185,6 +193,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "df": (str, '"unset" or "set"'),
     "dev": (str, "an interface name"),
     "strict": (bool, "true or false"),
+    "offload": (bool, "true or false"),
     "control": (str, "a path"),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -276,7 +285,9 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         specs.append(spec)
     srcport = vt.get("srcport", "49152:65535")
     if isinstance(srcport, list):
-        if len(srcport) != 2 or not all(isinstance(p, int) for p in srcport):
+        if len(srcport) != 2 or not all(
+            isinstance(p, int) and not isinstance(p, bool) for p in srcport
+        ):
             raise ConfigError(f"{path}: [vtep].srcport must be [MIN, MAX] integers")
         sp = (int(srcport[0]), int(srcport[1]))
     else:
@@ -295,9 +306,10 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         df=vt.get("df", "unset"),  # type: ignore[arg-type]
         dev=vt.get("dev"),  # type: ignore[arg-type]
         strict=bool(vt.get("strict", False)),
+        offload=bool(vt.get("offload", True)),
     )
     try:
-        cfg.validate()
+        cfg.validate(in_file=True)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return cfg, control if isinstance(control, str) else None

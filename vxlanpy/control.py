@@ -153,7 +153,7 @@ class ControlServer:
         except (VtepError, FdbError, NeighExists, NeighNotFound, ValueError, KeyError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             return {"ok": False, "error": str(msg)}
-        except TypeError as exc:
+        except (TypeError, AttributeError) as exc:
             return {"ok": False, "error": f"bad argument: {exc}"}
 
     def _dispatch(self, req: dict[str, Any]) -> Any:
@@ -174,14 +174,14 @@ class ControlServer:
                 str(op),
                 vnis[0],
                 _str(req, "mac"),
-                req.get("dst"),
+                _opt_str(req, "dst"),
                 port=_opt_int(req, "port"),
                 remote_vni=_opt_int(req, "remote_vni"),
             )
             return None
         if op == "show":
             return [row for vni in vnis for row in neigh_rows(v, vni)]
-        v.neigh_update(str(op), vnis[0], _str(req, "ip"), req.get("lladdr"))
+        v.neigh_update(str(op), vnis[0], _str(req, "ip"), _opt_str(req, "lladdr"))
         return None
 
     def _vnis(self, vni: object) -> list[int]:
@@ -197,6 +197,13 @@ def _str(req: dict[str, Any], key: str) -> str:
     v = req.get(key)
     if not isinstance(v, str):
         raise ValueError(f"{key!r} is required")
+    return v
+
+
+def _opt_str(req: dict[str, Any], key: str) -> str | None:
+    v = req.get(key)
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"{key!r} must be a string")
     return v
 
 

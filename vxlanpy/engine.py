@@ -74,20 +74,22 @@ __all__ = [
 
 class Datagram(NamedTuple):
     """A UDP datagram to send: ``payload`` (VXLAN header + frame) to ``host:port`` from
-    source port ``sport``."""
+    source port ``sport``. ``slot`` is the batch slot it was made from (-1: a copy)."""
 
     payload: bytes | memoryview
     host: str
     port: int
     sport: int
     vni: int
+    slot: int = -1
 
 
 class DeviceFrame(NamedTuple):
-    """An Ethernet frame to write to the device of segment ``vni``."""
+    """An Ethernet frame to write to the device of segment ``vni`` (``slot``: as Datagram)."""
 
     vni: int
     frame: bytes | memoryview
+    slot: int = -1
 
 
 @dataclass(slots=True)
@@ -292,9 +294,9 @@ class Engine:
             for r in remotes:
                 if r.vni is not None and r.vni != vni:
                     data: bytes | memoryview = encode_header(r.vni) + payload[VXLAN_HLEN:]
-                    out.append(Datagram(data, r.ip, r.port or dstport, sport, r.vni))
+                    out.append(Datagram(data, r.ip, r.port or dstport, sport, r.vni, i))
                 else:
-                    out.append(Datagram(payload, r.ip, r.port or dstport, sport, vni))
+                    out.append(Datagram(payload, r.ip, r.port or dstport, sport, vni, i))
                 c.tx_packets += 1
                 c.tx_bytes += plen - VXLAN_HLEN
 
@@ -377,7 +379,7 @@ class Engine:
                     continue
                 elif res is LearnResult.REFUSED:
                     c.learn_refused += 1
-            out.append(DeviceFrame(vni, mv[off : off + n]))
+            out.append(DeviceFrame(vni, mv[off : off + n], i))
             c.rx_packets += 1
             c.rx_bytes += n
 
@@ -446,10 +448,10 @@ class Engine:
         """Turn outputs that view a throw-away batch into bytes."""
         for k in range(start_send, len(self._to_send)):
             d = self._to_send[k]
-            self._to_send[k] = d._replace(payload=bytes(d.payload))
+            self._to_send[k] = d._replace(payload=bytes(d.payload), slot=-1)
         for k in range(start_dev, len(self._to_device)):
             f = self._to_device[k]
-            self._to_device[k] = f._replace(frame=bytes(f.frame))
+            self._to_device[k] = f._replace(frame=bytes(f.frame), slot=-1)
 
 
 # Single-frame helpers use the pure-Python twin: one C call per frame costs more than struct.

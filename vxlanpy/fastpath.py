@@ -2,7 +2,7 @@
 
 ``VXLANPY_PURE_PYTHON=1`` forces the twin; ``VXLANPY_REQUIRE_C=1`` turns a missing extension into
 an ``ImportError`` (CI sets it, so a broken build cannot hide behind the twin). Both backends
-expose the same four functions with the same signatures:
+expose the same five functions with the same signatures:
 
 - ``encap_batch(batch, lo, hi)``: headers in place, ``payload_len`` and ``sport`` set;
 - ``decap_batch(batch, strict)``: ``status``, ``vni`` and ``frame_len`` set per slot;
@@ -10,10 +10,21 @@ expose the same four functions with the same signatures:
   checksums a checksum-offloading sender left partial (the field holds only the folded
   pseudo-header sum) are completed in place, so the frames can be written to a TAP; correct and
   otherwise wrong checksums are left alone. Returns how many frames were rewritten;
+- ``tso_segment(batch, src, gso_size, out) -> int``: transmit path, for a frame a TAP with
+  TSO offload handed over with a TCP GSO type: cuts the TCP super-frame in slot ``src`` into
+  segments of at most ``gso_size`` payload bytes, appended to ``out`` from slot ``out.count``
+  (``frame_len`` set, ``vni`` copied from ``batch.vni[src]``, ``count`` advanced), each with
+  IPv4 total length / IPv6 payload length set, IPv4 id + k and header checksum, TCP seq + k *
+  gso_size, FIN and PSH only on the last segment, CWR only on the first, and a full TCP checksum
+  (the input's checksum field is ignored). Returns the number of segments; then encapsulate
+  ``out``. Returns 0 and writes nothing when the frame is not untagged Ethernet + IPv4 (not a
+  fragment) or IPv6 (next header TCP) + TCP with a payload, ``gso_size`` is 0, or the segments
+  do not fit in ``out`` (slots or ``max_frame``): send such a frame as it is, or drop it;
 - ``flow_hash(frame)``: the 32-bit inner-flow hash.
 
 The batch kernels raise ``ValueError`` for a ``count`` outside ``0..capacity`` and ``encap_batch``
-for a port range that is not ``0 <= lo <= hi <= 65535``.
+for a port range that is not ``0 <= lo <= hi <= 65535``; ``tso_segment`` for a ``src`` outside
+``0..batch.count - 1`` or a ``gso_size`` outside ``0..65535``.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from . import _fastpath_py
-from ._fastpath_py import check_batch, check_port_range
+from ._fastpath_py import check_batch, check_port_range, check_tso
 from .batch import FrameBatch
 
 __all__ = [
@@ -34,6 +45,7 @@ __all__ = [
     "encap_batch",
     "decap_batch",
     "complete_checksums",
+    "tso_segment",
     "flow_hash",
 ]
 
@@ -88,6 +100,32 @@ class _CffiBackend:
             self._lib.vx_complete_checksums(buf, batch.slot, batch.headroom, batch.count, flen)
         )
 
+    def tso_segment(self, batch: FrameBatch, src: int, gso_size: int, out: FrameBatch) -> int:
+        check_tso(batch, src, gso_size, out)
+        n = batch.frame_len[src]
+        if n > batch.slot - batch.headroom:  # a corrupt length: unreadable
+            return 0
+        sbuf = self._views(batch)[0]
+        obuf, oflen, _plen, ovni, _st, _sport = self._views(out)
+        count = int(
+            self._lib.vx_tso_segment(
+                sbuf + batch.frame_offset(src),
+                n,
+                gso_size,
+                batch.vni[src],
+                obuf,
+                out.slot,
+                out.headroom,
+                out.max_frame,
+                out.count,
+                out.capacity,
+                oflen,
+                ovni,
+            )
+        )
+        out.count += count
+        return count
+
     def flow_hash(self, frame: bytes | bytearray | memoryview) -> int:
         return int(self._lib.vx_flow_hash(self._ffi.from_buffer(frame), len(frame)))
 
@@ -97,6 +135,7 @@ class _PyBackend:
     encap_batch = staticmethod(_fastpath_py.encap_batch)
     decap_batch = staticmethod(_fastpath_py.decap_batch)
     complete_checksums = staticmethod(_fastpath_py.complete_checksums)
+    tso_segment = staticmethod(_fastpath_py.tso_segment)
     flow_hash = staticmethod(_fastpath_py.flow_hash)
 
 
@@ -124,4 +163,5 @@ BACKEND: str = backend.name
 encap_batch = backend.encap_batch
 decap_batch = backend.decap_batch
 complete_checksums = backend.complete_checksums
+tso_segment = backend.tso_segment
 flow_hash = backend.flow_hash

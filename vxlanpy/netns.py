@@ -174,13 +174,19 @@ class Topology:
 
     def close(self) -> None:
         """End our processes (by PID) and delete our namespaces with everything in them."""
+        for p in self.procs:  # SIGTERM first, so that they clean up (sockets, TAPs)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
         for p in self.procs:
             if p.poll() is None:
                 try:
+                    p.wait(3)
+                except subprocess.TimeoutExpired:
                     p.kill()
-                    p.wait(5)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
+                    try:
+                        p.wait(5)
+                    except subprocess.TimeoutExpired:
+                        pass
             for stream in (p.stdin, p.stdout, p.stderr):
                 if stream is not None:
                     stream.close()

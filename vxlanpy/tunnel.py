@@ -30,7 +30,7 @@ from typing import Any
 
 from .batch import DEFAULT_BATCH, FrameBatch
 from .config import VtepConfig
-from .engine import Engine, Segment, SegmentConfig
+from .engine import Datagram, Engine, Segment, SegmentConfig
 from .events import Event
 from .fdb import FdbEntry, Remote
 from .io.netlink import has_net_admin, underlay_mtu
@@ -43,7 +43,9 @@ __all__ = ["Vtep", "VtepError", "install_uvloop"]
 log = logging.getLogger("vxlanpy")
 
 _READ_BUDGET = 8
-MAX_UDP_PAYLOAD = 65535 - VXLAN_HLEN  # batches per readiness callback before yielding to the loop
+MAX_UDP_PAYLOAD = 65535 - VXLAN_HLEN
+MAX_GSO_FRAME = 65535 + ETH_HLEN + 4
+MAX_SEGMENTS = 160  # batches per readiness callback before yielding to the loop
 
 
 class VtepError(Exception):
@@ -81,6 +83,9 @@ class Vtep:
         self._stopped = asyncio.Event()
         self._tx_batch: FrameBatch | None = None
         self._rx_batch: FrameBatch | None = None
+        self._seg_batch: FrameBatch | None = None
+        self.gso_errors = 0
+        self.gso_frames = 0  # TCP super-frames from the TAP, cut into segments
         self._rx_sources: list[str] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -100,7 +105,11 @@ class Vtep:
         # netlink (pyroute2) runs its own loop: do the blocking set-up in a worker thread
         max_frame = await asyncio.to_thread(self._setup)
         assert self.transport is not None
-        self._tx_batch = FrameBatch(self._batch_size, max_frame)
+        # With offloads the TAP hands over TCP super-frames of up to 64 KiB; they are cut into
+        # MTU-sized segments (at most 64 KiB / 500-byte MSS of them) in _seg_batch.
+        tx_max = MAX_GSO_FRAME if self.config.offload else max_frame
+        self._tx_batch = FrameBatch(self._batch_size, tx_max)
+        self._seg_batch = FrameBatch(MAX_SEGMENTS, max_frame)
         # Receive slots hold any UDP datagram: a kernel peer over veth hands over tunnel-GSO
         # super-packets (up to 64 KiB) that the socket does not segment for us.
         self._rx_batch = FrameBatch(self._batch_size, MAX_UDP_PAYLOAD)
@@ -125,7 +134,14 @@ class Vtep:
                 max_frame = max(max_frame, mtu + ETH_HLEN + 4)
                 addr = ipaddress.ip_interface(spec.address) if spec.address else None
                 mac = parse_mac(spec.mac) if spec.mac else None
-                tap = Tap(spec.tap_name, mtu=mtu, address=addr, bridge=spec.bridge, mac=mac)
+                tap = Tap(
+                    spec.tap_name,
+                    mtu=mtu,
+                    address=addr,
+                    bridge=spec.bridge,
+                    mac=mac,
+                    offload=cfg.offload,
+                )
                 self.taps[spec.vni] = tap
                 self.engine.add_segment(
                     SegmentConfig(
@@ -211,13 +227,64 @@ class Vtep:
                 return
             if n == 0:
                 break
+            if tap.vnet:
+                gso = self._prepare_offloaded(batch)
             engine.handle_frames(vni, batch, self._loop.time())
-            for d in engine.datagrams_to_send():
-                transport.send(d)
+            self._send(batch, engine.datagrams_to_send(), bool(tap.vnet and gso))
             self._write_device()
             if n < batch.capacity:
                 break
         self._after_work()
+
+    def _send(self, batch: FrameBatch, datagrams: list[Datagram], gso: bool) -> None:
+        """Send what the engine decided. Runs of consecutive slots to one destination go out in
+        one batched syscall; GSO super-frames are cut first; copies go one by one."""
+        transport = self.transport
+        assert transport is not None
+        first = count = port = 0
+        host = ""
+        for d in datagrams:
+            if gso and d.slot >= 0 and batch.gso_type[d.slot] & 0x7F:
+                if count:
+                    transport.send_slots(batch, first, count, port, host)
+                    count = 0
+                self._send_segmented(batch, d)
+            elif d.slot < 0 or not isinstance(d.payload, memoryview):
+                transport.send(d)  # a per-remote VNI override made a copy
+            elif count and d.slot == first + count and d.host == host and d.port == port:
+                count += 1
+            else:
+                if count:
+                    transport.send_slots(batch, first, count, port, host)
+                first, count, host, port = d.slot, 1, d.host, d.port
+        if count:
+            transport.send_slots(batch, first, count, port, host)
+
+    def _prepare_offloaded(self, batch: FrameBatch) -> bool:
+        """Complete partial checksums of plain frames; True if any frame is a GSO super-frame."""
+        gso = any(batch.gso_type[: batch.count])
+        if any(batch.vnet_flags[: batch.count]):
+            self.engine.fast.complete_checksums(batch)  # super-frames are redone when cut
+        return gso
+
+    def _send_segmented(self, batch: FrameBatch, d: Datagram) -> None:
+        """Cut the TCP super-frame behind ``d`` into MTU-sized frames and send each to d's
+        destination (the engine decided once for the whole super-frame)."""
+        seg = self._seg_batch
+        transport = self.transport
+        assert seg is not None and transport is not None
+        fast = self.engine.fast
+        seg.clear()
+        n = fast.tso_segment(batch, d.slot, batch.gso_size[d.slot], seg)
+        if n == 0:
+            self.gso_errors += 1
+            return
+        self.gso_frames += 1
+        for k in range(n):
+            seg.vni[k] = d.vni
+        lo, hi = self.engine.srcport
+        fast.encap_batch(seg, lo, hi)
+        transport.send_slots(seg, 0, n, d.port, d.host)
 
     def _on_udp(self) -> None:
         batch = self._rx_batch
@@ -366,6 +433,8 @@ class Vtep:
             "tap_write_errors": {tap.name: tap.write_errors for tap in self.taps.values()},
             "events_lost": self.events_lost + self.engine.events_lost,
             "checksums_completed": self.engine.checksums_completed,
+            "gso_errors": self.gso_errors,
+            "gso_frames": self.gso_frames,
         }
 
     def describe(self) -> str:

@@ -43,14 +43,24 @@ def topo() -> Iterator[Topology]:
 class Vxlanpy:
     """A ``vxlanpy-tunnel run`` process in a namespace; stderr collected in ``lines``."""
 
-    def __init__(self, topo: Topology, host: Host, args: list[str]) -> None:
+    def __init__(
+        self, topo: Topology, host: Host, args: list[str], backend: str | None = None
+    ) -> None:
         self.topo = topo
         self.host = host
         self.lines: list[str] = []
+        env = dict(os.environ)
+        if backend == "python":
+            env["VXLANPY_PURE_PYTHON"] = "1"
+            env.pop("VXLANPY_REQUIRE_C", None)
+        elif backend == "cffi":
+            env["VXLANPY_REQUIRE_C"] = "1"
+            env.pop("VXLANPY_PURE_PYTHON", None)
         self.proc = host.popen(
             [sys.executable, "-m", "vxlanpy.cli", "run", *args],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
+            env=env,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
