@@ -29,8 +29,9 @@ uint32_t vx_tso_segment(const uint8_t *f, uint32_t len, uint32_t gso_size, uint3
 # Batched syscalls (vxlanpy/_fastio.c), built into the same extension.
 IO_CDEF = """
 int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
-                  uint32_t n, const uint32_t *payload_len, const uint16_t *sport, uint16_t dport,
-                  const void *addr, uint32_t addrlen);
+                  uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
+int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
+                uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
 """
 
 _here = Path(__file__).resolve().parent

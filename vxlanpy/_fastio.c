@@ -1,47 +1,49 @@
 /*
  * vxlanpy fast path, batched syscalls: one Python->C crossing sends a whole batch.
  *
- * vx_send_batch writes the 8-byte UDP header into the headroom in front of each slot's VXLAN
- * header (source port from sport[i], checksum 0: the kernel fills it for IPv6 raw sockets with
- * IPV6_CHECKSUM, and RFC 7348 allows 0 over IPv4) and sends slots first..first+n-1 to one
- * destination with sendmmsg(2) on a raw IPPROTO_UDP socket. Returns the number of datagrams
- * the kernel took, or -errno if it took none.
+ * Payloads are the VXLAN header + frame of slots first..first+n-1 (at headroom - 8, length
+ * payload_len[i]); they go to one destination on a UDP socket bound to the flow's source port.
+ *
+ * vx_send_batch: sendmmsg(2), one datagram per slot.
+ * vx_send_gso:   sendmsg(2) with UDP_SEGMENT: the payloads (all payload_len[first] bytes but
+ *                possibly the last) leave as one GSO skb that the kernel cuts into datagrams;
+ *                chunks respect the 64-segment and 64 KiB limits of UDP GSO.
+ * Both return how many datagrams the kernel took, or -errno if it took none.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
 #define VX_HLEN 8
-#define VX_UDP_HLEN 8
 #define VX_CHUNK 64
+#define VX_GSO_MAX_SEGS 64
+#define VX_GSO_MAX_BYTES 65000
 
 int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
-                  uint32_t n, const uint32_t *payload_len, const uint16_t *sport, uint16_t dport,
-                  const void *addr, uint32_t addrlen)
+                  uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen)
 {
     struct mmsghdr msgs[VX_CHUNK];
     struct iovec iov[VX_CHUNK];
     uint32_t done = 0;
-    if (headroom < VX_HLEN + VX_UDP_HLEN)
+    if (headroom < VX_HLEN)
         return -EINVAL;
     while (done < n) {
         uint32_t k = n - done < VX_CHUNK ? n - done : VX_CHUNK;
         for (uint32_t j = 0; j < k; j++) {
             uint32_t i = first + done + j;
-            uint8_t *u = buf + (size_t)i * slot + headroom - VX_HLEN - VX_UDP_HLEN;
-            uint32_t len = payload_len[i] + VX_UDP_HLEN;
-            u[0] = (uint8_t)(sport[i] >> 8);
-            u[1] = (uint8_t)sport[i];
-            u[2] = (uint8_t)(dport >> 8);
-            u[3] = (uint8_t)dport;
-            u[4] = (uint8_t)(len >> 8);
-            u[5] = (uint8_t)len;
-            u[6] = u[7] = 0;
-            iov[j].iov_base = u;
-            iov[j].iov_len = len;
+            iov[j].iov_base = buf + (size_t)i * slot + headroom - VX_HLEN;
+            iov[j].iov_len = payload_len[i];
             memset(&msgs[j], 0, sizeof(msgs[j]));
             msgs[j].msg_hdr.msg_name = (void *)addr;
             msgs[j].msg_hdr.msg_namelen = addrlen;
@@ -54,6 +56,60 @@ int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
         done += (uint32_t)r;
         if ((uint32_t)r < k)
             break;
+    }
+    return (int)done;
+}
+
+int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
+                uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen)
+{
+    struct iovec iov[VX_GSO_MAX_SEGS];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctrl;
+    uint32_t done = 0;
+    if (headroom < VX_HLEN || n == 0)
+        return n == 0 ? 0 : -EINVAL;
+    uint32_t seg = payload_len[first];
+    if (seg == 0 || seg > 0xFFFF)
+        return -EINVAL;
+    while (done < n) {
+        uint32_t k = 0, bytes = 0;
+        while (done + k < n && k < VX_GSO_MAX_SEGS) {
+            uint32_t len = payload_len[first + done + k];
+            if (bytes + len > VX_GSO_MAX_BYTES || len > seg)
+                break;
+            iov[k].iov_base = buf + (size_t)(first + done + k) * slot + headroom - VX_HLEN;
+            iov[k].iov_len = len;
+            bytes += len;
+            k++;
+            if (len < seg) /* a short segment ends a GSO chunk */
+                break;
+        }
+        if (k == 0)
+            return done ? (int)done : -EINVAL;
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_name = (void *)addr;
+        msg.msg_namelen = addrlen;
+        msg.msg_iov = iov;
+        msg.msg_iovlen = k;
+        if (k > 1) {
+            memset(&ctrl, 0, sizeof(ctrl));
+            msg.msg_control = ctrl.buf;
+            msg.msg_controllen = sizeof(ctrl.buf);
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t gso = (uint16_t)seg;
+            memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
+        }
+        ssize_t r = sendmsg(fd, &msg, MSG_DONTWAIT);
+        if (r < 0)
+            return done ? (int)done : -errno;
+        done += k;
     }
     return (int)done;
 }

@@ -284,7 +284,7 @@ class Vtep:
             seg.vni[k] = d.vni
         lo, hi = self.engine.srcport
         fast.encap_batch(seg, lo, hi)
-        transport.send_slots(seg, 0, n, d.port, d.host)
+        transport.send_segments(seg, n, d.port, d.host)
 
     def _on_udp(self) -> None:
         batch = self._rx_batch

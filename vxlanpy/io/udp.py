@@ -1,22 +1,23 @@
-"""UDP transport of a VTEP: one receive socket per (local address, dstport), one send socket.
+"""UDP transport of a VTEP: one receive socket per (local address, dstport), send sockets per
+source port.
 
-Receiving is a plain UDP socket bound to ``dstport`` (joined to the multicast group if there is
-one). Sending goes through a raw ``IPPROTO_UDP`` socket so that each datagram can carry its own
-source port, taken from the inner-flow hash as the kernel's vxlan does; the kernel still builds
-the IP header (routing, TTL, TOS, DF, fragmentation). The raw socket would also receive a copy
-of every UDP packet on the host, so a one-instruction BPF filter makes it drop everything.
-Outer UDP checksums are zero over IPv4 (RFC 7348 section 5) and computed by the kernel over
-IPv6 (``IPV6_CHECKSUM``).
+Receiving is a UDP socket bound to ``dstport`` (joined to the multicast group if there is
+one). Sending must put each inner flow on its own outer source port (the inner-flow hash, as
+the kernel's vxlan does, so that ECMP and RSS spread flows). A UDP socket is bound to each
+source port in use, opened on first use and kept in an LRU of ``max_ports`` sockets; a port that
+cannot be bound (taken by someone else) falls back to one shared socket with an ephemeral port.
+Being ordinary UDP sockets, they can send a TSO super-frame's segments as one UDP GSO send
+(``UDP_SEGMENT``). The kernel builds the IP header (routing, TTL, TOS, DF) and computes the
+outer UDP checksum (offloaded on most devices).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
 import socket
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Literal
 
 from .. import fastio
@@ -27,34 +28,22 @@ __all__ = ["UdpTransport", "TransportError", "DfPolicy"]
 
 DfPolicy = Literal["unset", "set"]
 
-SO_ATTACH_FILTER = 26
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DONT = 0
 IP_PMTUDISC_DO = 2
-IPV6_CHECKSUM = 7
 IPV6_MTU_DISCOVER = 23
 IPV6_PMTUDISC_DONT = 0
 IPV6_PMTUDISC_DO = 2
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 
-_UDP = struct.Struct("!HHHH")
-
 
 class TransportError(Exception):
     """The sockets could not be set up (port in use, bad address, ...)."""
 
 
-class _DropAll:
-    """A classic-BPF program ``ret #0`` (accept no bytes), kept alive for the socket's life."""
-
-    def __init__(self) -> None:
-        self.insns = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0), 8)
-        self.prog = struct.pack("HL", 1, ctypes.addressof(self.insns))
-
-
 class UdpTransport:
-    """Receive VXLAN datagrams on ``port`` and send them from hashed source ports."""
+    """Receive VXLAN datagrams on ``port``; send them from per-flow source ports."""
 
     def __init__(
         self,
@@ -68,6 +57,7 @@ class UdpTransport:
         tos: int | None = None,
         df: DfPolicy = "unset",
         bufsize: int = 8 << 20,
+        max_ports: int = 256,
     ) -> None:
         if local is not None:
             family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else family
@@ -79,16 +69,19 @@ class UdpTransport:
         self.group = group
         self.errors: Counter[str] = Counter()
         self.tx_packets = 0
-        self._filter = _DropAll()
-        v6 = family == socket.AF_INET6
-        ifindex = socket.if_nametoindex(dev) if dev else 0
+        self._v6 = family == socket.AF_INET6
+        self._ifindex = socket.if_nametoindex(dev) if dev else 0
+        self._ttl, self._tos, self._df = ttl, tos, df
+        self._bufsize = bufsize
+        self._max_ports = max_ports
+        self._pool: OrderedDict[int, socket.socket] = OrderedDict()
+        self._fallback: socket.socket | None = None
         self.rx = socket.socket(family, socket.SOCK_DGRAM)
-        self.tx = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_UDP)
         try:
             self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             _set_buf(self.rx, SO_RCVBUFFORCE, socket.SO_RCVBUF, bufsize)
-            _set_buf(self.tx, SO_SNDBUFFORCE, socket.SO_SNDBUF, bufsize)
-            bind_ip = local if group is None and local is not None else ("::" if v6 else "")
+            any_ip = "::" if self._v6 else ""
+            bind_ip = local if group is None and local is not None else any_ip
             try:
                 self.rx.bind((bind_ip, port))
             except OSError as exc:
@@ -96,64 +89,100 @@ class UdpTransport:
                     raise TransportError(f"UDP port {port} is in use") from exc
                 raise TransportError(f"cannot bind {bind_ip or '*'}:{port}: {exc}") from exc
             self.rx.setblocking(False)
-            self.tx.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, self._filter.prog)
-            if local is not None:
-                try:
-                    self.tx.bind((local, 0))
-                except OSError as exc:
-                    raise TransportError(f"{local} is not a local address: {exc}") from exc
-            self.tx.setblocking(False)
-            if v6:
-                self._setup_v6(ifindex, ttl, tos, df)
-            else:
-                self._setup_v4(ifindex, ttl, tos, df)
+            if group is not None:
+                self._join(group)
+            # the shared socket also proves now that `local` is an address of this host
+            self._fallback = self._open(0)
         except BaseException:
             self.close()
             raise
 
-    def _setup_v4(self, ifindex: int, ttl: int | None, tos: int | None, df: DfPolicy) -> None:
-        tx = self.tx
-        pmtu = IP_PMTUDISC_DO if df == "set" else IP_PMTUDISC_DONT
-        tx.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, pmtu)
-        if ttl is not None:
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-        if tos is not None:
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-        tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl if ttl is not None else 1)
-        tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        if self.group is not None:
-            any4 = socket.inet_aton("0.0.0.0")
-            mreqn = socket.inet_aton(self.group) + any4 + struct.pack("i", ifindex)
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-            try:
-                self.rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-            except OSError as exc:
-                raise TransportError(f"cannot join {self.group}: {exc}") from exc
-            self.rx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+    # --- sockets ---------------------------------------------------------------------------
 
-    def _setup_v6(self, ifindex: int, ttl: int | None, tos: int | None, df: DfPolicy) -> None:
-        tx = self.tx
-        tx.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 6)
-        pmtu = IPV6_PMTUDISC_DO if df == "set" else IPV6_PMTUDISC_DONT
-        tx.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, pmtu)
-        if ttl is not None:
-            tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
-        if tos is not None:
-            tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
-        hops = ttl if ttl is not None else 1
-        tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
-        tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-        if self.group is not None:
-            tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
-            mreq = socket.inet_pton(socket.AF_INET6, self.group) + struct.pack("I", ifindex)
-            try:
+    def _join(self, group: str) -> None:
+        try:
+            if self._v6:
+                mreq = socket.inet_pton(socket.AF_INET6, group) + struct.pack("I", self._ifindex)
                 self.rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+                self.rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            else:
+                self.rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, self._mreqn(group))
+                self.rx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        except OSError as exc:
+            raise TransportError(f"cannot join {group}: {exc}") from exc
+
+    def _mreqn(self, group: str) -> bytes:
+        return (
+            socket.inet_aton(group) + socket.inet_aton("0.0.0.0") + struct.pack("i", self._ifindex)
+        )
+
+    def _open(self, sport: int) -> socket.socket:
+        """A send socket bound to ``sport`` (0: ephemeral) with the VTEP's IP options."""
+        s = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            bind_ip = self.local or ("::" if self._v6 else "")
+            try:
+                s.bind((bind_ip, sport))
             except OSError as exc:
-                raise TransportError(f"cannot join {self.group}: {exc}") from exc
-            self.rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+                if sport and exc.errno == errno.EADDRINUSE:
+                    raise
+                raise TransportError(f"{self.local} is not a local address: {exc}") from exc
+            _set_buf(s, SO_SNDBUFFORCE, socket.SO_SNDBUF, self._bufsize)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # nothing comes back here
+            s.setblocking(False)
+            ttl, tos = self._ttl, self._tos
+            if self._v6:
+                pmtu = IPV6_PMTUDISC_DO if self._df == "set" else IPV6_PMTUDISC_DONT
+                s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, pmtu)
+                if ttl is not None:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+                if tos is not None:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+                hops = ttl if ttl is not None else 1
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+                if self.group is not None:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
+            else:
+                pmtu = IP_PMTUDISC_DO if self._df == "set" else IP_PMTUDISC_DONT
+                s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, pmtu)
+                if ttl is not None:
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                if tos is not None:
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+                mttl = ttl if ttl is not None else 1
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, mttl)
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+                if self.group is not None:
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, self._mreqn(self.group))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def socket_for(self, sport: int) -> socket.socket:
+        """The send socket bound to ``sport`` (opened on first use, least recently used closed
+        past ``max_ports``); the shared ephemeral-port socket if ``sport`` cannot be bound."""
+        s = self._pool.get(sport)
+        if s is not None:
+            self._pool.move_to_end(sport)
+            return s
+        try:
+            s = self._open(sport)
+        except OSError:
+            self.errors["srcport-unavailable"] += 1
+            assert self._fallback is not None
+            return self._fallback
+        self._pool[sport] = s
+        if len(self._pool) > self._max_ports:
+            _, old = self._pool.popitem(last=False)
+            old.close()
+        return s
 
     def fileno(self) -> int:
         return self.rx.fileno()
+
+    # --- receiving -------------------------------------------------------------------------
 
     def recv_batch(self, batch: FrameBatch, sources: list[str]) -> int:
         """Read datagrams into ``batch`` until EAGAIN or full; append each source IP."""
@@ -166,7 +195,7 @@ class UdpTransport:
             except BlockingIOError:
                 break
             except OSError as exc:  # ICMP errors surface here (ECONNREFUSED, ...): count them
-                self.errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
+                self._count(exc.errno)
                 continue
             if flags & socket.MSG_TRUNC:  # larger than a slot: never deliver a cut frame
                 self.errors["truncated"] += 1
@@ -177,31 +206,61 @@ class UdpTransport:
             got += 1
         return got
 
+    # --- sending ---------------------------------------------------------------------------
+
     def send(self, d: Datagram) -> bool:
-        """Send one datagram; False (and counted by errno) if the kernel refused it."""
-        n = len(d.payload) + 8
+        """Send one datagram from its flow's source port; False (and counted) if refused."""
         try:
-            self.tx.sendmsg([_UDP.pack(d.sport, d.port, n, 0), d.payload], (), 0, (d.host, 0))
+            self.socket_for(d.sport).sendto(d.payload, (d.host, d.port))
         except OSError as exc:
-            self.errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
+            self._count(exc.errno)
             return False
         self.tx_packets += 1
         return True
 
     def send_slots(self, batch: FrameBatch, first: int, n: int, port: int, host: str) -> int:
-        """Send slots ``first..first+n-1`` of ``batch`` (payloads and source ports as
-        ``encap_batch`` left them) to ``host:port`` in one batched syscall; count failures."""
-        sent = fastio.send_batch(self.tx, batch, first, n, port, host)
+        """Send slots ``first..first+n-1`` of ``batch`` (as ``encap_batch`` left them) to
+        ``host:port``, each from its ``batch.sport``: a batched syscall per run of one port."""
+        sent = 0
+        end = first + n
+        i = first
+        sport = batch.sport
+        while i < end:
+            j = i + 1
+            while j < end and sport[j] == sport[i]:
+                j += 1
+            sent += self._done(
+                fastio.send_batch(self.socket_for(sport[i]), batch, i, j - i, port, host), j - i
+            )
+            i = j
+        return sent
+
+    def send_segments(self, batch: FrameBatch, n: int, port: int, host: str) -> int:
+        """Send the ``n`` equal-sized segments of one super-frame (slots 0..n-1, one flow) as
+        UDP GSO sends from the flow's source port."""
+        if n == 0:
+            return 0
+        sock = self.socket_for(batch.sport[0])
+        return self._done(fastio.send_gso(sock, batch, 0, n, port, host), n)
+
+    def _done(self, sent: int, n: int) -> int:
         if sent < 0:
-            self.errors[errno.errorcode.get(-sent, str(-sent))] += n
+            self._count(-sent, n)
             return 0
         if sent < n:
             self.errors["EAGAIN"] += n - sent  # socket buffer full: the rest is dropped
         self.tx_packets += sent
         return sent
 
+    def _count(self, err: int | None, n: int = 1) -> None:
+        self.errors[errno.errorcode.get(err or 0, str(err))] += n
+
     def close(self) -> None:
-        for s in (self.rx, self.tx):
+        socks = [self.rx, *self._pool.values()]
+        if self._fallback is not None:
+            socks.append(self._fallback)
+        self._pool.clear()
+        for s in socks:
             try:
                 s.close()
             except OSError:
