@@ -113,3 +113,77 @@ int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t
     }
     return (int)done;
 }
+
+#include <unistd.h>
+
+/*
+ * Write the frames of slots[0..n-1] (each at headroom, frame_len[slot] bytes) to a TAP. With
+ * vnet > 0, a zeroed virtio-net header of vnet bytes is put in the headroom just in front of
+ * each frame (over the VXLAN header, already parsed). A frame the TAP refuses is counted in
+ * *errors and skipped; an error that means the device is gone (EBADFD, EIO, ENODEV, ENXIO,
+ * EBADF) stops the loop and is returned as -errno. Otherwise returns frames written.
+ */
+int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const uint32_t *slots,
+                 uint32_t n, const uint32_t *frame_len, uint32_t vnet, uint32_t *errors)
+{
+    int written = 0;
+    if (vnet > headroom)
+        return -EINVAL;
+    for (uint32_t j = 0; j < n; j++) {
+        uint32_t i = slots[j];
+        uint8_t *p = buf + (size_t)i * slot + headroom - vnet;
+        if (vnet)
+            memset(p, 0, vnet);
+        ssize_t r = write(fd, p, frame_len[i] + vnet);
+        if (r < 0) {
+            int e = errno;
+            if (e == EBADFD || e == EIO || e == ENODEV || e == ENXIO || e == EBADF)
+                return -e;
+            (*errors)++;
+            continue;
+        }
+        written++;
+    }
+    return written;
+}
+
+/*
+ * Receive up to cap - first datagrams with recvmmsg(2) into slots first.. (payload at
+ * headroom - 8, room for max_payload bytes). Sets payload_len[i] and copies each source
+ * address into addrs + i * 28 (room for a sockaddr_in6). A datagram larger than its slot is
+ * marked with payload_len 0 and counted in *truncated. Returns datagrams received (0 when
+ * none is waiting), or -errno.
+ */
+int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
+                  uint32_t cap, uint32_t max_payload, uint32_t *payload_len, uint8_t *addrs,
+                  uint32_t *truncated)
+{
+    struct mmsghdr msgs[VX_CHUNK];
+    struct iovec iov[VX_CHUNK];
+    if (headroom < VX_HLEN || first >= cap)
+        return 0;
+    uint32_t k = cap - first < VX_CHUNK ? cap - first : VX_CHUNK;
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t i = first + j;
+        iov[j].iov_base = buf + (size_t)i * slot + headroom - VX_HLEN;
+        iov[j].iov_len = max_payload;
+        memset(&msgs[j], 0, sizeof(msgs[j]));
+        msgs[j].msg_hdr.msg_name = addrs + (size_t)i * 28;
+        msgs[j].msg_hdr.msg_namelen = 28;
+        msgs[j].msg_hdr.msg_iov = &iov[j];
+        msgs[j].msg_hdr.msg_iovlen = 1;
+    }
+    int r = recvmmsg(fd, msgs, k, MSG_DONTWAIT, NULL);
+    if (r < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    for (int j = 0; j < r; j++) {
+        uint32_t i = first + (uint32_t)j;
+        if (msgs[j].msg_hdr.msg_flags & MSG_TRUNC) {
+            payload_len[i] = 0;
+            (*truncated)++;
+        } else {
+            payload_len[i] = msgs[j].msg_len;
+        }
+    }
+    return r;
+}

@@ -178,6 +178,8 @@ class Segment:
 
 
 _VLAN_TYPES = (ETH_P_8021Q, ETH_P_8021AD)
+_FRESH = frozenset((LearnResult.NEW, LearnResult.REFRESHED, LearnResult.MOVED, LearnResult.STATIC))
+_NONE3: tuple[bytes, str, int] = (b"", "", -1)
 
 
 class Engine:
@@ -337,6 +339,7 @@ class Engine:
         Next: write ``frames_to_device()`` to each segment's device, then reuse the batch.
         """
         self.fast.decap_batch(batch, self.strict)
+        fresh: tuple[bytes, str, int] = _NONE3
         if self.complete_checksums:
             self.checksums_completed += self.fast.complete_checksums(batch)
         buf = batch.buf
@@ -366,8 +369,12 @@ class Engine:
                 self._drop(DropReason.VLAN_TAGGED, seg, src)
                 continue
             c = seg.counters
-            if seg.fdb.learning:
+            # A run of frames of one flow (the common case) is learned once per batch: the
+            # FDB already holds (smac -> src) at `now` after the first, so the rest would only
+            # refresh it again with the same time.
+            if seg.fdb.learning and (smac, src, vni) != fresh:
                 res, old = seg.fdb.learn(smac, src, now)
+                fresh = (smac, src, vni) if res in _FRESH else _NONE3
                 if res is LearnResult.NEW:
                     c.learned += 1
                     self._event(MacLearned(vni, smac, src))

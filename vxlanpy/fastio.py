@@ -14,14 +14,20 @@ datagrams the kernel took (``-errno`` if none):
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
+from array import array
 from typing import Any
 
 from . import fastpath
 from .batch import FrameBatch
 
-__all__ = ["send_batch", "send_gso", "BACKEND", "load"]
+__all__ = ["send_batch", "send_gso", "tap_write", "recv_batch", "BACKEND", "load"]
+
+_GONE = {errno.EBADFD, errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF}
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_VXLAN_HLEN = 8
 
 
 def _py_send_batch(
@@ -40,6 +46,49 @@ def _py_send_batch(
     return sent
 
 
+def _py_tap_write(fd: int, batch: FrameBatch, slots: list[int], vnet: int) -> tuple[int, int]:
+    """Write the frames of ``slots`` to the TAP ``fd`` (a zeroed virtio-net header of ``vnet``
+    bytes in front of each). Returns (written, refused); ``(-errno, refused)`` if the device
+    is gone."""
+    mv = memoryview(batch.buf)
+    written = refused = 0
+    zero = bytes(vnet)
+    for i in slots:
+        off = batch.frame_offset(i) - vnet
+        if vnet:
+            batch.buf[off : off + vnet] = zero
+        try:
+            os.write(fd, mv[off : off + vnet + batch.frame_len[i]])
+        except OSError as exc:
+            if exc.errno in _GONE:
+                return -(exc.errno or errno.EIO), refused
+            refused += 1
+            continue
+        written += 1
+    return written, refused
+
+
+def _py_recv_batch(sock: socket.socket, batch: FrameBatch, sources: list[str]) -> tuple[int, int]:
+    """Receive datagrams into ``batch`` from slot ``batch.count`` until none is waiting or the
+    batch is full; append each source IP. Returns (received, truncated); a datagram larger
+    than its slot is not kept. Socket errors (ICMP reports) raise OSError."""
+    got = truncated = 0
+    while batch.count < batch.capacity:
+        i = batch.count
+        try:
+            n, _anc, flags, addr = sock.recvmsg_into([batch.payload_buffer(i)])
+        except BlockingIOError:
+            break
+        if flags & _MSG_TRUNC:
+            truncated += 1
+            continue
+        batch.payload_len[i] = n
+        batch.count += 1
+        sources.append(addr[0])
+        got += 1
+    return got, truncated
+
+
 def _check(batch: FrameBatch, first: int, n: int) -> None:
     if first < 0 or n < 0 or first + n > batch.capacity:
         raise ValueError(f"slots {first}..{first + n - 1} outside the batch")
@@ -52,6 +101,7 @@ class _CffiIO:
         self._ffi = mod.ffi
         self._lib = mod.lib
         self._addrs: dict[tuple[int, str, int], Any] = {}
+        self._names: dict[bytes, str] = {}
 
     def _addr(self, family: int, host: str, port: int) -> Any:
         key = (family, host, port)
@@ -101,11 +151,100 @@ class _CffiIO:
             )
         )
 
+    def tap_write(self, fd: int, batch: FrameBatch, slots: list[int], vnet: int) -> tuple[int, int]:
+        if len(slots) > batch.capacity:
+            raise ValueError("more slots than the batch holds")
+        buf, _plen = self._views(batch)
+        ex = batch.views.get("cffio-tap")
+        if ex is None:
+            arr = array("I", bytes(4 * batch.capacity))
+            ex = (
+                arr,
+                self._ffi.from_buffer("uint32_t[]", arr),
+                self._ffi.from_buffer("uint32_t[]", batch.frame_len),
+                self._ffi.new("uint32_t[1]"),
+            )
+            batch.views["cffio-tap"] = ex
+        arr, carr, flen, err = ex
+        for k, i in enumerate(slots):
+            if not 0 <= i < batch.capacity:
+                raise ValueError(f"slot {i} outside the batch")
+            arr[k] = i
+        err[0] = 0
+        n = int(
+            self._lib.vx_tap_write(
+                fd, buf, batch.slot, batch.headroom, carr, len(slots), flen, vnet, err
+            )
+        )
+        return n, int(err[0])
+
+    def recv_batch(
+        self, sock: socket.socket, batch: FrameBatch, sources: list[str]
+    ) -> tuple[int, int]:
+        buf, plen = self._views(batch)
+        ex = batch.views.get("cffio-rx")
+        if ex is None:
+            addrs = bytearray(28 * batch.capacity)
+            ex = (addrs, self._ffi.from_buffer("uint8_t[]", addrs), self._ffi.new("uint32_t[1]"))
+            batch.views["cffio-rx"] = ex
+        addrs, caddrs, trunc = ex
+        trunc[0] = 0
+        first = batch.count
+        r = int(
+            self._lib.vx_recv_batch(
+                sock.fileno(),
+                buf,
+                batch.slot,
+                batch.headroom,
+                first,
+                batch.capacity,
+                batch.max_frame + _VXLAN_HLEN,
+                plen,
+                caddrs,
+                trunc,
+            )
+        )
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        names = self._names
+        v6 = sock.family == socket.AF_INET6
+        kept = 0
+        for j in range(r):
+            i = first + j
+            if batch.payload_len[i] == 0 and trunc[0]:
+                continue  # too large for its slot: dropped, counted by the caller
+            raw = (
+                bytes(addrs[i * 28 + 8 : i * 28 + 24])
+                if v6
+                else bytes(addrs[i * 28 + 4 : i * 28 + 8])
+            )
+            name = names.get(raw)
+            if name is None:
+                name = socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, raw)
+                if len(names) > 4096:
+                    names.clear()
+                names[raw] = name
+            if first + kept != i:  # close the gap a dropped datagram left
+                self._move(batch, i, first + kept)
+            sources.append(name)
+            kept += 1
+        batch.count = first + kept
+        return kept, int(trunc[0])
+
+    @staticmethod
+    def _move(batch: FrameBatch, src: int, dst: int) -> None:
+        n = batch.payload_len[src]
+        so, do = batch.header_offset(src), batch.header_offset(dst)
+        batch.buf[do : do + n] = batch.buf[so : so + n]
+        batch.payload_len[dst] = n
+
 
 class _PyIO:
     name = "python"
     send_batch = staticmethod(_py_send_batch)
     send_gso = staticmethod(_py_send_batch)
+    tap_write = staticmethod(_py_tap_write)
+    recv_batch = staticmethod(_py_recv_batch)
 
 
 def load(name: str | None = None) -> _CffiIO | _PyIO:
@@ -122,3 +261,5 @@ backend = load()
 BACKEND = backend.name
 send_batch = backend.send_batch
 send_gso = backend.send_gso
+tap_write = backend.tap_write
+recv_batch = backend.recv_batch

@@ -261,11 +261,20 @@ class Vtep:
             transport.send_slots(batch, first, count, port, host)
 
     def _prepare_offloaded(self, batch: FrameBatch) -> bool:
-        """Complete partial checksums of plain frames; True if any frame is a GSO super-frame."""
-        gso = any(batch.gso_type[: batch.count])
-        if any(batch.vnet_flags[: batch.count]):
-            self.engine.fast.complete_checksums(batch)  # super-frames are redone when cut
-        return gso
+        """Complete partial checksums of plain frames; True if any frame is a GSO super-frame.
+
+        Super-frames are skipped (their segments get fresh checksums when they are cut): their
+        lengths are hidden from the checksum kernel for the call, then put back."""
+        n = batch.count
+        gso_slots = [i for i in range(n) if batch.gso_type[i]]
+        if any(batch.vnet_flags[i] and not batch.gso_type[i] for i in range(n)):
+            saved = [batch.frame_len[i] for i in gso_slots]
+            for i in gso_slots:
+                batch.frame_len[i] = 0
+            self.engine.fast.complete_checksums(batch)
+            for i, length in zip(gso_slots, saved, strict=True):
+                batch.frame_len[i] = length
+        return bool(gso_slots)
 
     def _send_segmented(self, batch: FrameBatch, d: Datagram) -> None:
         """Cut the TCP super-frame behind ``d`` into MTU-sized frames and send each to d's
@@ -299,22 +308,30 @@ class Vtep:
             if n == 0:
                 break
             engine.handle_datagrams(batch, sources, self._loop.time())
-            self._write_device()
+            self._write_device(batch)
             if n < batch.capacity:
                 break
         self._after_work()
 
-    def _write_device(self) -> None:
+    def _write_device(self, batch: FrameBatch | None = None) -> None:
+        """Write the engine's frames: those still in ``batch`` (by slot) in one C loop per TAP,
+        copies (ARP-proxy replies) one by one."""
         taps = self.taps
-        for f in self.engine.frames_to_device():
-            tap = taps.get(f.vni)
-            if tap is None:
-                continue
-            try:
-                tap.write(f.frame)
-            except TapGone as exc:
-                self._fail(exc)
-                return
+        by_tap: dict[int, list[int]] = {}
+        try:
+            for f in self.engine.frames_to_device():
+                tap = taps.get(f.vni)
+                if tap is None:
+                    continue
+                if batch is not None and f.slot >= 0:
+                    by_tap.setdefault(f.vni, []).append(f.slot)
+                else:
+                    tap.write(f.frame)
+            if batch is not None:
+                for vni, slots in by_tap.items():
+                    taps[vni].write_slots(batch, slots)
+        except TapGone as exc:
+            self._fail(exc)
 
     def _after_work(self) -> None:
         self._dispatch_events()

@@ -185,25 +185,20 @@ class UdpTransport:
     # --- receiving -------------------------------------------------------------------------
 
     def recv_batch(self, batch: FrameBatch, sources: list[str]) -> int:
-        """Read datagrams into ``batch`` until EAGAIN or full; append each source IP."""
+        """Read datagrams into ``batch`` until EAGAIN or full (one batched syscall per 64);
+        append each source IP. Datagrams too large for a slot are counted, never cut."""
         got = 0
-        rx = self.rx
         while batch.count < batch.capacity:
-            i = batch.count
             try:
-                n, _anc, flags, addr = rx.recvmsg_into([batch.payload_buffer(i)])
-            except BlockingIOError:
-                break
+                n, truncated = fastio.recv_batch(self.rx, batch, sources)
             except OSError as exc:  # ICMP errors surface here (ECONNREFUSED, ...): count them
                 self._count(exc.errno)
                 continue
-            if flags & socket.MSG_TRUNC:  # larger than a slot: never deliver a cut frame
-                self.errors["truncated"] += 1
-                continue
-            batch.payload_len[i] = n
-            batch.count += 1
-            sources.append(addr[0])
-            got += 1
+            if truncated:
+                self.errors["truncated"] += truncated
+            got += n
+            if n + truncated == 0:
+                break
         return got
 
     # --- sending ---------------------------------------------------------------------------
