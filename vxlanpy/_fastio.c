@@ -148,11 +148,11 @@ int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const u
 }
 
 /*
- * Receive up to cap - first datagrams with recvmmsg(2) into slots first.. (payload at
- * headroom - 8, room for max_payload bytes). Sets payload_len[i] and copies each source
+ * Receive up to min(cap - first, 64) datagrams with recvmmsg(2) into slots first.. (payload
+ * at headroom - 8, room for max_payload bytes). Sets payload_len[i] and copies each source
  * address into addrs + i * 28 (room for a sockaddr_in6). A datagram larger than its slot is
- * marked with payload_len 0 and counted in *truncated. Returns datagrams received (0 when
- * none is waiting), or -errno.
+ * marked with payload_len VX_TRUNCATED (never a real length) and counted in *truncated.
+ * Returns datagrams received (0 when none is waiting), or -errno.
  */
 int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
                   uint32_t cap, uint32_t max_payload, uint32_t *payload_len, uint8_t *addrs,
@@ -179,7 +179,7 @@ int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
     for (int j = 0; j < r; j++) {
         uint32_t i = first + (uint32_t)j;
         if (msgs[j].msg_hdr.msg_flags & MSG_TRUNC) {
-            payload_len[i] = 0;
+            payload_len[i] = 0xFFFFFFFFu; /* VX_TRUNCATED */
             (*truncated)++;
         } else {
             payload_len[i] = msgs[j].msg_len;

@@ -28,6 +28,7 @@ __all__ = ["send_batch", "send_gso", "tap_write", "recv_batch", "BACKEND", "load
 _GONE = {errno.EBADFD, errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF}
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _VXLAN_HLEN = 8
+_TRUNCATED = 0xFFFFFFFF  # vx_recv_batch's mark for a datagram larger than its slot
 
 
 def _py_send_batch(
@@ -115,7 +116,7 @@ class _CffiIO:
                 raw = struct.pack("=H", family) + p + socket.inet_aton(host) + bytes(8)
             if len(self._addrs) > 4096:
                 self._addrs.clear()
-            a = self._ffi.new("uint8_t[]", raw)
+            a = self._ffi.new(f"uint8_t[{len(raw)}]", raw)  # exact sockaddr length
             self._addrs[key] = a
         return a
 
@@ -211,7 +212,8 @@ class _CffiIO:
         kept = 0
         for j in range(r):
             i = first + j
-            if batch.payload_len[i] == 0 and trunc[0]:
+            if batch.payload_len[i] == _TRUNCATED:
+                batch.payload_len[i] = 0
                 continue  # too large for its slot: dropped, counted by the caller
             raw = (
                 bytes(addrs[i * 28 + 8 : i * 28 + 24])
