@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .engine import SegmentConfig
 from .fdb import Remote
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
 
@@ -48,6 +49,22 @@ class SegmentSpec:
 
     def neigh_entries(self) -> list[tuple[str, bytes]]:
         return [(str(ipaddress.ip_address(ip)), parse_mac(mac)) for ip, mac in self.neigh]
+
+    def segment_config(self, local_mac: bytes | None = None) -> SegmentConfig:
+        """The engine's view of this segment (its device's MAC for loop detection)."""
+        return SegmentConfig(
+            vni=self.vni,
+            remotes=self.remotes,
+            group=self.group,
+            learning=self.learning,
+            ageing=self.ageing,
+            max_addresses=self.max_addresses,
+            proxy=self.proxy,
+            allow_vlan=self.allow_vlan,
+            local_mac=local_mac,
+            fdb=self.fdb_entries(),
+            neigh=self.neigh_entries(),
+        )
 
 
 @dataclass

@@ -128,29 +128,32 @@ class _CffiIO:
             batch.views["cffio"] = v
         return v
 
-    def send_batch(
-        self, sock: socket.socket, batch: FrameBatch, first: int, n: int, port: int, host: str
+    def _send(
+        self,
+        fn: Any,
+        sock: socket.socket,
+        batch: FrameBatch,
+        first: int,
+        n: int,
+        port: int,
+        host: str,
     ) -> int:
         _check(batch, first, n)
         buf, plen = self._views(batch)
         addr = self._addr(sock.family, host, port)
         return int(
-            self._lib.vx_send_batch(
-                sock.fileno(), buf, batch.slot, batch.headroom, first, n, plen, addr, len(addr)
-            )
+            fn(sock.fileno(), buf, batch.slot, batch.headroom, first, n, plen, addr, len(addr))
         )
+
+    def send_batch(
+        self, sock: socket.socket, batch: FrameBatch, first: int, n: int, port: int, host: str
+    ) -> int:
+        return self._send(self._lib.vx_send_batch, sock, batch, first, n, port, host)
 
     def send_gso(
         self, sock: socket.socket, batch: FrameBatch, first: int, n: int, port: int, host: str
     ) -> int:
-        _check(batch, first, n)
-        buf, plen = self._views(batch)
-        addr = self._addr(sock.family, host, port)
-        return int(
-            self._lib.vx_send_gso(
-                sock.fileno(), buf, batch.slot, batch.headroom, first, n, plen, addr, len(addr)
-            )
-        )
+        return self._send(self._lib.vx_send_gso, sock, batch, first, n, port, host)
 
     def tap_write(self, fd: int, batch: FrameBatch, slots: list[int], vnet: int) -> tuple[int, int]:
         if len(slots) > batch.capacity:

@@ -30,7 +30,7 @@ from typing import Any
 
 from .batch import DEFAULT_BATCH, FrameBatch
 from .config import VtepConfig
-from .engine import Datagram, Engine, Segment, SegmentConfig
+from .engine import Datagram, Engine, Segment
 from .events import Event
 from .fdb import FdbEntry, Remote
 from .io.netlink import has_net_admin, underlay_mtu
@@ -143,21 +143,7 @@ class Vtep:
                     offload=cfg.offload,
                 )
                 self.taps[spec.vni] = tap
-                self.engine.add_segment(
-                    SegmentConfig(
-                        vni=spec.vni,
-                        remotes=spec.remotes,
-                        group=spec.group,
-                        learning=spec.learning,
-                        ageing=spec.ageing,
-                        max_addresses=spec.max_addresses,
-                        proxy=spec.proxy,
-                        allow_vlan=spec.allow_vlan,
-                        local_mac=tap.mac,
-                        fdb=spec.fdb_entries(),
-                        neigh=spec.neigh_entries(),
-                    )
-                )
+                self.engine.add_segment(spec.segment_config(local_mac=tap.mac))
             groups = {s.group for s in cfg.segments if s.group}
             if len(groups) > 1:
                 raise VtepError("one multicast group per VTEP is supported")

@@ -29,11 +29,27 @@ __all__ = ["UdpTransport", "TransportError", "DfPolicy"]
 DfPolicy = Literal["unset", "set"]
 
 IP_MTU_DISCOVER = 10
-IP_PMTUDISC_DONT = 0
-IP_PMTUDISC_DO = 2
 IPV6_MTU_DISCOVER = 23
-IPV6_PMTUDISC_DONT = 0
-IPV6_PMTUDISC_DO = 2
+_PMTU_DONT, _PMTU_DO = 0, 2  # the same values for IP_ and IPV6_PMTUDISC_*
+# per family (v6?): level, MTU discovery, TTL/hops, TOS/class, multicast TTL/hops, mcast loop
+_OPTS = {
+    False: (
+        socket.IPPROTO_IP,
+        IP_MTU_DISCOVER,
+        socket.IP_TTL,
+        socket.IP_TOS,
+        socket.IP_MULTICAST_TTL,
+        socket.IP_MULTICAST_LOOP,
+    ),
+    True: (
+        socket.IPPROTO_IPV6,
+        IPV6_MTU_DISCOVER,
+        socket.IPV6_UNICAST_HOPS,
+        socket.IPV6_TCLASS,
+        socket.IPV6_MULTICAST_HOPS,
+        socket.IPV6_MULTICAST_LOOP,
+    ),
+}
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 
@@ -130,31 +146,19 @@ class UdpTransport:
             _set_buf(s, SO_SNDBUFFORCE, socket.SO_SNDBUF, self._bufsize)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # nothing comes back here
             s.setblocking(False)
-            ttl, tos = self._ttl, self._tos
-            if self._v6:
-                pmtu = IPV6_PMTUDISC_DO if self._df == "set" else IPV6_PMTUDISC_DONT
-                s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, pmtu)
-                if ttl is not None:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
-                if tos is not None:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
-                hops = ttl if ttl is not None else 1
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-                if self.group is not None:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
-            else:
-                pmtu = IP_PMTUDISC_DO if self._df == "set" else IP_PMTUDISC_DONT
-                s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, pmtu)
-                if ttl is not None:
-                    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-                if tos is not None:
-                    s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-                mttl = ttl if ttl is not None else 1
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, mttl)
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-                if self.group is not None:
-                    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, self._mreqn(self.group))
+            level, mtu_opt, ttl_opt, tos_opt, mttl_opt, loop_opt = _OPTS[self._v6]
+            s.setsockopt(level, mtu_opt, _PMTU_DO if self._df == "set" else _PMTU_DONT)
+            if self._ttl is not None:
+                s.setsockopt(level, ttl_opt, self._ttl)
+            if self._tos is not None:
+                s.setsockopt(level, tos_opt, self._tos)
+            s.setsockopt(level, mttl_opt, self._ttl if self._ttl is not None else 1)
+            s.setsockopt(level, loop_opt, 0)
+            if self.group is not None:
+                if self._v6:
+                    s.setsockopt(level, socket.IPV6_MULTICAST_IF, self._ifindex)
+                else:
+                    s.setsockopt(level, socket.IP_MULTICAST_IF, self._mreqn(self.group))
         except BaseException:
             s.close()
             raise
