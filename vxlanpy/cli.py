@@ -147,10 +147,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
+# --no-offload, apply to both forms)
+_NOT_CONFIG = {"command", "config", "control", "no_uvloop", "verbose", "no_offload"}
+_RUN_DEFAULTS: dict[str, object] = {}
+
+
+def _config_flags(a: argparse.Namespace) -> list[str]:
+    if not _RUN_DEFAULTS:
+        d = build_parser().parse_args(["run", "--vni", "0"])
+        _RUN_DEFAULTS.update(vars(d))
+        _RUN_DEFAULTS["vni"] = None
+    return [f for f in vars(a) if f not in _NOT_CONFIG]
+
+
 def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
     if a.config:
-        if a.vni is not None or a.remote or a.fdb or a.neigh or a.group:
-            raise ConfigError("give either --config or the segment flags (--vni ...), not both")
+        given = [f for f in _config_flags(a) if getattr(a, f) != _RUN_DEFAULTS[f]]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise ConfigError(f"{flags}: put it in the config file (--config takes no VTEP flags)")
         cfg, control = load_config(a.config)
         if a.no_offload:
             cfg.offload = False

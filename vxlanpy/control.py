@@ -167,6 +167,8 @@ class ControlServer:
         if cmd not in ("fdb", "neigh"):
             raise ValueError(f"unknown command {cmd!r}")
         vnis = self._vnis(req.get("vni"))
+        if op != "show" and len(vnis) > 1:
+            raise ValueError(f"several VNIs are configured ({', '.join(map(str, vnis))}): give vni")
         if cmd == "fdb":
             if op == "show":
                 return [row for vni in vnis for row in fdb_rows(v, vni)]
@@ -252,7 +254,9 @@ def config_dict(vtep: Vtep) -> dict[str, Any]:
             seg["mtu"] = tap.mtu
             seg["mac"] = format_mac(tap.mac)
         seg["remotes"] = []
-        seg["fdb"] = [(format_mac(mac), r.ip) for mac, rs in s.fdb.static_items() for r in rs]
+        seg["fdb"] = [
+            (format_mac(mac), r.ip, r.port, r.vni) for mac, rs in s.fdb.static_items() for r in rs
+        ]
         seg["neigh"] = [(ip, format_mac(mac)) for ip, mac in s.neigh.entries()]
         seg["learning"] = s.fdb.learning
     return cfg

@@ -50,13 +50,20 @@ def export_commands(cfg: dict[str, Any]) -> list[str]:
         if seg.get("bridge"):
             out.append(f"ip link set {name} master {seg['bridge']}")
         out.append(f"ip link set {name} up")
+        # fdb entries: (MAC, IP) from a config file, (MAC, IP, port, vni) from a running VTEP
         flood = [("00:00:00:00:00:00", ip) for ip in seg.get("remotes", [])]
         seen = set()
-        for mac, ip in flood + [tuple(x) for x in seg.get("fdb", [])]:
-            if (mac, ip) in seen:
+        for entry in flood + [tuple(x) for x in seg.get("fdb", [])]:
+            mac, ip, port, vni = (*entry, None, None)[:4]
+            if (mac, ip, port, vni) in seen:
                 continue
-            seen.add((mac, ip))
-            out.append(f"bridge fdb append {mac} dev {name} dst {ip}")
+            seen.add((mac, ip, port, vni))
+            line = f"bridge fdb append {mac} dev {name} dst {ip}"
+            if port is not None:
+                line += f" port {port}"
+            if vni is not None:
+                line += f" vni {vni}"
+            out.append(line)
         for ip, mac in seg.get("neigh", []):
             out.append(f"ip neigh add {ip} lladdr {mac} dev {name} nud permanent")
     return out

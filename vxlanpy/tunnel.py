@@ -454,5 +454,6 @@ class Vtep:
                 + (f" {spec.address}" if spec.address else "")
                 + (f" -> {dest}" if dest else "")
             )
-        where = f"{cfg.local or '*'}:{cfg.dstport}"
+        bound = cfg.local if cfg.local and not any(s.group for s in cfg.segments) else "*"
+        where = f"{bound}:{cfg.dstport}"
         return f"listening on udp {where}; " + "; ".join(parts)

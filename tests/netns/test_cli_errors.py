@@ -148,3 +148,23 @@ def test_error_leaves_no_tap_and_name_is_reusable(topo: Topology, ns: Host) -> N
     assert "tun" in ns.ip("-d", "-o", "link", "show", "vx0")
     assert v.stop() == 0, v.lines
     assert wait_for(lambda: "vx0" not in _links(ns), 5)
+
+
+def test_second_vtep_on_the_same_port_exits_1(topo: Topology, ns: Host) -> None:
+    """A second VTEP may not bind the port of a running one (it would take its traffic)."""
+    first = Vxlanpy(topo, ns, ["--vni", "5", "--tap", "vx0"])
+    try:
+        p = _run(ns, "--vni", "6", "--tap", "vx1", "--control", "/run/vxlanpy/second.sock")
+        _assert_error(p, 1, "4789", "in use")
+        assert "vx1" not in _links(ns)
+        assert first.proc.poll() is None  # the first one is untouched
+    finally:
+        assert first.stop() == 0
+
+
+def test_config_with_vtep_flags_exits_2(ns: Host, tmp_path: Path) -> None:
+    cfg = tmp_path / "vtep.toml"
+    cfg.write_text('[[segment]]\nvni = 5\ntap = "vx0"\n')
+    p = _run(ns, "--config", str(cfg), "--dstport", "9999", "--proxy")
+    _assert_error(p, 2, "--dstport, --proxy")
+    assert "vx0" not in _links(ns)

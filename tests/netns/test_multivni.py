@@ -172,3 +172,20 @@ def test_stats_text_lists_both_vnis(two_vnis) -> None:  # type: ignore[no-untype
     assert p.returncode == 0, p.stderr
     heads = [line.split(":")[0] for line in p.stdout.splitlines() if line.startswith("vni ")]
     assert heads == ["vni 10", "vni 20"], p.stdout
+
+
+def test_change_without_vni_on_several_vnis_is_refused() -> None:
+    """With several VNIs a change must name one (show lists them all); no root needed."""
+    from vxlanpy.config import SegmentSpec, VtepConfig
+    from vxlanpy.control import ControlServer
+    from vxlanpy.tunnel import Vtep
+
+    vtep = Vtep(VtepConfig(segments=[SegmentSpec(vni=10), SegmentSpec(vni=20)]))
+    for spec in vtep.config.segments:
+        vtep.engine.add_segment(spec.segment_config())
+    server = ControlServer(vtep, "/nonexistent/unused.sock")
+    req = {"cmd": "fdb", "op": "add", "mac": "02:00:00:00:00:01", "dst": "198.18.0.2"}
+    resp = server.handle(req)
+    assert resp["ok"] is False and "give vni" in resp["error"]
+    assert server.handle({**req, "vni": 20})["ok"] is True
+    assert 1 == len(vtep.segment(20).fdb) and 0 == len(vtep.segment(10).fdb)

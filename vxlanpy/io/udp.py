@@ -94,7 +94,8 @@ class UdpTransport:
         self._fallback: socket.socket | None = None
         self.rx = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # no SO_REUSEADDR: on UDP it would let a second VTEP bind the port and take the
+            # traffic; "port in use" must be an error
             _set_buf(self.rx, SO_RCVBUFFORCE, socket.SO_RCVBUF, bufsize)
             any_ip = "::" if self._v6 else ""
             bind_ip = local if group is None and local is not None else any_ip
