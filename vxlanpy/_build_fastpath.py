@@ -33,7 +33,8 @@ int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
 int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
                 uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
 int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const uint32_t *slots,
-                 uint32_t n, const uint32_t *frame_len, uint32_t vnet, uint32_t *errors);
+                 uint32_t n, const uint32_t *frame_len, uint32_t vnet, uint32_t mtu,
+                 uint32_t *errors);
 int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
                   uint32_t cap, uint32_t max_payload, uint32_t *payload_len, uint8_t *addrs,
                   uint32_t *truncated);

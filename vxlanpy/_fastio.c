@@ -117,24 +117,87 @@ int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t
 #include <unistd.h>
 
 /*
+ * Turn an oversized TCP frame (a super-frame a kernel peer sent as one tunnel-GSO packet) into
+ * a GSO frame for the TAP: fill the 10-byte virtio-net header at h (NEEDS_CSUM, TCPV4/TCPV6,
+ * gso_size = the MSS that fits `mtu`) and put the pseudo-header sum in the TCP checksum field,
+ * as CHECKSUM_PARTIAL wants. The kernel then segments it wherever it must (a bridge port, a
+ * forwarding route). Returns 0 (h untouched) for anything else: not IPv4/IPv6 + TCP, a
+ * fragment, lengths that do not add up, or a payload that fits one segment anyway.
+ */
+static int gso_header(uint8_t *f, uint32_t len, uint32_t mtu, uint8_t *h)
+{
+    uint32_t l3 = 14, l4, iphl, plen;
+    uint64_t sum = 0;
+    uint8_t type;
+    if (len < 14 + 40)
+        return 0;
+    uint16_t et = (uint16_t)((f[12] << 8) | f[13]);
+    if (et == 0x0800 && (f[l3] >> 4) == 4) {
+        iphl = (uint32_t)(f[l3] & 15) * 4;
+        uint32_t tot = ((uint32_t)f[l3 + 2] << 8) | f[l3 + 3];
+        if (iphl < 20 || tot > len - 14 || tot < iphl + 20 || f[l3 + 9] != 6)
+            return 0;
+        if ((((uint32_t)f[l3 + 6] << 8) | f[l3 + 7]) & 0x3FFF)
+            return 0; /* a fragment */
+        plen = tot - iphl;
+        for (int k = 12; k < 20; k += 2)
+            sum += ((uint32_t)f[l3 + k] << 8) | f[l3 + k + 1];
+        type = 1; /* VIRTIO_NET_HDR_GSO_TCPV4 */
+    } else if (et == 0x86DD && (f[l3] >> 4) == 6) {
+        iphl = 40;
+        plen = ((uint32_t)f[l3 + 4] << 8) | f[l3 + 5];
+        if (f[l3 + 6] != 6 || plen > len - 14 - 40 || plen < 20)
+            return 0;
+        for (int k = 8; k < 40; k += 2)
+            sum += ((uint32_t)f[l3 + k] << 8) | f[l3 + k + 1];
+        type = 4; /* VIRTIO_NET_HDR_GSO_TCPV6 */
+    } else {
+        return 0;
+    }
+    l4 = l3 + iphl;
+    uint32_t thl = (uint32_t)(f[l4 + 12] >> 4) * 4;
+    if (thl < 20 || thl > plen || mtu <= iphl + thl)
+        return 0;
+    uint32_t mss = mtu - iphl - thl;
+    if (plen - thl <= mss || mss > 0xFFFF)
+        return 0;
+    sum += 6 + plen;
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    f[l4 + 16] = (uint8_t)(sum >> 8);
+    f[l4 + 17] = (uint8_t)sum;
+    uint16_t fields[4] = {(uint16_t)(l4 + thl), (uint16_t)mss, (uint16_t)l4, 16};
+    h[0] = 1; /* VIRTIO_NET_HDR_F_NEEDS_CSUM */
+    h[1] = type;
+    memcpy(h + 2, fields, sizeof(fields)); /* hdr_len, gso_size, csum_start, csum_offset */
+    return 1;
+}
+
+/*
  * Write the frames of slots[0..n-1] (each at headroom, frame_len[slot] bytes) to a TAP. With
- * vnet > 0, a zeroed virtio-net header of vnet bytes is put in the headroom just in front of
- * each frame (over the VXLAN header, already parsed). A frame the TAP refuses is counted in
+ * vnet > 0, a virtio-net header of vnet bytes is put in the headroom just in front of each
+ * frame (over the VXLAN header, already parsed): zero, or with mtu > 0 and a TCP frame longer
+ * than mtu + 14, a GSO header (gso_header above). A frame the TAP refuses is counted in
  * *errors and skipped; an error that means the device is gone (EBADFD, EIO, ENODEV, ENXIO,
  * EBADF) stops the loop and is returned as -errno. Otherwise returns frames written.
  */
 int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const uint32_t *slots,
-                 uint32_t n, const uint32_t *frame_len, uint32_t vnet, uint32_t *errors)
+                 uint32_t n, const uint32_t *frame_len, uint32_t vnet, uint32_t mtu,
+                 uint32_t *errors)
 {
     int written = 0;
-    if (vnet > headroom)
+    if (vnet > headroom || (vnet && vnet < 10))
         return -EINVAL;
     for (uint32_t j = 0; j < n; j++) {
         uint32_t i = slots[j];
         uint8_t *p = buf + (size_t)i * slot + headroom - vnet;
-        if (vnet)
+        uint32_t len = frame_len[i];
+        if (vnet) {
             memset(p, 0, vnet);
-        ssize_t r = write(fd, p, frame_len[i] + vnet);
+            if (mtu && len > mtu + 14)
+                gso_header(p + vnet, len, mtu, p);
+        }
+        ssize_t r = write(fd, p, len + vnet);
         if (r < 0) {
             int e = errno;
             if (e == EBADFD || e == EIO || e == ENODEV || e == ENXIO || e == EBADF)

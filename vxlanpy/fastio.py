@@ -47,19 +47,67 @@ def _py_send_batch(
     return sent
 
 
-def _py_tap_write(fd: int, batch: FrameBatch, slots: list[int], vnet: int) -> tuple[int, int]:
-    """Write the frames of ``slots`` to the TAP ``fd`` (a zeroed virtio-net header of ``vnet``
-    bytes in front of each). Returns (written, refused); ``(-errno, refused)`` if the device
-    is gone."""
+_GSO_FIELDS = struct.Struct("=BBHHHH")  # virtio-net header: flags, type, hdr_len, size, cs...
+
+
+def _gso_header(buf: bytearray, off: int, length: int, mtu: int, hoff: int) -> None:
+    """Twin of _fastio.c's gso_header: a GSO virtio-net header at ``hoff`` for the oversized
+    TCP frame at ``off`` (and the pseudo-header sum in its checksum field), else nothing."""
+    f = memoryview(buf)[off : off + length]
+    if length < 14 + 40:
+        return
+    et = (f[12] << 8) | f[13]
+    if et == 0x0800 and f[14] >> 4 == 4:
+        iphl = (f[14] & 15) * 4
+        tot = (f[16] << 8) | f[17]
+        if iphl < 20 or tot > length - 14 or tot < iphl + 20 or f[23] != 6:
+            return
+        if ((f[20] << 8) | f[21]) & 0x3FFF:
+            return
+        plen = tot - iphl
+        addr = bytes(f[26:34])
+        gso_type = 1
+    elif et == 0x86DD and f[14] >> 4 == 6:
+        iphl = 40
+        plen = (f[18] << 8) | f[19]
+        if f[20] != 6 or plen > length - 14 - 40 or plen < 20:
+            return
+        addr = bytes(f[22:54])
+        gso_type = 4
+    else:
+        return
+    l4 = 14 + iphl
+    thl = (f[l4 + 12] >> 4) * 4
+    if thl < 20 or thl > plen or mtu <= iphl + thl:
+        return
+    mss = mtu - iphl - thl
+    if plen - thl <= mss or mss > 0xFFFF:
+        return
+    total = sum(struct.unpack(f"!{len(addr) // 2}H", addr)) + 6 + plen
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    struct.pack_into("!H", buf, off + l4 + 16, total)
+    _GSO_FIELDS.pack_into(buf, hoff, 1, gso_type, l4 + thl, mss, l4, 16)
+
+
+def _py_tap_write(
+    fd: int, batch: FrameBatch, slots: list[int], vnet: int, mtu: int = 0
+) -> tuple[int, int]:
+    """Write the frames of ``slots`` to the TAP ``fd`` with a virtio-net header of ``vnet``
+    bytes in front of each: zero, or for a TCP frame longer than ``mtu`` + 14 a GSO header.
+    Returns (written, refused); ``(-errno, refused)`` if the device is gone."""
     mv = memoryview(batch.buf)
     written = refused = 0
     zero = bytes(vnet)
     for i in slots:
         off = batch.frame_offset(i) - vnet
+        length = batch.frame_len[i]
         if vnet:
             batch.buf[off : off + vnet] = zero
+            if mtu and length > mtu + 14:
+                _gso_header(batch.buf, off + vnet, length, mtu, off)
         try:
-            os.write(fd, mv[off : off + vnet + batch.frame_len[i]])
+            os.write(fd, mv[off : off + vnet + length])
         except OSError as exc:
             if exc.errno in _GONE:
                 return -(exc.errno or errno.EIO), refused
@@ -155,7 +203,9 @@ class _CffiIO:
     ) -> int:
         return self._send(self._lib.vx_send_gso, sock, batch, first, n, port, host)
 
-    def tap_write(self, fd: int, batch: FrameBatch, slots: list[int], vnet: int) -> tuple[int, int]:
+    def tap_write(
+        self, fd: int, batch: FrameBatch, slots: list[int], vnet: int, mtu: int = 0
+    ) -> tuple[int, int]:
         if len(slots) > batch.capacity:
             raise ValueError("more slots than the batch holds")
         buf, _plen = self._views(batch)
@@ -177,7 +227,7 @@ class _CffiIO:
         err[0] = 0
         n = int(
             self._lib.vx_tap_write(
-                fd, buf, batch.slot, batch.headroom, carr, len(slots), flen, vnet, err
+                fd, buf, batch.slot, batch.headroom, carr, len(slots), flen, vnet, mtu, err
             )
         )
         return n, int(err[0])

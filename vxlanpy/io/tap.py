@@ -131,8 +131,11 @@ class Tap:
             return False
 
     def write_slots(self, batch: FrameBatch, slots: list[int]) -> int:
-        """Write the frames in ``slots`` of ``batch`` in one C loop; refused ones are counted."""
-        written, refused = fastio.tap_write(self.fd, batch, slots, self.vnet)
+        """Write the frames in ``slots`` of ``batch`` in one C loop; refused ones are counted.
+
+        With offloads, a TCP super-frame larger than the MTU (a kernel peer's tunnel-GSO packet
+        arrives whole) goes in as a GSO frame, so the kernel can still forward it (bridge)."""
+        written, refused = fastio.tap_write(self.fd, batch, slots, self.vnet, self.mtu)
         self.write_errors += refused
         if written < 0:
             raise TapGone(f"TAP {self.name} is gone ({os.strerror(-written)})")
