@@ -372,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         log(f"unknown pair(s): {', '.join(sorted(unknown))}")
         return 2
-    command = "python -m benchmarks e2e " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    args = argv if argv is not None else sys.argv[1:]
+    command = "python -m benchmarks e2e " + " ".join(shlex.quote(x) for x in args)
     results = run(a.reps, a.seconds, a.pings, pairs)
     summary = summarize(results)
     mach = machine()
