@@ -27,6 +27,7 @@ df = "set"
 dev = "u0"
 strict = true
 offload = false
+fast_path = false
 control = "/run/vxlanpy/test-config.sock"
 
 [[segment]]
@@ -92,6 +93,7 @@ EXPECTED = VtepConfig(
     dev="u0",
     strict=True,
     offload=False,
+    fast_path=False,
 )
 
 

@@ -40,15 +40,55 @@ int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
                   uint32_t *truncated);
 """
 
+# The datapath (vxlanpy/_fastdp.c): forwarding cache, classification and pumps.
+DP_CDEF = """
+typedef struct vx_batch {
+    uint8_t *buf;
+    uint32_t slot, headroom, capacity, max_frame;
+    uint32_t *frame_len, *payload_len, *vni;
+    int32_t *status;
+    uint16_t *sport;
+    uint8_t *gso_type;
+    uint16_t *gso_size;
+    uint8_t *vnet_flags;
+    int32_t *action;
+    uint8_t *addrs;
+} vx_batch;
+typedef struct vx_dp vx_dp;
+vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict);
+void vx_dp_free(vx_dp *dp);
+int vx_dp_seg_set(vx_dp *dp, uint32_t vni, int tap_fd, uint32_t vnet, uint32_t mtu,
+                  const uint8_t *local_mac, uint32_t flags);
+void vx_dp_seg_del(vx_dp *dp, uint32_t vni);
+int vx_dp_remote_set(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen);
+void vx_dp_port_fd(vx_dp *dp, uint32_t port, int fd);
+int vx_dp_put(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t remote, uint32_t flags,
+              uint64_t seen_ms);
+int vx_dp_del(vx_dp *dp, uint32_t vni, const uint8_t *mac);
+int vx_dp_get(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *remote, uint32_t *flags,
+              uint64_t *seen_ms);
+uint32_t vx_dp_dump(vx_dp *dp, uint32_t vni, uint8_t *macs, uint32_t *remote, uint32_t *flags,
+                    uint64_t *seen_ms, uint32_t cap);
+int vx_dp_counters(vx_dp *dp, uint32_t vni, uint64_t *out);
+void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err);
+int vx_dp_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_t n);
+int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms);
+int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t rounds,
+                  uint32_t *upcalls);
+int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
+                  uint32_t *upcalls, int64_t *gone_vni);
+"""
+
 _here = Path(__file__).resolve().parent
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.cdef(IO_CDEF)
+ffibuilder.cdef(DP_CDEF)
 ffibuilder.set_source(
     "vxlanpy._fastpath_c",
-    "#include <stdint.h>\n" + CDEF + IO_CDEF,
-    sources=[os.path.relpath(_here / "_fastpath.c"), os.path.relpath(_here / "_fastio.c")],
+    "#include <stdint.h>\n" + CDEF + IO_CDEF + DP_CDEF,
+    sources=[os.path.relpath(_here / p) for p in ("_fastpath.c", "_fastio.c", "_fastdp.c")],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )
 

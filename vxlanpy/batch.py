@@ -46,6 +46,8 @@ class FrameBatch:
         "gso_type",
         "gso_size",
         "vnet_flags",
+        "action",
+        "addrs",
         "views",
     )
 
@@ -76,6 +78,9 @@ class FrameBatch:
         self.gso_type = array("B", bytes(capacity))
         self.gso_size = array("H", bytes(2 * capacity))
         self.vnet_flags = array("B", bytes(capacity))
+        # the C datapath's verdict per slot (fastcache.py) and each datagram's source sockaddr
+        self.action = array("i", bytes(4 * capacity))
+        self.addrs = bytearray(28 * capacity)
         self.views: dict[str, Any] = {}  # per-backend cached views (cffi pointers)
 
     def frame_offset(self, i: int) -> int:

@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-offload", action="store_true", help="no TAP checksum/TSO offloads (IFF_VNET_HDR)"
     )
+    run.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="no C forwarding cache: the Python engine handles every frame (slower)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every event")
 
     def client(name: str, helptext: str) -> argparse.ArgumentParser:
@@ -148,8 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
-# --no-offload, apply to both forms)
-_NOT_CONFIG = {"command", "config", "control", "no_uvloop", "verbose", "no_offload"}
+# --no-offload, --no-fast-path, apply to both forms)
+_NOT_CONFIG = {
+    "command",
+    "config",
+    "control",
+    "no_uvloop",
+    "verbose",
+    "no_offload",
+    "no_fast_path",
+}
 _RUN_DEFAULTS: dict[str, object] = {}
 
 
@@ -170,6 +183,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         cfg, control = load_config(a.config)
         if a.no_offload:
             cfg.offload = False
+        if a.no_fast_path:
+            cfg.fast_path = False
         return cfg, a.control or control
     if a.vni is None:
         raise UsageError("run needs --vni (or --config FILE)")
@@ -201,6 +216,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         dev=a.dev,
         strict=a.strict,
         offload=not a.no_offload,
+        fast_path=not a.no_fast_path,
     ).validate()
     return cfg, a.control
 

@@ -81,6 +81,7 @@ class VtepConfig:
     dev: str | None = None
     strict: bool = False
     offload: bool = True  # TAP checksum/TSO offloads (IFF_VNET_HDR), segmented in the fast path
+    fast_path: bool = True  # the C forwarding cache (cffi backend); False: every frame in Python
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -211,6 +212,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "dev": (str, "an interface name"),
     "strict": (bool, "true or false"),
     "offload": (bool, "true or false"),
+    "fast_path": (bool, "true or false"),
     "control": (str, "a path"),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -324,6 +326,7 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         dev=vt.get("dev"),  # type: ignore[arg-type]
         strict=bool(vt.get("strict", False)),
         offload=bool(vt.get("offload", True)),
+        fast_path=bool(vt.get("fast_path", True)),
     )
     try:
         cfg.validate(in_file=True)

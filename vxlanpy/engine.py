@@ -11,6 +11,13 @@ what the engine wants written. One call per batch, in the style of aioquic's con
 - ``get_timer()`` / ``handle_timer(now)``: FDB ageing.
 - ``next_event()``: learned / moved / aged / L2 miss / L3 miss / dropped.
 
+Fast path / slow path (``attach_fastpath``): the C datapath (``fastcache.py``) keeps a mirror of
+every FDB and forwards what the mirror decides alone; the engine gets the rest as upcalls
+(``handle_frames(..., slots=)``, ``handle_datagrams(..., slots=)``). The engine stays the source
+of truth: call ``sync_fastpath()`` before each C call so that FDB changes (learning, moves,
+ageing, admin changes) reach the mirror; ``forward_frames`` / ``forward_datagrams`` do the whole
+round (C, then upcalls) without I/O. Forwarding results are the same with or without the mirror.
+
 Outputs may be views into the batch the caller passed: drain them before reusing that batch.
 
 Rules, device -> wire (``handle_frames``):
@@ -34,6 +41,7 @@ Rules, wire -> device (``handle_datagrams``):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -43,6 +51,7 @@ from typing import Any, NamedTuple
 from . import fastpath
 from .batch import FrameBatch
 from .events import Dropped, Event, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
+from .fastcache import REMOTE_NONE, UPCALL, FastPath
 from .fdb import Fdb, LearnResult, Remote
 from .neigh import NeighTable, arp_reply
 from .wire import (
@@ -215,6 +224,8 @@ class Engine:
         self._max_events = max_events
         self._to_send: list[Datagram] = []
         self._to_device: list[DeviceFrame] = []
+        self.fastpath: FastPath | None = None
+        self._fp_flags: dict[int, tuple[bool, bool, bool, bytes | None]] = {}
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -224,10 +235,151 @@ class Engine:
             raise ValueError(f"VNI {config.vni} is configured already")
         seg = Segment(config)
         self._segments[config.vni] = seg
+        if self.fastpath is not None:
+            self._mirror_segment(seg)
         return seg
 
     def remove_segment(self, vni: int) -> None:
         del self._segments[vni]
+        if self.fastpath is not None:
+            self.fastpath.remove_segment(vni)
+            self._fp_flags.pop(vni, None)
+
+    # --- the C fast path ----------------------------------------------------------------------
+
+    def attach_fastpath(self, fp: FastPath) -> None:
+        """Mirror every segment's FDB into ``fp`` from now on (see the module docstring)."""
+        self.fastpath = fp
+        for seg in self._segments.values():
+            self._mirror_segment(seg)
+
+    def _mirror_segment(self, seg: Segment) -> None:
+        self._fp_flags.pop(seg.vni, None)
+        self._push_flags(seg)
+        fdb = seg.fdb
+        fdb.dirty = set()
+        for mac, _r in fdb.static_items():
+            self._push_entry(seg, mac)
+        for mac, _ip, _t in fdb.learned_items():
+            self._push_entry(seg, mac)
+
+    def _push_flags(self, seg: Segment) -> None:
+        fp = self.fastpath
+        assert fp is not None
+        flags = (seg.fdb.learning, seg.allow_vlan, seg.proxy, seg.local_mac)
+        if self._fp_flags.get(seg.vni) != flags:
+            fp.set_segment(
+                seg.vni,
+                learning=flags[0],
+                allow_vlan=flags[1],
+                proxy=flags[2],
+                local_mac=flags[3],
+            )
+            self._fp_flags[seg.vni] = flags
+
+    def _push_entry(self, seg: Segment, mac: bytes) -> None:
+        """Make the mirror's entry for ``mac`` what the FDB says now."""
+        fp = self.fastpath
+        assert fp is not None
+        fdb = seg.fdb
+        remotes = fdb.lookup(mac)
+        if remotes is None:
+            fp.delete(seg.vni, mac)
+            return
+        rid = REMOTE_NONE
+        if len(remotes) == 1 and remotes[0].vni in (None, seg.vni):
+            r = remotes[0]
+            rid = fp.remote_id(r.ip, r.port or self.dstport)
+        fp.put(seg.vni, mac, rid, fdb.is_static(mac), fdb.last_seen_ms(mac) or 0)
+
+    def sync_fastpath(self) -> None:
+        """Push FDB changes and segment settings to the C mirror. Call before each C call."""
+        if self.fastpath is None:
+            return
+        for seg in self._segments.values():
+            dirty = seg.fdb.dirty
+            if dirty is None:  # the FDB object was replaced: mirror it afresh
+                self._mirror_segment(seg)
+                continue
+            if dirty:
+                seg.fdb.dirty = set()
+                for mac in dirty:
+                    self._push_entry(seg, mac)
+            self._push_flags(seg)
+
+    def refresh_from_fastpath(self, vni: int) -> None:
+        """Copy the last-seen times the C path recorded into the FDB of ``vni`` (before showing
+        ages)."""
+        if self.fastpath is None:
+            return
+        fdb = self._segments[vni].fdb
+        for mac, e in self.fastpath.dump(vni).items():
+            if not e.static:
+                fdb.touch(mac, round(e.seen * 1000))
+
+    def segment_stats(self, vni: int) -> dict[str, Any]:
+        """The counters of ``vni``: the engine's plus the C fast path's."""
+        out = self._segments[vni].counters.to_dict()
+        if self.fastpath is not None:
+            for k, v in self.fastpath.counters(vni).items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def forward_frames(self, vni: int, batch: FrameBatch, now: float) -> None:
+        """``handle_frames`` through the C mirror: hits are decided in C, the rest here. The
+        same outputs as ``handle_frames`` (without a fast path, it is ``handle_frames``)."""
+        fp = self.fastpath
+        if fp is None:
+            self.handle_frames(vni, batch, now)
+            return
+        self.sync_fastpath()
+        fp.tx_classify(vni, batch)
+        c = self._segments[vni].counters
+        act = batch.action
+        up: list[int] = []
+        mv = memoryview(batch.buf)
+        for i in range(batch.count):
+            a = act[i]
+            if a < 0:
+                up.append(i)
+                continue
+            host, port = fp.remote(a)
+            off, plen = batch.header_offset(i), batch.payload_len[i]
+            self._to_send.append(Datagram(mv[off : off + plen], host, port, batch.sport[i], vni, i))
+            c.tx_packets += 1
+            c.tx_bytes += plen - VXLAN_HLEN
+        if up:
+            self.handle_frames(vni, batch, now, slots=up)
+
+    def forward_datagrams(self, batch: FrameBatch, now: float) -> None:
+        """``handle_datagrams`` through the C mirror, sources taken from ``batch.addrs``."""
+        fp = self.fastpath
+        if fp is None:
+            raise RuntimeError("no fast path attached")
+        self.sync_fastpath()
+        fp.rx_classify(batch, now)
+        self._deliver_hits(batch)
+        self.handle_upcalls(batch, now)
+
+    def _deliver_hits(self, batch: FrameBatch) -> None:
+        mv = memoryview(batch.buf)
+        for i in range(batch.count):
+            if batch.action[i] >= 0:
+                off = batch.frame_offset(i)
+                self._to_device.append(
+                    DeviceFrame(batch.vni[i], mv[off : off + batch.frame_len[i]], i)
+                )
+
+    def handle_upcalls(self, batch: FrameBatch, now: float) -> None:
+        """The datagrams of ``batch`` the C path sent up (already decapsulated by it)."""
+        fp = self.fastpath
+        assert fp is not None
+        slots = [i for i in range(batch.count) if batch.action[i] == UPCALL]
+        if slots:
+            sources = [""] * batch.count
+            for i in slots:
+                sources[i] = fp.source(batch, i)
+            self.handle_datagrams(batch, sources, now, slots=slots, prepared=True)
 
     def segment(self, vni: int) -> Segment:
         """The segment of ``vni``; KeyError if it is not configured."""
@@ -239,8 +391,11 @@ class Engine:
 
     # --- device -> wire -----------------------------------------------------------------------
 
-    def handle_frames(self, vni: int, batch: FrameBatch, now: float) -> None:
-        """Forward the frames in ``batch`` (read from the device of ``vni``).
+    def handle_frames(
+        self, vni: int, batch: FrameBatch, now: float, slots: Iterable[int] | None = None
+    ) -> None:
+        """Forward the frames in ``batch`` (read from the device of ``vni``); only those in
+        ``slots`` if given (the C path's upcalls).
 
         Next: send ``datagrams_to_send()`` and write ``frames_to_device()``, then reuse the batch.
         """
@@ -249,7 +404,7 @@ class Engine:
         fdb = seg.fdb
         buf = batch.buf
         plan: list[tuple[int, tuple[Remote, ...]]] = []
-        for i in range(batch.count):
+        for i in range(batch.count) if slots is None else slots:
             n = batch.frame_len[i]
             off = batch.frame_offset(i)
             if n < ETH_HLEN:
@@ -333,19 +488,29 @@ class Engine:
 
     # --- wire -> device -----------------------------------------------------------------------
 
-    def handle_datagrams(self, batch: FrameBatch, sources: Sequence[str], now: float) -> None:
-        """Process received UDP payloads (slot ``i`` came from the underlay IP ``sources[i]``).
+    def handle_datagrams(
+        self,
+        batch: FrameBatch,
+        sources: Sequence[str],
+        now: float,
+        slots: Iterable[int] | None = None,
+        prepared: bool = False,
+    ) -> None:
+        """Process received UDP payloads (slot ``i`` came from the underlay IP ``sources[i]``);
+        only those in ``slots`` if given; ``prepared``: already decapsulated (and checksums
+        completed) by the C path.
 
         Next: write ``frames_to_device()`` to each segment's device, then reuse the batch.
         """
-        self.fast.decap_batch(batch, self.strict)
+        if not prepared:
+            self.fast.decap_batch(batch, self.strict)
+            if self.complete_checksums:
+                self.checksums_completed += self.fast.complete_checksums(batch)
         fresh: tuple[bytes, str, int] = _NONE3
-        if self.complete_checksums:
-            self.checksums_completed += self.fast.complete_checksums(batch)
         buf = batch.buf
         mv = memoryview(buf)
         out = self._to_device
-        for i in range(batch.count):
+        for i in range(batch.count) if slots is None else slots:
             src = sources[i]
             st = batch.status[i]
             if st:
@@ -434,8 +599,12 @@ class Engine:
 
     def handle_timer(self, now: float) -> None:
         """Age out learned entries; emits MacAged events."""
+        fp = self.fastpath
         for seg in self._segments.values():
-            for mac, remote in seg.fdb.expire(now):
+            seen = None
+            if fp is not None:
+                seen = functools.partial(fp.seen_ms, seg.vni)
+            for mac, remote in seg.fdb.expire(now, seen):
                 seg.counters.aged += 1
                 self._event(MacAged(seg.vni, mac, remote.ip))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import heapq
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .wire import ZERO_MAC, check_vni, format_mac
@@ -151,6 +152,10 @@ class Fdb:
         # ageing wheel: whole second -> MACs filed there; a heap of the seconds in use
         self._wheel: dict[int, list[bytes]] = {}
         self._heap: list[int] = []
+        # MACs whose entry changed (added, removed, moved, remotes changed) since the owner last
+        # drained the set; None until someone mirrors this FDB (the engine's C cache). Refreshing
+        # a learned entry's time is not a change.
+        self.dirty: set[bytes] | None = None
 
     # --- sizes and settings -------------------------------------------------------------------
 
@@ -213,6 +218,7 @@ class Fdb:
         if not self._drop_learned(mac):
             self._check_room(mac)
         self._static[mac] = (remote,)
+        self._changed(mac)
 
     def append(self, mac: bytes, remote: Remote) -> None:
         """``bridge fdb append``: add ``remote`` to the entry (creating it if needed)."""
@@ -220,6 +226,7 @@ class Fdb:
         if cur is not None:
             if remote not in cur:
                 self._static[mac] = cur + (remote,)
+                self._changed(mac)
             return
         learned = self.lookup(mac) if mac in self._learned else None
         if learned is None:
@@ -227,12 +234,14 @@ class Fdb:
         self._drop_learned(mac)
         base = tuple(r for r in (learned or ()) if r != remote)
         self._static[mac] = base + (remote,)
+        self._changed(mac)
 
     def replace(self, mac: bytes, remote: Remote) -> None:
         """``bridge fdb replace``: the entry becomes static with ``remote`` as its only remote."""
         if mac not in self._static and not self._drop_learned(mac):
             self._check_room(mac)
         self._static[mac] = (remote,)
+        self._changed(mac)
 
     def delete(self, mac: bytes, remote: Remote | None = None) -> None:
         """``bridge fdb del``: remove the entry, or only ``remote`` from it; FdbNotFound if absent.
@@ -241,6 +250,7 @@ class Fdb:
         """
         cur = self._static.get(mac)
         if cur is not None:
+            self._changed(mac)
             if remote is None:
                 del self._static[mac]
                 return
@@ -258,12 +268,16 @@ class Fdb:
         if remote is not None and not self._rem(v).matches(remote):
             raise FdbNotFound(f"{format_mac(mac)} has no remote {remote.ip}")
         self._drop_learned(mac)
+        self._changed(mac)
 
     def flush(self, *, static: bool = False) -> None:
         """Remove every learned entry (and the static ones too with ``static=True``)."""
         for mac in list(self._learned):
             self._drop_learned(mac)
+            self._changed(mac)
         if static:
+            for mac in self._static:
+                self._changed(mac)
             self._static.clear()
 
     def _check_room(self, mac: bytes) -> None:
@@ -301,18 +315,42 @@ class Fdb:
             self._unref(rid)
             rid = self._ref(ip)
             self._learned[mac] = (sched << _SCHED_SHIFT) | (ms << _RID_BITS) | rid
+            self._changed(mac)
             return LearnResult.MOVED, old.ip
         if self._full() or not self._can_ref(ip):
             return LearnResult.REFUSED, None
         self._learned[mac] = self._pack(mac, self._ref(ip), ms)
+        self._changed(mac)
         return LearnResult.NEW, None
+
+    def is_static(self, mac: bytes) -> bool:
+        return mac in self._static
+
+    def last_seen_ms(self, mac: bytes) -> int | None:
+        """When the learned entry of ``mac`` was last refreshed (ms), None if not learned."""
+        v = self._learned.get(mac)
+        return None if v is None else (v >> _RID_BITS) & _MS_MASK
+
+    def touch(self, mac: bytes, seen_ms: int) -> None:
+        """Refresh the learned entry of ``mac`` to ``seen_ms`` if that is later (frames its
+        mirror forwarded without the FDB seeing them). Nothing for other MACs."""
+        v = self._learned.get(mac)
+        if v is not None and seen_ms > (v >> _RID_BITS) & _MS_MASK:
+            sched = v >> _SCHED_SHIFT
+            ms = seen_ms & _MS_MASK
+            self._learned[mac] = (sched << _SCHED_SHIFT) | (ms << _RID_BITS) | (v & _RID_MASK)
 
     def next_deadline(self) -> float | None:
         """When ``expire`` next has work to do (it may find nothing then), or ``None``."""
         return float(self._heap[0]) if self._heap else None
 
-    def expire(self, now: float) -> list[tuple[bytes, Remote]]:
-        """Remove learned entries whose ageing time has passed; return ``(mac, remote)`` each."""
+    def expire(
+        self, now: float, seen: Callable[[bytes], int | None] | None = None
+    ) -> list[tuple[bytes, Remote]]:
+        """Remove learned entries whose ageing time has passed; return ``(mac, remote)`` each.
+
+        ``seen(mac)``, if given, reports a later last-seen time (ms) known elsewhere (the C
+        cache refreshes entries without the FDB): an entry due to expire is asked first."""
         out: list[tuple[bytes, Remote]] = []
         age_ms = self._ageing_ms
         if age_ms <= 0:
@@ -326,10 +364,15 @@ class Fdb:
                 if v is None or v >> _SCHED_SHIFT != sec:
                     continue  # deleted, or filed again elsewhere since
                 last = (v >> _RID_BITS) & _MS_MASK
+                if last + age_ms <= now_ms and seen is not None:
+                    later = seen(mac)
+                    if later is not None and later > last:
+                        last = later & _MS_MASK
                 if last + age_ms <= now_ms:
                     out.append((mac, self._rem(v)))
                     del learned[mac]
                     self._unref(v & _RID_MASK)
+                    self._changed(mac)
                 else:
                     learned[mac] = self._pack(mac, v & _RID_MASK, last)
         return out
@@ -355,6 +398,10 @@ class Fdb:
         return list(self._static.items())
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _changed(self, mac: bytes) -> None:
+        if self.dirty is not None:
+            self.dirty.add(mac)
 
     def _pack(self, mac: bytes, rid: int, last_ms: int) -> int:
         sched = 0

@@ -24,10 +24,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+from . import fastcache
 from .batch import DEFAULT_BATCH, FrameBatch
 from .config import VtepConfig
 from .engine import Datagram, Engine, Segment
@@ -43,6 +46,7 @@ __all__ = ["Vtep", "VtepError", "install_uvloop"]
 log = logging.getLogger("vxlanpy")
 
 _READ_BUDGET = 8
+_PUMP_ROUNDS = 16  # batches one C pump call may move before it returns to the loop
 MAX_UDP_PAYLOAD = 65535 - VXLAN_HLEN
 MAX_GSO_FRAME = 65535 + ETH_HLEN + 4
 MAX_SEGMENTS = 160  # batches per readiness callback before yielding to the loop
@@ -87,6 +91,7 @@ class Vtep:
         self.gso_errors = 0
         self.gso_frames = 0  # TCP super-frames from the TAP, cut into segments
         self._rx_sources: list[str] = []
+        self.fast: fastcache.FastPath | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -113,10 +118,22 @@ class Vtep:
         # Receive slots hold any UDP datagram: a kernel peer over veth hands over tunnel-GSO
         # super-packets (up to 64 KiB) that the socket does not segment for us.
         self._rx_batch = FrameBatch(self._batch_size, MAX_UDP_PAYLOAD)
+        if self.config.fast_path and fastcache.available():
+            self._attach_fastpath()
         loop = self._loop
         for vni, tap in self.taps.items():
             loop.add_reader(tap.fd, self._on_tap, vni)
         loop.add_reader(self.transport.fileno(), self._on_udp)
+
+    def _attach_fastpath(self) -> None:
+        """Forward FDB hits in C (fast path); the engine gets the rest as upcalls."""
+        fp = fastcache.FastPath(self.engine.srcport, self.config.strict)
+        self.engine.attach_fastpath(fp)
+        for vni, tap in self.taps.items():
+            fp.set_device(vni, tap.fd, tap.vnet, tap.mtu)
+        assert self.transport is not None
+        self.transport.on_port = fp.set_port_fd
+        self.fast = fp
 
     def _setup(self) -> int:
         """Create TAPs, segments and the transport; return the largest frame to expect."""
@@ -204,6 +221,9 @@ class Vtep:
         transport = self.transport
         assert batch is not None and transport is not None and self._loop is not None
         engine = self.engine
+        if self.fast is not None:
+            self._pump_tap(vni, tap, batch)
+            return
         for _ in range(_READ_BUDGET):
             batch.clear()
             try:
@@ -218,6 +238,52 @@ class Vtep:
             engine.handle_frames(vni, batch, self._loop.time())
             self._send(batch, engine.datagrams_to_send(), bool(tap.vnet and gso))
             self._write_device()
+            if n < batch.capacity:
+                break
+        self._after_work()
+
+    def _pump_tap(self, vni: int, tap: Tap, batch: FrameBatch) -> None:
+        """TAP -> wire through the C datapath; the engine handles the upcalls of each batch."""
+        fp, engine, seg = self.fast, self.engine, self._seg_batch
+        assert fp is not None and seg is not None and self._loop is not None
+        engine.sync_fastpath()
+        for _ in range(_READ_BUDGET):
+            n, up = fp.tx_pump(vni, batch, seg, _PUMP_ROUNDS)
+            if n < 0:
+                self._fail(TapGone(f"TAP {tap.name} is gone ({os.strerror(-n)})"))
+                return
+            if up:
+                act = batch.action
+                slots = [i for i in range(n) if act[i] < 0]
+                engine.handle_frames(vni, batch, self._loop.time(), slots)
+                gso = any(batch.gso_type[i] for i in slots)
+                self._send(batch, engine.datagrams_to_send(), gso)
+                self._write_device()
+                engine.sync_fastpath()
+            if n < batch.capacity:
+                break
+        self._after_work()
+
+    def _pump_udp(self, batch: FrameBatch) -> None:
+        """Wire -> TAP through the C datapath; the engine handles the upcalls of each batch."""
+        fp, engine, transport = self.fast, self.engine, self.transport
+        assert fp is not None and transport is not None and self._loop is not None
+        engine.sync_fastpath()
+        fd = transport.fileno()
+        for _ in range(_READ_BUDGET):
+            now = self._loop.time()
+            n, up, gone = fp.rx_pump(fd, batch, now, _PUMP_ROUNDS)
+            if n < 0:
+                if gone >= 0:
+                    tap = self.taps[gone]
+                    self._fail(TapGone(f"TAP {tap.name} is gone ({os.strerror(-n)})"))
+                    return
+                transport.count_error(-n)  # an ICMP report surfaced on the socket
+                continue
+            if up:
+                engine.handle_upcalls(batch, now)
+                self._write_device(batch)
+                engine.sync_fastpath()
             if n < batch.capacity:
                 break
         self._after_work()
@@ -285,6 +351,9 @@ class Vtep:
         batch = self._rx_batch
         transport = self.transport
         assert batch is not None and transport is not None and self._loop is not None
+        if self.fast is not None:
+            self._pump_udp(batch)
+            return
         sources = self._rx_sources
         engine = self.engine
         for _ in range(_READ_BUDGET):
@@ -421,7 +490,9 @@ class Vtep:
 
     def fdb_entries(self, vni: int) -> list[FdbEntry]:
         assert self._loop is not None
-        return self.segment(vni).fdb.entries(self._loop.time())
+        seg = self.segment(vni)
+        self.engine.refresh_from_fastpath(vni)
+        return seg.fdb.entries(self._loop.time())
 
     def neigh_entries(self, vni: int) -> list[tuple[str, bytes]]:
         return self.segment(vni).neigh.entries()
@@ -429,15 +500,36 @@ class Vtep:
     def stats(self) -> dict[str, Any]:
         """Counters per VNI, drops before a VNI was known, socket and TAP errors."""
         t = self.transport
+        fp = self.fast
+        segments = {vni: self.engine.segment_stats(vni) for vni in self.engine.segments}
+        socket_errors = Counter(t.errors if t else {})
+        tap_errors = {tap.name: tap.write_errors for tap in self.taps.values()}
+        checksums = self.engine.checksums_completed
+        gso_frames = self.gso_frames
+        if fp is not None:
+            g = fp.global_counters()
+            socket_errors.update(g["send_errors"])
+            if g["truncated"]:
+                socket_errors["truncated"] += g["truncated"]
+            checksums += g["checksums_completed"]
+            for vni, c in segments.items():
+                gso_frames += c.pop("gso_frames", 0)
+                tap = self.taps.get(vni)
+                if tap is not None:
+                    tap_errors[tap.name] += c.pop("tap_write_errors", 0)
+        for c in segments.values():
+            c.pop("gso_frames", None)
+            c.pop("tap_write_errors", None)
         return {
-            "segments": {vni: seg.counters.to_dict() for vni, seg in self.engine.segments.items()},
+            "segments": segments,
             "unattributed": self.engine.counters.to_dict(),
-            "socket_errors": dict(t.errors) if t else {},
-            "tap_write_errors": {tap.name: tap.write_errors for tap in self.taps.values()},
+            "socket_errors": dict(socket_errors),
+            "tap_write_errors": tap_errors,
             "events_lost": self.events_lost + self.engine.events_lost,
-            "checksums_completed": self.engine.checksums_completed,
+            "checksums_completed": checksums,
             "gso_errors": self.gso_errors,
-            "gso_frames": self.gso_frames,
+            "gso_frames": gso_frames,
+            "fast_path": fp is not None,
         }
 
     def describe(self) -> str:

@@ -18,6 +18,7 @@ import ipaddress
 import socket
 import struct
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Literal
 
 from .. import fastio
@@ -91,6 +92,9 @@ class UdpTransport:
         self._bufsize = bufsize
         self._max_ports = max_ports
         self._pool: OrderedDict[int, socket.socket] = OrderedDict()
+        # told (port, fd) when a source-port socket opens and (port, -1) before it closes: the
+        # C datapath sends from these sockets itself
+        self.on_port: Callable[[int, int], None] | None = None
         self._fallback: socket.socket | None = None
         self.rx = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -179,8 +183,12 @@ class UdpTransport:
             assert self._fallback is not None
             return self._fallback
         self._pool[sport] = s
+        if self.on_port is not None:
+            self.on_port(sport, s.fileno())
         if len(self._pool) > self._max_ports:
-            _, old = self._pool.popitem(last=False)
+            old_port, old = self._pool.popitem(last=False)
+            if self.on_port is not None:
+                self.on_port(old_port, -1)
             old.close()
         return s
 
@@ -252,10 +260,17 @@ class UdpTransport:
         self.tx_packets += sent
         return sent
 
+    def count_error(self, err: int) -> None:
+        """Count a socket error (an errno) met outside this class (the C datapath)."""
+        self._count(err)
+
     def _count(self, err: int | None, n: int = 1) -> None:
         self.errors[errno.errorcode.get(err or 0, str(err))] += n
 
     def close(self) -> None:
+        if self.on_port is not None:
+            for port in self._pool:
+                self.on_port(port, -1)
         socks = [self.rx, *self._pool.values()]
         if self._fallback is not None:
             socks.append(self._fallback)

@@ -1,0 +1,764 @@
+/*
+ * vxlanpy datapath: the forwarding cache (fast path) and the batched pumps built on it.
+ *
+ * Open vSwitch's split: the cache is a mirror of the Python FDBs (engine.py stays the source of
+ * truth and pushes every change here); the C side forwards what the cache can decide alone and
+ * leaves everything else marked as an upcall for the Python engine:
+ *
+ *   device -> wire: a unicast destination MAC with exactly one remote (no per-remote VNI) is a
+ *     hit: encapsulated and sent from C. Short frames, VLAN tags the segment refuses, ARP when
+ *     the segment proxies, broadcast/multicast (flooding) and misses go up.
+ *   wire -> device: a valid header for a served VNI, a sane source MAC, and a source MAC the
+ *     cache maps to the datagram's source IP (learned: its last-seen time is refreshed here) or,
+ *     with learning off, a MAC the cache does not hold, is delivered from C. A MAC to learn or
+ *     move, a spoof, a drop reason to record: up.
+ *
+ * action[i] says what happened to slot i: >= 0 forwarded here (the remote id on transmit, the
+ * segment index on receive), VX_ACT_UPCALL for the Python engine, VX_ACT_DROP dropped and
+ * counted here (a truncated datagram). A mutex guards the cache, so pumps may run in several
+ * threads (cffi releases the GIL around each call) while Python updates it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* from _fastpath.c and _fastio.c */
+void vx_encap_batch(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
+                    const uint32_t *frame_len, const uint32_t *vni, uint32_t *payload_len,
+                    uint16_t *sport, uint32_t lo, uint32_t hi);
+void vx_decap_batch(const uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
+                    const uint32_t *payload_len, int strict, uint32_t *vni, int32_t *status,
+                    uint32_t *frame_len);
+uint32_t vx_complete_checksums(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
+                               const uint32_t *frame_len);
+uint32_t vx_tso_segment(const uint8_t *f, uint32_t len, uint32_t gso_size, uint32_t vni,
+                        uint8_t *out, uint32_t slot, uint32_t headroom, uint32_t max_frame,
+                        uint32_t first, uint32_t capacity, uint32_t *frame_len,
+                        uint32_t *vni_out);
+int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
+                  uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
+int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
+                uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
+int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const uint32_t *slots,
+                 uint32_t n, const uint32_t *frame_len, uint32_t vnet, uint32_t mtu,
+                 uint32_t *errors);
+int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
+                  uint32_t cap, uint32_t max_payload, uint32_t *payload_len, uint8_t *addrs,
+                  uint32_t *truncated);
+
+/* Keep in step with vxlanpy/fastcache.py. */
+typedef struct vx_batch {
+    uint8_t *buf;
+    uint32_t slot, headroom, capacity, max_frame;
+    uint32_t *frame_len, *payload_len, *vni;
+    int32_t *status;
+    uint16_t *sport;
+    uint8_t *gso_type;
+    uint16_t *gso_size;
+    uint8_t *vnet_flags;
+    int32_t *action;
+    uint8_t *addrs; /* 28 bytes per slot: the source sockaddr of a received datagram */
+} vx_batch;
+
+#define VX_HLEN 8
+#define VX_ETH_HLEN 14
+#define VX_ADDR_LEN 28
+#define VX_TRUNCATED 0xFFFFFFFFu
+#define VX_ACT_UPCALL (-1)
+#define VX_ACT_DROP (-2)
+#define VX_MAX_SEGS 4096
+#define VX_MAX_REMOTES 65536
+#define VX_REMOTE_NONE 0xFFFFFFFFu /* the entry exists but only Python can forward to it */
+#define VX_F_STATIC 1u
+#define VX_F_LEARNED 2u
+#define VX_SEG_LEARNING 1u
+#define VX_SEG_VLAN 2u
+#define VX_SEG_PROXY 4u
+#define VX_KEY_TOMB 1u
+#define VX_NCOUNTERS 6 /* rx_packets, rx_bytes, tx_packets, tx_bytes, tap_errors, gso_frames */
+#define VX_MAX_BATCH 1024
+
+typedef struct {
+    uint64_t key; /* (segment index + 1) << 48 | MAC; 0 empty, 1 deleted */
+    uint64_t seen_ms;
+    uint32_t remote;
+    uint32_t flags;
+} vx_entry;
+
+typedef struct {
+    uint32_t vni, flags, vnet, mtu, used;
+    int tap_fd;
+    uint64_t local_mac; /* 0: none */
+    uint64_t c[VX_NCOUNTERS];
+} vx_seg;
+
+typedef struct {
+    uint8_t sa[VX_ADDR_LEN]; /* where to send: sockaddr_in or sockaddr_in6 with the port */
+    uint32_t salen;
+} vx_remote;
+
+typedef struct vx_dp {
+    pthread_mutex_t lock;
+    vx_entry *tab;
+    uint64_t cap, used, tomb;
+    vx_seg segs[VX_MAX_SEGS];
+    uint32_t nsegs;
+    vx_remote *remotes;
+    int32_t port_fd[65536];
+    uint32_t lo, hi;
+    int strict;
+    uint64_t truncated, checksums, send_err[256];
+} vx_dp;
+
+static uint64_t mix64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
+static uint64_t mac48(const uint8_t *m)
+{
+    return ((uint64_t)m[0] << 40) | ((uint64_t)m[1] << 32) | ((uint64_t)m[2] << 24) |
+           ((uint64_t)m[3] << 16) | ((uint64_t)m[4] << 8) | m[5];
+}
+
+static uint64_t key_of(uint32_t seg, uint64_t mac)
+{
+    return ((uint64_t)(seg + 1) << 48) | mac;
+}
+
+static vx_entry *find(vx_dp *dp, uint64_t key)
+{
+    uint64_t mask = dp->cap - 1;
+    for (uint64_t i = mix64(key) & mask;; i = (i + 1) & mask) {
+        vx_entry *e = &dp->tab[i];
+        if (e->key == key)
+            return e;
+        if (e->key == 0)
+            return NULL;
+    }
+}
+
+static int resize(vx_dp *dp, uint64_t cap)
+{
+    vx_entry *tab = calloc(cap, sizeof(vx_entry));
+    if (tab == NULL)
+        return -ENOMEM;
+    for (uint64_t j = 0; j < dp->cap; j++) {
+        vx_entry *e = &dp->tab[j];
+        if (e->key <= VX_KEY_TOMB)
+            continue;
+        uint64_t i = mix64(e->key) & (cap - 1);
+        while (tab[i].key)
+            i = (i + 1) & (cap - 1);
+        tab[i] = *e;
+    }
+    free(dp->tab);
+    dp->tab = tab;
+    dp->cap = cap;
+    dp->tomb = 0;
+    return 0;
+}
+
+static vx_entry *insert(vx_dp *dp, uint64_t key)
+{
+    vx_entry *e = find(dp, key);
+    if (e != NULL)
+        return e;
+    if ((dp->used + dp->tomb + 1) * 4 > dp->cap * 3) {
+        uint64_t cap = 16;
+        while (cap < (dp->used + 1) * 2)
+            cap <<= 1;
+        if (resize(dp, cap < dp->cap ? dp->cap : cap) < 0)
+            return NULL;
+    }
+    uint64_t mask = dp->cap - 1;
+    uint64_t i = mix64(key) & mask;
+    while (dp->tab[i].key > VX_KEY_TOMB)
+        i = (i + 1) & mask;
+    if (dp->tab[i].key == VX_KEY_TOMB)
+        dp->tomb--;
+    dp->used++;
+    e = &dp->tab[i];
+    memset(e, 0, sizeof(*e));
+    e->key = key;
+    return e;
+}
+
+static void erase(vx_dp *dp, vx_entry *e)
+{
+    e->key = VX_KEY_TOMB;
+    dp->used--;
+    dp->tomb++;
+}
+
+static int seg_index(const vx_dp *dp, uint32_t vni)
+{
+    for (uint32_t s = 0; s < dp->nsegs; s++)
+        if (dp->segs[s].used && dp->segs[s].vni == vni)
+            return (int)s;
+    return -1;
+}
+
+/* --- set-up and table maintenance (called from Python) ------------------------------------ */
+
+vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict)
+{
+    vx_dp *dp = calloc(1, sizeof(vx_dp));
+    if (dp == NULL)
+        return NULL;
+    dp->remotes = calloc(VX_MAX_REMOTES, sizeof(vx_remote));
+    if (dp->remotes == NULL || resize(dp, 1024) < 0) {
+        free(dp->remotes);
+        free(dp);
+        return NULL;
+    }
+    pthread_mutex_init(&dp->lock, NULL);
+    for (uint32_t p = 0; p < 65536; p++)
+        dp->port_fd[p] = -1;
+    dp->lo = lo;
+    dp->hi = hi;
+    dp->strict = strict;
+    return dp;
+}
+
+void vx_dp_free(vx_dp *dp)
+{
+    if (dp == NULL)
+        return;
+    pthread_mutex_destroy(&dp->lock);
+    free(dp->tab);
+    free(dp->remotes);
+    free(dp);
+}
+
+/* Serve vni (or update it): returns the segment index, or -ENOSPC. */
+int vx_dp_seg_set(vx_dp *dp, uint32_t vni, int tap_fd, uint32_t vnet, uint32_t mtu,
+                  const uint8_t *local_mac, uint32_t flags)
+{
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    if (s < 0) {
+        for (uint32_t k = 0; k < dp->nsegs; k++)
+            if (!dp->segs[k].used) {
+                s = (int)k;
+                break;
+            }
+        if (s < 0 && dp->nsegs < VX_MAX_SEGS)
+            s = (int)dp->nsegs++;
+        if (s >= 0)
+            memset(&dp->segs[s], 0, sizeof(vx_seg));
+    }
+    if (s >= 0) {
+        vx_seg *g = &dp->segs[s];
+        g->used = 1;
+        g->vni = vni;
+        g->tap_fd = tap_fd;
+        g->vnet = vnet;
+        g->mtu = mtu;
+        g->flags = flags;
+        g->local_mac = local_mac ? mac48(local_mac) : 0;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return s < 0 ? -ENOSPC : s;
+}
+
+/* Stop serving vni and forget its entries. */
+void vx_dp_seg_del(vx_dp *dp, uint32_t vni)
+{
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    if (s >= 0) {
+        for (uint64_t j = 0; j < dp->cap; j++)
+            if (dp->tab[j].key > VX_KEY_TOMB && (dp->tab[j].key >> 48) == (uint64_t)s + 1)
+                erase(dp, &dp->tab[j]);
+        dp->segs[s].used = 0;
+    }
+    pthread_mutex_unlock(&dp->lock);
+}
+
+int vx_dp_remote_set(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen)
+{
+    if (id >= VX_MAX_REMOTES || salen > VX_ADDR_LEN)
+        return -EINVAL;
+    pthread_mutex_lock(&dp->lock);
+    memset(&dp->remotes[id], 0, sizeof(vx_remote));
+    memcpy(dp->remotes[id].sa, sa, salen);
+    dp->remotes[id].salen = salen;
+    pthread_mutex_unlock(&dp->lock);
+    return 0;
+}
+
+/* The send socket bound to source port `port` (-1: none; frames of that flow go up). */
+void vx_dp_port_fd(vx_dp *dp, uint32_t port, int fd)
+{
+    if (port < 65536)
+        __atomic_store_n(&dp->port_fd[port], fd, __ATOMIC_RELEASE);
+}
+
+/* Set the entry (vni, mac): remote id or VX_REMOTE_NONE, VX_F_* flags, last seen (ms). */
+int vx_dp_put(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t remote, uint32_t flags,
+              uint64_t seen_ms)
+{
+    int rc = -ENOENT;
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    if (s >= 0 && (remote == VX_REMOTE_NONE || remote < VX_MAX_REMOTES)) {
+        vx_entry *e = insert(dp, key_of((uint32_t)s, mac48(mac)));
+        rc = -ENOMEM;
+        if (e != NULL) {
+            e->remote = remote;
+            e->flags = flags;
+            e->seen_ms = seen_ms;
+            rc = 0;
+        }
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return rc;
+}
+
+int vx_dp_del(vx_dp *dp, uint32_t vni, const uint8_t *mac)
+{
+    int rc = 0;
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    vx_entry *e = s < 0 ? NULL : find(dp, key_of((uint32_t)s, mac48(mac)));
+    if (e != NULL) {
+        erase(dp, e);
+        rc = 1;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return rc;
+}
+
+/* 1 and the entry's fields if (vni, mac) is cached, else 0. */
+int vx_dp_get(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *remote, uint32_t *flags,
+              uint64_t *seen_ms)
+{
+    int rc = 0;
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    vx_entry *e = s < 0 ? NULL : find(dp, key_of((uint32_t)s, mac48(mac)));
+    if (e != NULL) {
+        *remote = e->remote;
+        *flags = e->flags;
+        *seen_ms = e->seen_ms;
+        rc = 1;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return rc;
+}
+
+/* Copy up to cap entries of vni (MACs as 6 bytes each); returns how many vni has in all. */
+uint32_t vx_dp_dump(vx_dp *dp, uint32_t vni, uint8_t *macs, uint32_t *remote, uint32_t *flags,
+                    uint64_t *seen_ms, uint32_t cap)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    for (uint64_t j = 0; s >= 0 && j < dp->cap; j++) {
+        vx_entry *e = &dp->tab[j];
+        if (e->key <= VX_KEY_TOMB || (e->key >> 48) != (uint64_t)s + 1)
+            continue;
+        if (n < cap) {
+            for (int b = 0; b < 6; b++)
+                macs[n * 6 + b] = (uint8_t)(e->key >> (40 - 8 * b));
+            remote[n] = e->remote;
+            flags[n] = e->flags;
+            seen_ms[n] = e->seen_ms;
+        }
+        n++;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return n;
+}
+
+/* Per-VNI counters of the fast path (VX_NCOUNTERS of them); 0 if vni is not served. */
+int vx_dp_counters(vx_dp *dp, uint32_t vni, uint64_t *out)
+{
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    if (s >= 0)
+        memcpy(out, dp->segs[s].c, sizeof(dp->segs[s].c));
+    pthread_mutex_unlock(&dp->lock);
+    return s >= 0;
+}
+
+/* Datapath-wide counters: truncated datagrams, checksums completed, send errors by errno. */
+void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err)
+{
+    pthread_mutex_lock(&dp->lock);
+    *truncated = dp->truncated;
+    *checksums = dp->checksums;
+    memcpy(send_err, dp->send_err, sizeof(dp->send_err));
+    pthread_mutex_unlock(&dp->lock);
+}
+
+/* --- classification (no I/O: the tests drive these directly) ------------------------------ */
+
+static int is_vlan(const uint8_t *f)
+{
+    uint32_t et = ((uint32_t)f[12] << 8) | f[13];
+    return et == 0x8100 || et == 0x88A8;
+}
+
+/*
+ * Device -> wire, slots first..first+n-1 read from the device of vni: action[i] = remote id
+ * for a hit (encapsulated in place: header, payload_len, sport), VX_ACT_UPCALL otherwise.
+ * Returns the number of hits (-ENOENT if vni is not served).
+ */
+int vx_dp_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_t n)
+{
+    int hits = 0;
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    if (s < 0) {
+        pthread_mutex_unlock(&dp->lock);
+        return -ENOENT;
+    }
+    vx_seg *g = &dp->segs[s];
+    for (uint32_t i = first; i < first + n; i++) {
+        const uint8_t *f = b->buf + (size_t)i * b->slot + b->headroom;
+        uint32_t len = b->frame_len[i];
+        b->action[i] = VX_ACT_UPCALL;
+        if (len < VX_ETH_HLEN || len > b->slot - b->headroom || (f[0] & 1))
+            continue;
+        if (is_vlan(f) && !(g->flags & VX_SEG_VLAN))
+            continue;
+        if (f[12] == 0x08 && f[13] == 0x06 && (g->flags & VX_SEG_PROXY))
+            continue;
+        vx_entry *e = find(dp, key_of((uint32_t)s, mac48(f)));
+        if (e == NULL || e->remote == VX_REMOTE_NONE)
+            continue;
+        b->action[i] = (int32_t)e->remote;
+        b->vni[i] = vni;
+        hits++;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    for (uint32_t i = first; i < first + n; i++) /* encapsulate the hits, outside the lock */
+        if (b->action[i] >= 0)
+            vx_encap_batch(b->buf + (size_t)i * b->slot, b->slot, b->headroom, 1,
+                           &b->frame_len[i], &b->vni[i], &b->payload_len[i], &b->sport[i],
+                           dp->lo, dp->hi);
+    return hits;
+}
+
+static int same_ip(const uint8_t *sa, const uint8_t *src)
+{
+    uint16_t fa, fb;
+    memcpy(&fa, sa, 2);
+    memcpy(&fb, src, 2);
+    if (fa != fb)
+        return 0;
+    if (fa == AF_INET)
+        return memcmp(sa + 4, src + 4, 4) == 0;
+    if (fa == AF_INET6)
+        return memcmp(sa + 8, src + 8, 16) == 0;
+    return 0;
+}
+
+/*
+ * Wire -> device, received payloads in slots first..first+n-1 (sources in addrs): decapsulate,
+ * complete partial inner checksums, then action[i] = segment index for a frame delivered by the
+ * fast path, VX_ACT_UPCALL or VX_ACT_DROP (a datagram too large for its slot). Returns hits.
+ */
+int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms)
+{
+    int hits = 0;
+    /* Source MACs sent up in this batch: Python may learn or move them, so their later frames
+     * go up too (the engine sees each MAC's frames in order, as without the cache). */
+    uint64_t up[64];
+    uint32_t nup = 0;
+    uint8_t *base = b->buf + (size_t)first * b->slot;
+    vx_decap_batch(base, b->slot, b->headroom, n, b->payload_len + first, dp->strict,
+                   b->vni + first, b->status + first, b->frame_len + first);
+    uint32_t fixed = vx_complete_checksums(base, b->slot, b->headroom, n, b->frame_len + first);
+    pthread_mutex_lock(&dp->lock);
+    __atomic_fetch_add(&dp->checksums, fixed, __ATOMIC_RELAXED);
+    int last_vni = -1, s = -1;
+    for (uint32_t i = first; i < first + n; i++) {
+        b->action[i] = VX_ACT_UPCALL;
+        if (b->payload_len[i] == VX_TRUNCATED) {
+            b->action[i] = VX_ACT_DROP;
+            dp->truncated++;
+            continue;
+        }
+        if (b->status[i] != 0)
+            continue;
+        if ((int)b->vni[i] != last_vni) {
+            last_vni = (int)b->vni[i];
+            s = seg_index(dp, b->vni[i]);
+        }
+        if (s < 0)
+            continue;
+        vx_seg *g = &dp->segs[s];
+        const uint8_t *f = b->buf + (size_t)i * b->slot + b->headroom;
+        uint64_t smac = mac48(f + 6);
+        if ((f[6] & 1) || smac == 0 || smac == g->local_mac)
+            continue;
+        if (is_vlan(f) && !(g->flags & VX_SEG_VLAN))
+            continue;
+        uint64_t key = key_of((uint32_t)s, smac);
+        int earlier = 0;
+        for (uint32_t k = 0; k < nup && !earlier; k++)
+            earlier = up[k] == key;
+        if (earlier || nup == 64)
+            continue;
+        vx_entry *e = find(dp, key);
+        if (e != NULL) {
+            if (e->remote == VX_REMOTE_NONE ||
+                !same_ip(dp->remotes[e->remote].sa, b->addrs + (size_t)i * VX_ADDR_LEN)) {
+                up[nup++] = key; /* a move, a spoof, or several remotes: Python decides */
+                continue;
+            }
+            if ((e->flags & VX_F_LEARNED) && (g->flags & VX_SEG_LEARNING))
+                e->seen_ms = now_ms;
+        } else if (g->flags & VX_SEG_LEARNING) {
+            up[nup++] = key; /* a MAC to learn */
+            continue;
+        }
+        b->action[i] = s;
+        g->c[0]++;
+        g->c[1] += b->frame_len[i];
+        hits++;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return hits;
+}
+
+/* --- pumps: I/O + classification, one Python crossing per batch ---------------------------- */
+
+static void count_send(vx_dp *dp, int r, uint32_t n)
+{
+    if (r >= 0 && (uint32_t)r >= n)
+        return;
+    pthread_mutex_lock(&dp->lock);
+    if (r < 0)
+        dp->send_err[-r < 256 ? -r : 255] += n;
+    else
+        dp->send_err[EAGAIN] += n - (uint32_t)r; /* the socket buffer was full */
+    pthread_mutex_unlock(&dp->lock);
+}
+
+static int gone(int e)
+{
+    return e == EBADFD || e == EIO || e == ENODEV || e == ENXIO || e == EBADF;
+}
+
+/* Read frames from a TAP into slots 0.. until EAGAIN or full; returns the count or -errno. */
+static int tap_read(int fd, uint32_t vnet, vx_batch *b)
+{
+    uint32_t i = 0;
+    while (i < b->capacity) {
+        uint8_t *p = b->buf + (size_t)i * b->slot + b->headroom - vnet;
+        ssize_t r = read(fd, p, b->max_frame + vnet);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            if (gone(errno))
+                return -errno;
+            break; /* anything else: try again on the next readiness */
+        }
+        if ((uint32_t)r <= vnet)
+            break;
+        b->vnet_flags[i] = b->gso_type[i] = 0;
+        b->gso_size[i] = 0;
+        if (vnet) {
+            uint16_t gso_size;
+            memcpy(&gso_size, p + 4, 2);
+            b->vnet_flags[i] = p[0];
+            b->gso_type[i] = p[1];
+            b->gso_size[i] = gso_size;
+        }
+        b->frame_len[i] = (uint32_t)r - vnet;
+        i++;
+    }
+    return (int)i;
+}
+
+/* Send the TCP super-frame in slot i of b to remote r, cut into segments in sb. */
+static void send_super(vx_dp *dp, const vx_seg *g, vx_batch *b, uint32_t i, vx_batch *sb,
+                       const vx_remote *r)
+{
+    const uint8_t *f = b->buf + (size_t)i * b->slot + b->headroom;
+    uint32_t k = vx_tso_segment(f, b->frame_len[i], b->gso_size[i], g->vni, sb->buf, sb->slot,
+                                sb->headroom, sb->max_frame, 0, sb->capacity, sb->frame_len,
+                                sb->vni);
+    if (k == 0) {
+        b->action[i] = VX_ACT_UPCALL; /* Python counts it as a GSO error */
+        return;
+    }
+    vx_encap_batch(sb->buf, sb->slot, sb->headroom, k, sb->frame_len, sb->vni, sb->payload_len,
+                   sb->sport, dp->lo, dp->hi);
+    int fd = __atomic_load_n(&dp->port_fd[sb->sport[0]], __ATOMIC_ACQUIRE);
+    if (fd < 0) {
+        b->action[i] = VX_ACT_UPCALL; /* no socket on that source port yet */
+        return;
+    }
+    count_send(dp, vx_send_gso(fd, sb->buf, sb->slot, sb->headroom, 0, k, sb->payload_len, r->sa,
+                               r->salen),
+               k);
+}
+
+/*
+ * Device -> wire for the TAP of vni: read a batch, complete partial checksums, classify, send
+ * the hits (runs of one remote and source port in one sendmmsg, super-frames cut and sent as
+ * UDP GSO). Repeats up to `rounds` batches while nothing needs Python. Returns frames read in
+ * the last batch (its upcall slots have action VX_ACT_UPCALL; *upcalls says how many), 0 when
+ * the TAP is drained, or -errno if it is gone.
+ */
+int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t rounds,
+                  uint32_t *upcalls)
+{
+    *upcalls = 0;
+    pthread_mutex_lock(&dp->lock);
+    int s = seg_index(dp, vni);
+    pthread_mutex_unlock(&dp->lock);
+    if (s < 0)
+        return -ENOENT;
+    vx_seg *g = &dp->segs[s];
+    int n = 0;
+    for (uint32_t round = 0; round < rounds; round++) {
+        n = tap_read(g->tap_fd, g->vnet, b);
+        if (n <= 0)
+            return n;
+        for (int i = 0; i < n; i++)
+            if ((b->vnet_flags[i] & 1) && !b->gso_type[i]) /* NEEDS_CSUM, not a super-frame */
+                __atomic_fetch_add(&dp->checksums,
+                                   vx_complete_checksums(b->buf + (size_t)i * b->slot, b->slot,
+                                                         b->headroom, 1, &b->frame_len[i]),
+                                   __ATOMIC_RELAXED);
+        if (vx_dp_tx_classify(dp, vni, b, 0, (uint32_t)n) < 0)
+            return -ENOENT;
+        uint64_t pk = 0, by = 0, gso = 0;
+        int i = 0;
+        while (i < n) {
+            int32_t a = b->action[i];
+            if (a < 0) {
+                (*upcalls)++;
+                i++;
+                continue;
+            }
+            const vx_remote *r = &dp->remotes[a];
+            if (b->gso_type[i] & 0x7F) {
+                send_super(dp, g, b, (uint32_t)i, sb, r);
+                if (b->action[i] >= 0) {
+                    gso++;
+                    pk++;
+                    by += b->frame_len[i];
+                } else {
+                    (*upcalls)++;
+                }
+                i++;
+                continue;
+            }
+            int j = i + 1;
+            while (j < n && b->action[j] == a && b->sport[j] == b->sport[i] &&
+                   !(b->gso_type[j] & 0x7F))
+                j++;
+            int fd = __atomic_load_n(&dp->port_fd[b->sport[i]], __ATOMIC_ACQUIRE);
+            if (fd < 0) {
+                for (int k = i; k < j; k++)
+                    b->action[k] = VX_ACT_UPCALL;
+                *upcalls += (uint32_t)(j - i);
+            } else {
+                count_send(dp,
+                           vx_send_batch(fd, b->buf, b->slot, b->headroom, (uint32_t)i,
+                                         (uint32_t)(j - i), b->payload_len, r->sa, r->salen),
+                           (uint32_t)(j - i));
+                for (int k = i; k < j; k++) {
+                    pk++;
+                    by += b->frame_len[k];
+                }
+            }
+            i = j;
+        }
+        pthread_mutex_lock(&dp->lock);
+        g->c[2] += pk;
+        g->c[3] += by;
+        g->c[5] += gso;
+        pthread_mutex_unlock(&dp->lock);
+        if (*upcalls || (uint32_t)n < b->capacity)
+            return n;
+    }
+    return n;
+}
+
+/*
+ * Wire -> device: receive a batch from the UDP socket fd (recvmmsg), classify it and write the
+ * delivered frames to their TAPs. Repeats up to `rounds` batches while nothing needs Python.
+ * Returns datagrams received in the last batch (upcall slots marked, *upcalls of them), 0 when
+ * the socket is drained, or -errno: a socket error (ICMP report; *gone_vni = -1) or a TAP gone
+ * (*gone_vni = its VNI).
+ */
+int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
+                  uint32_t *upcalls, int64_t *gone_vni)
+{
+    uint32_t slots[VX_MAX_BATCH];
+    *upcalls = 0;
+    *gone_vni = -1;
+    if (b->capacity > VX_MAX_BATCH)
+        return -EINVAL;
+    int n = 0;
+    for (uint32_t round = 0; round < rounds; round++) {
+        uint32_t trunc = 0;
+        n = 0;
+        while ((uint32_t)n < b->capacity) {
+            int r = vx_recv_batch(fd, b->buf, b->slot, b->headroom, (uint32_t)n, b->capacity,
+                                  b->max_frame + VX_HLEN, b->payload_len, b->addrs, &trunc);
+            if (r < 0) {
+                if (n == 0)
+                    return r;
+                break;
+            }
+            if (r == 0)
+                break;
+            n += r;
+        }
+        if (n == 0)
+            return 0;
+        vx_dp_rx_classify(dp, b, 0, (uint32_t)n, now_ms);
+        /* write the delivered frames, one C loop per segment (usually there is one) */
+        uint8_t written[VX_MAX_BATCH];
+        memset(written, 0, (size_t)n);
+        for (int first = 0; first < n; first++) {
+            int32_t s = b->action[first];
+            if (s == VX_ACT_UPCALL)
+                (*upcalls)++;
+            if (s < 0 || written[first])
+                continue;
+            uint32_t k = 0;
+            for (int i = first; i < n; i++)
+                if (b->action[i] == s) {
+                    slots[k++] = (uint32_t)i;
+                    written[i] = 1;
+                }
+            vx_seg *g = &dp->segs[s];
+            uint32_t errs = 0;
+            int w = vx_tap_write(g->tap_fd, b->buf, b->slot, b->headroom, slots, k, b->frame_len,
+                                 g->vnet, g->mtu, &errs);
+            if (errs) {
+                pthread_mutex_lock(&dp->lock);
+                g->c[4] += errs;
+                pthread_mutex_unlock(&dp->lock);
+            }
+            if (w < 0) {
+                *gone_vni = g->vni;
+                return w;
+            }
+        }
+        if (*upcalls || (uint32_t)n < b->capacity)
+            return n;
+    }
+    return n;
+}
