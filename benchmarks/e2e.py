@@ -32,7 +32,8 @@ from vxlanpy.netns import NetnsError, Topology, have_netns
 
 HERE = Path(__file__).resolve().parent
 NAIVE = str(HERE / "naive_forwarder.py")
-PAIRS = ("kernel-kernel", "vxlanpy-kernel", "vxlanpy-vxlanpy", "naive-naive")
+PAIRS = ("kernel-kernel", "vxlanpy-kernel", "vxlanpy_poll-kernel", "vxlanpy-vxlanpy", "naive-naive")
+BUSY_POLL_US = 20000  # vxlanpy_poll: --busy-poll, longer than ping's 10 ms interval
 METRICS: dict[str, tuple[str, str, bool]] = {
     # key: (label, unit, higher is better)
     "tcp1": ("TCP 1 stream a->b", "Gbit/s", True),
@@ -75,8 +76,10 @@ class Pair:
                     address=f"{addr}/24",
                 )
             else:
-                if impl == "vxlanpy":
+                if impl.startswith("vxlanpy"):
                     argv = [sys.executable, "-m", "vxlanpy.cli", "run", "--vni", str(vni)]
+                    if impl == "vxlanpy_poll":
+                        argv += ["--busy-poll", str(BUSY_POLL_US)]
                     argv += ["--local", local, "--remote", remote, "--tap", "vx0"]
                     argv += [
                         "--address",

@@ -28,6 +28,7 @@ dev = "u0"
 strict = true
 offload = false
 fast_path = false
+busy_poll = 200
 control = "/run/vxlanpy/test-config.sock"
 
 [[segment]]
@@ -94,6 +95,7 @@ EXPECTED = VtepConfig(
     strict=True,
     offload=False,
     fast_path=False,
+    busy_poll=200,
 )
 
 

@@ -77,6 +77,7 @@ int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t r
                   uint32_t *upcalls);
 int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
                   uint32_t *upcalls, int64_t *gone_vni);
+int vx_dp_spin(const int *fds, uint32_t n, uint32_t usec);
 """
 
 _here = Path(__file__).resolve().parent

@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no C forwarding cache: the Python engine handles every frame (slower)",
     )
+    run.add_argument(
+        "--busy-poll",
+        type=int,
+        default=0,
+        metavar="USEC",
+        help="after traffic, poll up to USEC microseconds for the next packet instead of "
+        "sleeping (lower latency, burns CPU; 0 = off)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every event")
 
     def client(name: str, helptext: str) -> argparse.ArgumentParser:
@@ -217,6 +225,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         strict=a.strict,
         offload=not a.no_offload,
         fast_path=not a.no_fast_path,
+        busy_poll=a.busy_poll,
     ).validate()
     return cfg, a.control
 

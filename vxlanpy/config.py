@@ -82,6 +82,7 @@ class VtepConfig:
     strict: bool = False
     offload: bool = True  # TAP checksum/TSO offloads (IFF_VNET_HDR), segmented in the fast path
     fast_path: bool = True  # the C forwarding cache (cffi backend); False: every frame in Python
+    busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -114,6 +115,8 @@ class VtepConfig:
             raise ConfigError(f"ttl must be in 1..255, got {self.ttl}")
         if self.tos is not None and not 0 <= self.tos <= 255:
             raise ConfigError(f"tos must be in 0..255, got {self.tos}")
+        if not isinstance(self.busy_poll, int) or not 0 <= self.busy_poll <= 1_000_000:
+            raise ConfigError(f"busy_poll must be 0..1000000 microseconds, got {self.busy_poll!r}")
         if self.df not in ("unset", "set"):
             raise ConfigError(f"df must be 'unset' or 'set', got {self.df!r}")
         if self.local is not None and _ip("local", self.local).is_multicast:
@@ -213,6 +216,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "strict": (bool, "true or false"),
     "offload": (bool, "true or false"),
     "fast_path": (bool, "true or false"),
+    "busy_poll": (int, "an integer number of microseconds 0..1000000"),
     "control": (str, "a path"),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -327,6 +331,7 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         strict=bool(vt.get("strict", False)),
         offload=bool(vt.get("offload", True)),
         fast_path=bool(vt.get("fast_path", True)),
+        busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
     )
     try:
         cfg.validate(in_file=True)

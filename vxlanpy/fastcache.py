@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import struct
 from typing import Any, NamedTuple
@@ -299,6 +300,14 @@ class FastPath:
         )
         batch.count = max(n, 0)
         return n, int(self._u32[0]), int(self._i64[0])
+
+    def spin(self, fds: list[int], usec: int) -> bool:
+        """Busy-poll ``fds`` (at most 16) for up to ``usec`` µs without sleeping (the GIL is
+        released); True as soon as one is readable."""
+        r = int(self._lib.vx_dp_spin(fds, len(fds), usec))
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        return r > 0
 
     def source(self, batch: FrameBatch, i: int) -> str:
         """The source IP of the datagram in slot ``i`` (from ``batch.addrs``)."""

@@ -92,6 +92,7 @@ class Vtep:
         self.gso_frames = 0  # TCP super-frames from the TAP, cut into segments
         self._rx_sources: list[str] = []
         self.fast: fastcache.FastPath | None = None
+        self._poll_fds: list[int] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class Vtep:
         assert self.transport is not None
         self.transport.on_port = fp.set_port_fd
         self.fast = fp
+        self._poll_fds = [self.transport.fileno(), *(t.fd for t in self.taps.values())][:16]
 
     def _setup(self) -> int:
         """Create TAPs, segments and the transport; return the largest frame to expect."""
@@ -247,12 +249,14 @@ class Vtep:
         fp, engine, seg = self.fast, self.engine, self._seg_batch
         assert fp is not None and seg is not None and self._loop is not None
         engine.sync_fastpath()
+        upcalls = False
         for _ in range(_READ_BUDGET):
             n, up = fp.tx_pump(vni, batch, seg, _PUMP_ROUNDS)
             if n < 0:
                 self._fail(TapGone(f"TAP {tap.name} is gone ({os.strerror(-n)})"))
                 return
             if up:
+                upcalls = True
                 act = batch.action
                 slots = [i for i in range(n) if act[i] < 0]
                 engine.handle_frames(vni, batch, self._loop.time(), slots)
@@ -262,7 +266,15 @@ class Vtep:
                 engine.sync_fastpath()
             if n < batch.capacity:
                 break
-        self._after_work()
+        self._settle(upcalls)
+
+    def _settle(self, upcalls: bool) -> None:
+        """After a pump: events and timers if the engine did anything; then busy-poll."""
+        if upcalls:
+            self._after_work()
+        fp = self.fast
+        if self.config.busy_poll and fp is not None and self._poll_fds:
+            fp.spin(self._poll_fds, self.config.busy_poll)
 
     def _pump_udp(self, batch: FrameBatch) -> None:
         """Wire -> TAP through the C datapath; the engine handles the upcalls of each batch."""
@@ -270,6 +282,7 @@ class Vtep:
         assert fp is not None and transport is not None and self._loop is not None
         engine.sync_fastpath()
         fd = transport.fileno()
+        upcalls = False
         for _ in range(_READ_BUDGET):
             now = self._loop.time()
             n, up, gone = fp.rx_pump(fd, batch, now, _PUMP_ROUNDS)
@@ -281,12 +294,13 @@ class Vtep:
                 transport.count_error(-n)  # an ICMP report surfaced on the socket
                 continue
             if up:
+                upcalls = True
                 engine.handle_upcalls(batch, now)
                 self._write_device(batch)
                 engine.sync_fastpath()
             if n < batch.capacity:
                 break
-        self._after_work()
+        self._settle(upcalls)
 
     def _send(self, batch: FrameBatch, datagrams: list[Datagram], gso: bool) -> None:
         """Send what the engine decided. Runs of consecutive slots to one destination go out in
