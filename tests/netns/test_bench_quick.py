@@ -24,16 +24,24 @@ def test_e2e_quick(topo: Topology, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     data = json.loads((tmp_path / "benchmarks.json").read_text())
     pairs = set(data["summary"])
-    assert pairs == {"kernel-kernel", "vxlanpy-kernel", "vxlanpy-vxlanpy", "naive-naive"}
+    assert pairs == {
+        "kernel-kernel",
+        "vxlanpy-kernel",
+        "vxlanpy_poll-kernel",
+        "vxlanpy-vxlanpy",
+        "naive-naive",
+    }
     for pair, metrics in data["summary"].items():
         assert metrics["tcp1"]["median"] > 0, pair
         assert metrics["rtt_p50"]["median"] > 0, pair
+        assert metrics["udp64_lossfree"]["median"] is not None, pair
         if pair != "kernel-kernel":
             assert metrics["tcp1"]["ratio"] > 0, pair
     md = (tmp_path / "benchmarks.md").read_text()
     assert "| TCP 1 stream a->b [Gbit/s] |" in md and "×" in md
+    assert "| ping RTT p50 added to kernel-kernel's [us] |" in md
     assert (tmp_path / "benchmarks.png").stat().st_size > 1000
-    assert "[4/4] naive-naive" in p.stderr  # progress was shown
+    assert "[5/5] naive-naive" in p.stderr  # progress was shown
 
 
 def test_micro_quick(tmp_path: Path) -> None:
