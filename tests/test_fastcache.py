@@ -236,3 +236,42 @@ def test_counters_and_segments() -> None:
     assert e.counters.drops  # the engine recorded why (upcall)
     e.remove_segment(VNI)
     assert fp.dump(VNI) == {}
+
+
+def test_replaced_fdb_leaves_nothing_behind() -> None:
+    """An FDB object swapped for a new one is mirrored afresh: no entry of the old survives."""
+    e = make_engine(True, 300.0)
+    fp = e.fastpath
+    assert fp is not None
+    seg = e.segment(VNI)
+    seg.fdb.add(MACS[2], Remote.make("198.18.0.9"))
+    e.sync_fastpath()
+    assert fp.get(VNI, MACS[2]) is not None
+    seg.fdb = type(seg.fdb)()
+    e.sync_fastpath()
+    assert fp.dump(VNI) == {}
+
+
+def test_failed_push_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    e = make_engine(True, 300.0)
+    fp = e.fastpath
+    assert fp is not None
+    e.segment(VNI).fdb.add(MACS[3], Remote.make(REMOTES[0]))
+
+    def boom(*_a: object) -> None:
+        raise MemoryError("full")
+
+    monkeypatch.setattr(fp, "put", boom)
+    with pytest.raises(MemoryError):
+        e.sync_fastpath()
+    monkeypatch.undo()
+    e.sync_fastpath()
+    assert fp.get(VNI, MACS[3]) is not None
+
+
+def test_batches_past_the_c_limit_are_refused() -> None:
+    e = make_engine(True, 300.0)
+    fp = e.fastpath
+    assert fp is not None
+    with pytest.raises(ValueError, match="at most"):
+        fp.tx_classify(VNI, FrameBatch(fastcache.MAX_BATCH + 1, 64))

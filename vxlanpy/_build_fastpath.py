@@ -55,7 +55,7 @@ typedef struct vx_batch {
     uint8_t *addrs;
 } vx_batch;
 typedef struct vx_dp vx_dp;
-vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict);
+vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict, int complete_checksums);
 void vx_dp_free(vx_dp *dp);
 int vx_dp_seg_set(vx_dp *dp, uint32_t vni, int tap_fd, uint32_t vnet, uint32_t mtu,
                   const uint8_t *local_mac, uint32_t flags);

@@ -15,8 +15,8 @@
  *
  * action[i] says what happened to slot i: >= 0 forwarded here (the remote id on transmit, the
  * segment index on receive), VX_ACT_UPCALL for the Python engine, VX_ACT_DROP dropped and
- * counted here (a truncated datagram). A mutex guards the cache, so pumps may run in several
- * threads (cffi releases the GIL around each call) while Python updates it.
+ * counted here (a truncated datagram). A mutex guards the cache (cffi releases the GIL around
+ * each call); vxlanpy calls the pumps from one thread, its event loop.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -115,7 +115,7 @@ typedef struct vx_dp {
     vx_remote *remotes;
     int32_t port_fd[65536];
     uint32_t lo, hi;
-    int strict;
+    int strict, no_gso, csum;
     uint64_t truncated, checksums, send_err[256];
 } vx_dp;
 
@@ -215,7 +215,7 @@ static int seg_index(const vx_dp *dp, uint32_t vni)
 
 /* --- set-up and table maintenance (called from Python) ------------------------------------ */
 
-vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict)
+vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict, int complete_checksums)
 {
     vx_dp *dp = calloc(1, sizeof(vx_dp));
     if (dp == NULL)
@@ -232,6 +232,7 @@ vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict)
     dp->lo = lo;
     dp->hi = hi;
     dp->strict = strict;
+    dp->csum = complete_checksums;
     return dp;
 }
 
@@ -485,7 +486,8 @@ int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64
     uint8_t *base = b->buf + (size_t)first * b->slot;
     vx_decap_batch(base, b->slot, b->headroom, n, b->payload_len + first, dp->strict,
                    b->vni + first, b->status + first, b->frame_len + first);
-    uint32_t fixed = vx_complete_checksums(base, b->slot, b->headroom, n, b->frame_len + first);
+    uint32_t fixed =
+        dp->csum ? vx_complete_checksums(base, b->slot, b->headroom, n, b->frame_len + first) : 0;
     pthread_mutex_lock(&dp->lock);
     __atomic_fetch_add(&dp->checksums, fixed, __ATOMIC_RELAXED);
     int last_vni = -1, s = -1;
@@ -686,12 +688,26 @@ int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t r
                 if (k < j && b->payload_len[k] < b->payload_len[i])
                     k++;
                 uint32_t cnt = (uint32_t)(k - i);
-                if (cnt > 1)
+                int rc = -1;
+                if (cnt > 1 && !__atomic_load_n(&dp->no_gso, __ATOMIC_RELAXED)) {
+                    rc = vx_send_gso(fd, b->buf, b->slot, b->headroom, (uint32_t)i, cnt,
+                                     b->payload_len, r->sa, r->salen);
+                    /* the route cannot take it (datagrams past the device MTU that must be
+                     * fragmented, no GSO): this run and the next go one by one */
+                    if (rc == -EMSGSIZE || rc == -EINVAL || rc == -EIO || rc == -ENOPROTOOPT) {
+                        if (rc != -EMSGSIZE)
+                            __atomic_store_n(&dp->no_gso, 1, __ATOMIC_RELAXED);
+                        rc = -1;
+                    } else {
+                        count_send(dp, rc, cnt);
+                    }
+                }
+                if (rc == -1 && cnt > 1)
                     count_send(dp,
-                               vx_send_gso(fd, b->buf, b->slot, b->headroom, (uint32_t)i, cnt,
-                                           b->payload_len, r->sa, r->salen),
+                               vx_send_batch(fd, b->buf, b->slot, b->headroom, (uint32_t)i, cnt,
+                                             b->payload_len, r->sa, r->salen),
                                cnt);
-                else
+                else if (cnt == 1)
                     count_send(dp,
                                vx_send_batch(fd, b->buf, b->slot, b->headroom, (uint32_t)i, 1,
                                              b->payload_len, r->sa, r->salen),

@@ -254,8 +254,10 @@ class Engine:
             self._mirror_segment(seg)
 
     def _mirror_segment(self, seg: Segment) -> None:
+        assert self.fastpath is not None
         self._fp_flags.pop(seg.vni, None)
         self._push_flags(seg)
+        self.fastpath.clear(seg.vni)  # a new FDB object: nothing of the old one may stay
         fdb = seg.fdb
         fdb.dirty = set()
         for mac, _r in fdb.static_items():
@@ -301,10 +303,13 @@ class Engine:
             if dirty is None:  # the FDB object was replaced: mirror it afresh
                 self._mirror_segment(seg)
                 continue
-            if dirty:
-                seg.fdb.dirty = set()
-                for mac in dirty:
+            while dirty:  # one at a time: a failed push leaves the rest (and itself) to redo
+                mac = dirty.pop()
+                try:
                     self._push_entry(seg, mac)
+                except BaseException:
+                    dirty.add(mac)
+                    raise
             self._push_flags(seg)
 
     def refresh_from_fastpath(self, vni: int) -> None:

@@ -44,6 +44,7 @@ REMOTE_NONE = 0xFFFFFFFF  # cached, but only the engine can forward to it (sever
 F_STATIC, F_LEARNED = 1, 2
 SEG_LEARNING, SEG_VLAN, SEG_PROXY = 1, 2, 4
 MAX_REMOTES = 65536
+MAX_BATCH = 1024  # the largest FrameBatch the pumps take (VX_MAX_BATCH)
 COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tap_write_errors", "gso_frames")
 _ADDR = 28
 
@@ -73,7 +74,9 @@ def sockaddr(ip: str, port: int) -> bytes:
 class FastPath:
     """One C datapath for a VTEP. Not a public table: the engine keeps it in step."""
 
-    def __init__(self, srcport: tuple[int, int], strict: bool = False) -> None:
+    def __init__(
+        self, srcport: tuple[int, int], strict: bool = False, complete_checksums: bool = True
+    ) -> None:
         if not available():
             raise RuntimeError("the C datapath needs the cffi backend")
         from . import _fastpath_c  # type: ignore[attr-defined]
@@ -81,7 +84,8 @@ class FastPath:
         self._ffi = _fastpath_c.ffi
         self._lib = _fastpath_c.lib
         self._dp = self._ffi.gc(
-            self._lib.vx_dp_new(srcport[0], srcport[1], int(strict)), self._lib.vx_dp_free
+            self._lib.vx_dp_new(srcport[0], srcport[1], int(strict), int(complete_checksums)),
+            self._lib.vx_dp_free,
         )
         if self._dp == self._ffi.NULL:
             raise MemoryError("cannot allocate the datapath")
@@ -180,6 +184,11 @@ class FastPath:
     def delete(self, vni: int, mac: bytes) -> bool:
         return bool(self._lib.vx_dp_del(self._dp, vni, mac))
 
+    def clear(self, vni: int) -> None:
+        """Forget every entry of ``vni`` (the segment stays served)."""
+        for mac in self.dump(vni):
+            self.delete(vni, mac)
+
     def get(self, vni: int, mac: bytes) -> CacheEntry | None:
         rem, fl, seen = self._ffi.new("uint32_t[1]"), self._ffi.new("uint32_t[1]"), self._u64
         if not self._lib.vx_dp_get(self._dp, vni, mac, rem, fl, seen):
@@ -237,6 +246,8 @@ class FastPath:
     def _batch(self, batch: FrameBatch) -> Any:
         v = batch.views.get("dp")
         if v is None:
+            if batch.capacity > MAX_BATCH:
+                raise ValueError(f"the C datapath takes batches of at most {MAX_BATCH} frames")
             fb = self._ffi.from_buffer
             keep = [
                 fb("uint8_t[]", batch.buf),

@@ -119,7 +119,11 @@ class Vtep:
         # Receive slots hold any UDP datagram: a kernel peer over veth hands over tunnel-GSO
         # super-packets (up to 64 KiB) that the socket does not segment for us.
         self._rx_batch = FrameBatch(self._batch_size, MAX_UDP_PAYLOAD)
-        if self.config.fast_path and fastcache.available():
+        if (
+            self.config.fast_path
+            and fastcache.available()
+            and self._batch_size <= fastcache.MAX_BATCH
+        ):
             self._attach_fastpath()
         loop = self._loop
         for vni, tap in self.taps.items():
@@ -128,7 +132,9 @@ class Vtep:
 
     def _attach_fastpath(self) -> None:
         """Forward FDB hits in C (fast path); the engine gets the rest as upcalls."""
-        fp = fastcache.FastPath(self.engine.srcport, self.config.strict)
+        fp = fastcache.FastPath(
+            self.engine.srcport, self.config.strict, self.engine.complete_checksums
+        )
         self.engine.attach_fastpath(fp)
         for vni, tap in self.taps.items():
             fp.set_device(vni, tap.fd, tap.vnet, tap.mtu)
@@ -263,6 +269,8 @@ class Vtep:
                 gso = any(batch.gso_type[i] for i in slots)
                 self._send(batch, engine.datagrams_to_send(), gso)
                 self._write_device()
+                if self._stopped.is_set():
+                    return
                 engine.sync_fastpath()
             if n < batch.capacity:
                 break
@@ -297,6 +305,8 @@ class Vtep:
                 upcalls = True
                 engine.handle_upcalls(batch, now)
                 self._write_device(batch)
+                if self._stopped.is_set():
+                    return
                 engine.sync_fastpath()
             if n < batch.capacity:
                 break

@@ -57,6 +57,7 @@ def test_vxlanpy_vs_kernel(topo: Topology, port: int, backend: str, offload: boo
     # with offloads the TAP handed over TCP super-frames that vxlanpy cut; without, none
     assert (stats["gso_frames"] > 0) == offload
     assert stats["socket_errors"] == {}
+    assert stats["fast_path"] == (backend == "cffi")  # hits forwarded in C on the C backend
     assert a.sh("ip", "-o", "link", "show").count("vx0") == 0  # TAP removed on exit
 
 
@@ -106,3 +107,30 @@ def test_mtu_full_size_with_df(topo: Topology) -> None:
     out = a.sh("ping", "-c", "1", "-M", "do", "-s", str(mtu - 27), "198.19.0.2", check=False)
     assert "message too long" in out.lower() or "100% packet loss" in out
     assert v.stop() == 0
+
+
+def test_fast_path_falls_back_when_gso_cannot_go(topo: Topology) -> None:
+    """A TAP MTU above the underlay's (DF unset): runs of equal-sized datagrams cannot leave as
+    one UDP GSO send (EMSGSIZE), so the C path sends them one by one and the kernel fragments
+    them, as the Python path does."""
+    a, b, _dev, ua, ub = _pair(topo)
+    peer = Vxlanpy(  # the kernel refuses a vxlan MTU above its underlay's: vxlanpy on b too
+        topo,
+        b,
+        ["--vni", "120", "--local", ub, "--remote", ua, "--tap", "vx0"]
+        + ["--address", "198.19.0.2/24", "--mtu", "4000"],
+    )
+    v = Vxlanpy(
+        topo,
+        a,
+        ["--vni", "120", "--local", ua, "--remote", ub, "--tap", "vx0"]
+        + ["--address", "198.19.0.1/24", "--mtu", "4000"],
+    )
+    ping(a, "198.19.0.2")
+    out = a.sh("ping", "-c", "300", "-i", "0", "-s", "3000", "-W", "2", "198.19.0.2", check=False)
+    assert " 0% packet loss" in out, out[-300:]
+    assert v.stop() == 0 and peer.stop() == 0
+    stats = v.stats()
+    assert stats["fast_path"] is True
+    assert stats["segments"]["120"]["tx_packets"] >= 300  # type: ignore[index]
+    assert "EMSGSIZE" not in stats["socket_errors"]  # type: ignore[operator]
