@@ -1,4 +1,5 @@
-"""cffi out-of-line API build of the fast path: ``vxlanpy/_fastpath.c`` -> ``vxlanpy._fastpath_c``.
+"""cffi out-of-line API build of the fast path: ``_fastpath.c``, ``_fastio.c`` and ``_fastdp.c``,
+declared in ``_fastpath.h`` -> ``vxlanpy._fastpath_c``.
 
 Run by setuptools through ``cffi_modules`` (see setup.py); never imported at run time.
 """
@@ -10,85 +11,21 @@ from pathlib import Path
 
 from cffi import FFI
 
-CDEF = """
-uint32_t vx_flow_hash(const uint8_t *frame, uint32_t len);
-void vx_encap_batch(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
-                    const uint32_t *frame_len, const uint32_t *vni, uint32_t *payload_len,
-                    uint16_t *sport, uint32_t lo, uint32_t hi);
-void vx_decap_batch(const uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
-                    const uint32_t *payload_len, int strict, uint32_t *vni, int32_t *status,
-                    uint32_t *frame_len);
-uint32_t vx_complete_checksums(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
-                               const uint32_t *frame_len);
-uint32_t vx_tso_segment(const uint8_t *f, uint32_t len, uint32_t gso_size, uint32_t vni,
-                        uint8_t *out, uint32_t slot, uint32_t headroom, uint32_t max_frame,
-                        uint32_t first, uint32_t capacity, uint32_t *frame_len,
-                        uint32_t *vni_out);
-"""
-
-# Batched syscalls (vxlanpy/_fastio.c), built into the same extension.
-IO_CDEF = """
-int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
-                  uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
-int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
-                uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
-int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const uint32_t *slots,
-                 uint32_t n, const uint32_t *frame_len, uint32_t vnet, uint32_t mtu,
-                 uint32_t *errors);
-int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
-                  uint32_t cap, uint32_t max_payload, uint32_t *payload_len, uint8_t *addrs,
-                  uint32_t *truncated);
-"""
-
-# The datapath (vxlanpy/_fastdp.c): forwarding cache, classification and pumps.
-DP_CDEF = """
-typedef struct vx_batch {
-    uint8_t *buf;
-    uint32_t slot, headroom, capacity, max_frame;
-    uint32_t *frame_len, *payload_len, *vni;
-    int32_t *status;
-    uint16_t *sport;
-    uint8_t *gso_type;
-    uint16_t *gso_size;
-    uint8_t *vnet_flags;
-    int32_t *action;
-    uint8_t *addrs;
-} vx_batch;
-typedef struct vx_dp vx_dp;
-vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict, int complete_checksums);
-void vx_dp_free(vx_dp *dp);
-int vx_dp_seg_set(vx_dp *dp, uint32_t vni, int tap_fd, uint32_t vnet, uint32_t mtu,
-                  const uint8_t *local_mac, uint32_t flags);
-void vx_dp_seg_del(vx_dp *dp, uint32_t vni);
-int vx_dp_remote_set(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen);
-void vx_dp_port_fd(vx_dp *dp, uint32_t port, int fd);
-int vx_dp_put(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t remote, uint32_t flags,
-              uint64_t seen_ms);
-int vx_dp_del(vx_dp *dp, uint32_t vni, const uint8_t *mac);
-int vx_dp_get(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *remote, uint32_t *flags,
-              uint64_t *seen_ms);
-uint32_t vx_dp_dump(vx_dp *dp, uint32_t vni, uint8_t *macs, uint32_t *remote, uint32_t *flags,
-                    uint64_t *seen_ms, uint32_t cap);
-int vx_dp_counters(vx_dp *dp, uint32_t vni, uint64_t *out);
-void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err);
-int vx_dp_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_t n);
-int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms);
-int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t rounds,
-                  uint32_t *upcalls);
-int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
-                  uint32_t *upcalls, int64_t *gone_vni);
-int vx_dp_spin(const int *fds, uint32_t n, uint32_t usec);
-"""
-
 _here = Path(__file__).resolve().parent
+HEADER = _here / "_fastpath.h"
+
+# cffi's cdef takes plain declarations: the header without its preprocessor lines
+CDEF = "\n".join(
+    line for line in HEADER.read_text().splitlines() if not line.lstrip().startswith("#")
+)
+
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.cdef(IO_CDEF)
-ffibuilder.cdef(DP_CDEF)
 ffibuilder.set_source(
     "vxlanpy._fastpath_c",
-    "#include <stdint.h>\n" + CDEF + IO_CDEF + DP_CDEF,
+    '#include "_fastpath.h"\n',
+    include_dirs=[os.path.relpath(_here)],
     sources=[os.path.relpath(_here / p) for p in ("_fastpath.c", "_fastio.c", "_fastdp.c")],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )

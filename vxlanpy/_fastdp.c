@@ -31,43 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* from _fastpath.c and _fastio.c */
-void vx_encap_batch(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
-                    const uint32_t *frame_len, const uint32_t *vni, uint32_t *payload_len,
-                    uint16_t *sport, uint32_t lo, uint32_t hi);
-void vx_decap_batch(const uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
-                    const uint32_t *payload_len, int strict, uint32_t *vni, int32_t *status,
-                    uint32_t *frame_len);
-uint32_t vx_complete_checksums(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
-                               const uint32_t *frame_len);
-uint32_t vx_tso_segment(const uint8_t *f, uint32_t len, uint32_t gso_size, uint32_t vni,
-                        uint8_t *out, uint32_t slot, uint32_t headroom, uint32_t max_frame,
-                        uint32_t first, uint32_t capacity, uint32_t *frame_len,
-                        uint32_t *vni_out);
-int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
-                  uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
-int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
-                uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);
-int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const uint32_t *slots,
-                 uint32_t n, const uint32_t *frame_len, uint32_t vnet, uint32_t mtu,
-                 uint32_t *errors);
-int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
-                  uint32_t cap, uint32_t max_payload, uint32_t *payload_len, uint8_t *addrs,
-                  uint32_t *truncated);
-
-/* Keep in step with vxlanpy/fastcache.py. */
-typedef struct vx_batch {
-    uint8_t *buf;
-    uint32_t slot, headroom, capacity, max_frame;
-    uint32_t *frame_len, *payload_len, *vni;
-    int32_t *status;
-    uint16_t *sport;
-    uint8_t *gso_type;
-    uint16_t *gso_size;
-    uint8_t *vnet_flags;
-    int32_t *action;
-    uint8_t *addrs; /* 28 bytes per slot: the source sockaddr of a received datagram */
-} vx_batch;
+#include "_fastpath.h"
 
 #define VX_HLEN 8
 #define VX_ETH_HLEN 14
@@ -106,7 +70,7 @@ typedef struct {
     uint32_t salen;
 } vx_remote;
 
-typedef struct vx_dp {
+struct vx_dp {
     pthread_mutex_t lock;
     vx_entry *tab;
     uint64_t cap, used, tomb;
@@ -117,7 +81,7 @@ typedef struct vx_dp {
     uint32_t lo, hi;
     int strict, no_gso, csum;
     uint64_t truncated, checksums, send_err[256];
-} vx_dp;
+};
 
 static uint64_t mix64(uint64_t k)
 {

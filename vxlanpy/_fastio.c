@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
+
+#include "_fastpath.h"
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>

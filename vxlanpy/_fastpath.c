@@ -7,6 +7,8 @@
  * headroom - 8 and its inner frame starts at headroom.
  */
 #include <stdint.h>
+
+#include "_fastpath.h"
 #include <stddef.h>
 #include <string.h>
 
