@@ -20,11 +20,11 @@ import errno
 import ipaddress
 import os
 import socket
-import struct
 from typing import Any, NamedTuple
 
 from . import fastpath
 from .batch import FrameBatch
+from .fastio import ADDR_LEN, raw_sockaddr, source_name
 
 __all__ = [
     "FastPath",
@@ -46,7 +46,6 @@ SEG_LEARNING, SEG_VLAN, SEG_PROXY = 1, 2, 4
 MAX_REMOTES = 65536
 MAX_BATCH = 1024  # the largest FrameBatch the pumps take (VX_MAX_BATCH)
 COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tap_write_errors", "gso_frames")
-_ADDR = 28
 
 
 class CacheEntry(NamedTuple):
@@ -64,11 +63,8 @@ def available() -> bool:
 
 def sockaddr(ip: str, port: int) -> bytes:
     """The raw sockaddr_in / sockaddr_in6 for ``ip:port`` (as recvmmsg reports sources)."""
-    addr = ipaddress.ip_address(ip)
-    p = struct.pack("!H", port)
-    if addr.version == 6:
-        return struct.pack("=H", socket.AF_INET6) + p + bytes(4) + addr.packed + bytes(4)
-    return struct.pack("=H", socket.AF_INET) + p + addr.packed + bytes(8)
+    v6 = ipaddress.ip_address(ip).version == 6
+    return raw_sockaddr(socket.AF_INET6 if v6 else socket.AF_INET, ip, port)
 
 
 class FastPath:
@@ -83,6 +79,7 @@ class FastPath:
 
         self._ffi = _fastpath_c.ffi
         self._lib = _fastpath_c.lib
+        self._core = fastpath._CffiBackend(_fastpath_c)
         self._dp = self._ffi.gc(
             self._lib.vx_dp_new(srcport[0], srcport[1], int(strict), int(complete_checksums)),
             self._lib.vx_dp_free,
@@ -250,12 +247,7 @@ class FastPath:
                 raise ValueError(f"the C datapath takes batches of at most {MAX_BATCH} frames")
             fb = self._ffi.from_buffer
             keep = [
-                fb("uint8_t[]", batch.buf),
-                fb("uint32_t[]", batch.frame_len),
-                fb("uint32_t[]", batch.payload_len),
-                fb("uint32_t[]", batch.vni),
-                fb("int32_t[]", batch.status),
-                fb("uint16_t[]", batch.sport),
+                *self._core.views(batch),  # buf, frame_len, payload_len, vni, status, sport
                 fb("uint8_t[]", batch.gso_type),
                 fb("uint16_t[]", batch.gso_size),
                 fb("uint8_t[]", batch.vnet_flags),
@@ -322,26 +314,13 @@ class FastPath:
 
     def source(self, batch: FrameBatch, i: int) -> str:
         """The source IP of the datagram in slot ``i`` (from ``batch.addrs``)."""
-        off = i * _ADDR
-        fam = struct.unpack_from("=H", batch.addrs, off)[0]
-        raw = (
-            bytes(batch.addrs[off + 8 : off + 24])
-            if fam == socket.AF_INET6
-            else bytes(batch.addrs[off + 4 : off + 8])
-        )
-        name = self._names.get(raw)
-        if name is None:
-            name = socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
-            if len(self._names) > 4096:
-                self._names.clear()
-            self._names[raw] = name
-        return name
+        return source_name(batch.addrs, i, self._names)
 
 
 def set_source(batch: FrameBatch, i: int, ip: str, port: int = 4789) -> None:
     """Record ``ip`` as the source of slot ``i`` (what recvmmsg does; for tests)."""
     raw = sockaddr(ip, port)
-    batch.addrs[i * _ADDR : i * _ADDR + len(raw)] = raw
+    batch.addrs[i * ADDR_LEN : i * ADDR_LEN + len(raw)] = raw
 
 
 def _ms(now: float) -> int:

@@ -138,6 +138,36 @@ def _py_recv_batch(sock: socket.socket, batch: FrameBatch, sources: list[str]) -
     return got, truncated
 
 
+ADDR_LEN = 28  # room for a sockaddr_in6 per slot (vx_recv_batch, FrameBatch.addrs)
+
+
+def raw_sockaddr(family: int, host: str, port: int) -> bytes:
+    """The C sockaddr_in / sockaddr_in6 of ``host:port`` (a ``%scope`` suffix is ignored)."""
+    p = struct.pack("!H", port)
+    if family == socket.AF_INET6:
+        ip = socket.inet_pton(socket.AF_INET6, host.split("%")[0])
+        return struct.pack("=H", family) + p + bytes(4) + ip + bytes(4)
+    return struct.pack("=H", family) + p + socket.inet_aton(host) + bytes(8)
+
+
+def source_name(addrs: bytearray, i: int, names: dict[bytes, str]) -> str:
+    """The IP of the sockaddr recorded for slot ``i`` in ``addrs``, as text; ``names`` caches
+    the conversions (cleared past 4096)."""
+    off = i * ADDR_LEN
+    fam = struct.unpack_from("=H", addrs, off)[0]
+    if fam == socket.AF_INET6:
+        raw = bytes(addrs[off + 8 : off + 24])
+    else:
+        raw = bytes(addrs[off + 4 : off + 8])
+    name = names.get(raw)
+    if name is None:
+        name = socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
+        if len(names) > 4096:
+            names.clear()
+        names[raw] = name
+    return name
+
+
 def _check(batch: FrameBatch, first: int, n: int) -> None:
     if first < 0 or n < 0 or first + n > batch.capacity:
         raise ValueError(f"slots {first}..{first + n - 1} outside the batch")
@@ -156,12 +186,7 @@ class _CffiIO:
         key = (family, host, port)
         a = self._addrs.get(key)
         if a is None:
-            p = struct.pack("!H", port)
-            if family == socket.AF_INET6:
-                ip = socket.inet_pton(socket.AF_INET6, host.split("%")[0])
-                raw = struct.pack("=H", family) + p + bytes(4) + ip + bytes(4)
-            else:
-                raw = struct.pack("=H", family) + p + socket.inet_aton(host) + bytes(8)
+            raw = raw_sockaddr(family, host, port)
             if len(self._addrs) > 4096:
                 self._addrs.clear()
             a = self._ffi.new(f"uint8_t[{len(raw)}]", raw)  # exact sockaddr length
@@ -238,7 +263,7 @@ class _CffiIO:
         buf, plen = self._views(batch)
         ex = batch.views.get("cffio-rx")
         if ex is None:
-            addrs = bytearray(28 * batch.capacity)
+            addrs = bytearray(ADDR_LEN * batch.capacity)
             ex = (addrs, self._ffi.from_buffer("uint8_t[]", addrs), self._ffi.new("uint32_t[1]"))
             batch.views["cffio-rx"] = ex
         addrs, caddrs, trunc = ex
@@ -260,25 +285,13 @@ class _CffiIO:
         )
         if r < 0:
             raise OSError(-r, os.strerror(-r))
-        names = self._names
-        v6 = sock.family == socket.AF_INET6
         kept = 0
         for j in range(r):
             i = first + j
             if batch.payload_len[i] == _TRUNCATED:
                 batch.payload_len[i] = 0
                 continue  # too large for its slot: dropped, counted by the caller
-            raw = (
-                bytes(addrs[i * 28 + 8 : i * 28 + 24])
-                if v6
-                else bytes(addrs[i * 28 + 4 : i * 28 + 8])
-            )
-            name = names.get(raw)
-            if name is None:
-                name = socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, raw)
-                if len(names) > 4096:
-                    names.clear()
-                names[raw] = name
+            name = source_name(addrs, i, self._names)
             if first + kept != i:  # close the gap a dropped datagram left
                 self._move(batch, i, first + kept)
             sources.append(name)

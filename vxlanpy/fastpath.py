@@ -63,7 +63,8 @@ class _CffiBackend:
         self._ffi = mod.ffi
         self._lib = mod.lib
 
-    def _views(self, batch: FrameBatch) -> tuple[Any, ...]:
+    def views(self, batch: FrameBatch) -> tuple[Any, ...]:
+        """cffi views of buf, frame_len, payload_len, vni, status, sport (made once per batch)."""
         v = batch.views.get("cffi")
         if v is None:
             fb = self._ffi.from_buffer
@@ -81,21 +82,21 @@ class _CffiBackend:
     def encap_batch(self, batch: FrameBatch, lo: int, hi: int) -> None:
         check_batch(batch)
         check_port_range(lo, hi)
-        buf, flen, plen, vni, _st, sport = self._views(batch)
+        buf, flen, plen, vni, _st, sport = self.views(batch)
         self._lib.vx_encap_batch(
             buf, batch.slot, batch.headroom, batch.count, flen, vni, plen, sport, lo, hi
         )
 
     def decap_batch(self, batch: FrameBatch, strict: bool) -> None:
         check_batch(batch)
-        buf, flen, plen, vni, st, _sport = self._views(batch)
+        buf, flen, plen, vni, st, _sport = self.views(batch)
         self._lib.vx_decap_batch(
             buf, batch.slot, batch.headroom, batch.count, plen, int(strict), vni, st, flen
         )
 
     def complete_checksums(self, batch: FrameBatch) -> int:
         check_batch(batch)
-        buf, flen, _plen, _vni, _st, _sport = self._views(batch)
+        buf, flen, _plen, _vni, _st, _sport = self.views(batch)
         return int(
             self._lib.vx_complete_checksums(buf, batch.slot, batch.headroom, batch.count, flen)
         )
@@ -105,8 +106,8 @@ class _CffiBackend:
         n = batch.frame_len[src]
         if n > batch.slot - batch.headroom:  # a corrupt length: unreadable
             return 0
-        sbuf = self._views(batch)[0]
-        obuf, oflen, _plen, ovni, _st, _sport = self._views(out)
+        sbuf = self.views(batch)[0]
+        obuf, oflen, _plen, ovni, _st, _sport = self.views(out)
         count = int(
             self._lib.vx_tso_segment(
                 sbuf + batch.frame_offset(src),
