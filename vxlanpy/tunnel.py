@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -259,7 +258,7 @@ class Vtep:
         for _ in range(_READ_BUDGET):
             n, up = fp.tx_pump(vni, batch, seg, _PUMP_ROUNDS)
             if n < 0:
-                self._fail(TapGone(f"TAP {tap.name} is gone ({os.strerror(-n)})"))
+                self._fail(tap.gone(-n))
                 return
             if up:
                 upcalls = True
@@ -296,8 +295,7 @@ class Vtep:
             n, up, gone = fp.rx_pump(fd, batch, now, _PUMP_ROUNDS)
             if n < 0:
                 if gone >= 0:
-                    tap = self.taps[gone]
-                    self._fail(TapGone(f"TAP {tap.name} is gone ({os.strerror(-n)})"))
+                    self._fail(self.taps[gone].gone(-n))
                     return
                 transport.count_error(-n)  # an ICMP report surfaced on the socket
                 continue
@@ -536,14 +534,10 @@ class Vtep:
             if g["truncated"]:
                 socket_errors["truncated"] += g["truncated"]
             checksums += g["checksums_completed"]
-            for vni, c in segments.items():
-                gso_frames += c.pop("gso_frames", 0)
-                tap = self.taps.get(vni)
-                if tap is not None:
-                    tap_errors[tap.name] += c.pop("tap_write_errors", 0)
-        for c in segments.values():
-            c.pop("gso_frames", None)
-            c.pop("tap_write_errors", None)
+            for vni, tap in self.taps.items():
+                c = fp.counters(vni)
+                gso_frames += c["gso_frames"]
+                tap_errors[tap.name] += c["tap_write_errors"]
         return {
             "segments": segments,
             "unattributed": self.engine.counters.to_dict(),

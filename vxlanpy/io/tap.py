@@ -99,7 +99,7 @@ class Tap:
                 break
             except OSError as exc:
                 if exc.errno in _GONE:
-                    raise TapGone(f"TAP {self.name} is gone ({exc.strerror})") from exc
+                    raise self.gone(exc.errno) from exc
                 raise
             if n <= vnet:
                 break
@@ -126,7 +126,7 @@ class Tap:
             return False
         except OSError as exc:
             if exc.errno in _GONE:
-                raise TapGone(f"TAP {self.name} is gone ({exc.strerror})") from exc
+                raise self.gone(exc.errno) from exc
             self.write_errors += 1
             return False
 
@@ -138,8 +138,12 @@ class Tap:
         written, refused = fastio.tap_write(self.fd, batch, slots, self.vnet, self.mtu)
         self.write_errors += refused
         if written < 0:
-            raise TapGone(f"TAP {self.name} is gone ({os.strerror(-written)})")
+            raise self.gone(-written)
         return written
+
+    def gone(self, err: int | None) -> TapGone:
+        """The error for an I/O call on the device that failed with ``err`` (one of _GONE)."""
+        return TapGone(f"TAP {self.name} is gone ({os.strerror(err or errno.EIO)})")
 
     def close(self) -> None:
         """Close the fd; a non-persistent TAP disappears with it."""
