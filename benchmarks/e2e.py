@@ -32,8 +32,21 @@ from vxlanpy.netns import NetnsError, Topology, have_netns
 
 HERE = Path(__file__).resolve().parent
 NAIVE = str(HERE / "naive_forwarder.py")
-PAIRS = ("kernel-kernel", "vxlanpy-kernel", "vxlanpy_poll-kernel", "vxlanpy-vxlanpy", "naive-naive")
+PAIRS = (
+    "kernel-kernel",
+    "vxlanpy-kernel",
+    "vxlanpy_1t-kernel",
+    "vxlanpy_poll-kernel",
+    "vxlanpy-vxlanpy",
+    "naive-naive",
+)
 BUSY_POLL_US = 20000  # vxlanpy_poll: --busy-poll, longer than ping's 10 ms interval
+# vxlanpy's variants by the flags they add: vxlanpy_1t sends from its event loop's thread only
+VARIANTS: dict[str, list[str]] = {
+    "vxlanpy": [],
+    "vxlanpy_poll": ["--busy-poll", str(BUSY_POLL_US)],
+    "vxlanpy_1t": ["--no-send-thread"],
+}
 METRICS: dict[str, tuple[str, str, bool]] = {
     # key: (label, unit, higher is better)
     "tcp1": ("TCP 1 stream a->b", "Gbit/s", True),
@@ -80,8 +93,7 @@ class Pair:
             else:
                 if impl.startswith("vxlanpy"):
                     argv = [sys.executable, "-m", "vxlanpy.cli", "run", "--vni", str(vni)]
-                    if impl == "vxlanpy_poll":
-                        argv += ["--busy-poll", str(BUSY_POLL_US)]
+                    argv += VARIANTS[impl]
                     argv += ["--local", local, "--remote", remote, "--tap", "vx0"]
                     argv += [
                         "--address",
@@ -206,9 +218,10 @@ class Pair:
 
 
 NOTES = """Pairs: host a's VTEP - host b's VTEP, two network namespaces joined by a veth pair.
-`vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path, offloads);
-`vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next packet instead of
-sleeping: lower latency, one core busy while traffic flows); `naive` is
+`vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path, offloads, a C sender thread
+for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread` (everything from the event loop's
+thread: one core); `vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next
+packet instead of sleeping: lower latency, one core busy while traffic flows); `naive` is
 `benchmarks/naive_forwarder.py`, one Python call per packet. iperf3 runs from a to b (`-R`: b
 to a); the UDP tests use 64-byte payloads and 2 MB socket buffers (`-w 2M`) for every pair. The
 loss-free rate is searched (bisection, 5 probes of up to 3 s) between 0 and 1.1 x what iperf3

@@ -29,6 +29,7 @@ strict = true
 offload = false
 fast_path = false
 busy_poll = 200
+send_thread = false
 control = "/run/vxlanpy/test-config.sock"
 
 [[segment]]
@@ -96,6 +97,7 @@ EXPECTED = VtepConfig(
     offload=False,
     fast_path=False,
     busy_poll=200,
+    send_thread=False,
 )
 
 

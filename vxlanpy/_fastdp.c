@@ -70,6 +70,29 @@ typedef struct {
     uint32_t salen;
 } vx_remote;
 
+/*
+ * The sender thread (device -> wire pipeline): the pump's thread reads the TAP, classifies and
+ * cuts super-frames into a job; this thread sends the jobs (UDP GSO), so the send, and the
+ * receive that veth runs inside it on the peer's side, use the other core. Jobs form a ring:
+ * head is the next job the pump fills, tail the next one the sender sends.
+ */
+#define VX_JOBS 4
+typedef struct {
+    vx_batch b; /* room for the segments of one super-frame */
+    uint32_t n; /* segments in it, encapsulated */
+    int fd;
+    vx_remote r;
+} vx_job;
+
+typedef struct vx_sender {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t work, done;
+    uint32_t head, tail;
+    int stop;
+    vx_job jobs[VX_JOBS];
+} vx_sender;
+
 struct vx_dp {
     pthread_mutex_t lock;
     vx_entry *tab;
@@ -81,6 +104,7 @@ struct vx_dp {
     uint32_t lo, hi;
     int strict, no_gso, csum;
     uint64_t truncated, checksums, send_err[256];
+    vx_sender *sender; /* NULL: super-frames are sent by the pump's own thread */
 };
 
 static uint64_t mix64(uint64_t k)
@@ -200,10 +224,13 @@ vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict, int complete_checksums)
     return dp;
 }
 
+static void sender_stop(vx_dp *dp);
+
 void vx_dp_free(vx_dp *dp)
 {
     if (dp == NULL)
         return;
+    sender_stop(dp);
     pthread_mutex_destroy(&dp->lock);
     free(dp->tab);
     free(dp->remotes);
@@ -267,9 +294,13 @@ int vx_dp_remote_set(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen)
     return 0;
 }
 
-/* The send socket bound to source port `port` (-1: none; frames of that flow go up). */
+static void sender_drain(vx_dp *dp);
+
+/* The send socket bound to source port `port` (-1: none; frames of that flow go up). Waits
+ * for the sender thread's queued jobs first: they may use the socket that is going away. */
 void vx_dp_port_fd(vx_dp *dp, uint32_t port, int fd)
 {
+    sender_drain(dp);
     if (port < 65536)
         __atomic_store_n(&dp->port_fd[port], fd, __ATOMIC_RELEASE);
 }
@@ -555,9 +586,35 @@ static int tap_read(int fd, uint32_t vnet, vx_batch *b)
     return (int)i;
 }
 
-/* Send the TCP super-frame in slot i of b to remote r, cut into segments in sb. */
-static void send_super(vx_dp *dp, const vx_seg *g, vx_batch *b, uint32_t i, vx_batch *sb,
-                       const vx_remote *r)
+/*
+ * Send datagrams first..first+cnt-1 of b to r from socket fd: one UDP GSO send when there are
+ * several (the kernel builds one skb for them), else sendmmsg. If the route cannot take GSO
+ * (datagrams past the device MTU that must be fragmented, no UDP_SEGMENT), this run and later
+ * ones go by sendmmsg.
+ */
+static void send_run(vx_dp *dp, int fd, const vx_batch *b, uint32_t first, uint32_t cnt,
+                     const vx_remote *r)
+{
+    if (cnt > 1 && !__atomic_load_n(&dp->no_gso, __ATOMIC_RELAXED)) {
+        int rc = vx_send_gso(fd, b->buf, b->slot, b->headroom, first, cnt, b->payload_len, r->sa,
+                             r->salen);
+        if (rc != -EMSGSIZE && rc != -EINVAL && rc != -EIO && rc != -ENOPROTOOPT) {
+            count_send(dp, rc, cnt);
+            return;
+        }
+        if (rc != -EMSGSIZE)
+            __atomic_store_n(&dp->no_gso, 1, __ATOMIC_RELAXED);
+    }
+    count_send(dp,
+               vx_send_batch(fd, b->buf, b->slot, b->headroom, first, cnt, b->payload_len, r->sa,
+                             r->salen),
+               cnt);
+}
+
+/* Cut the TCP super-frame in slot i of b into segments in sb and encapsulate them; returns
+ * their count and sets *fd to the flow's send socket, or 0 (slot i marked for Python). */
+static uint32_t cut_super(vx_dp *dp, const vx_seg *g, vx_batch *b, uint32_t i, vx_batch *sb,
+                          int *fd)
 {
     const uint8_t *f = b->buf + (size_t)i * b->slot + b->headroom;
     uint32_t k = vx_tso_segment(f, b->frame_len[i], b->gso_size[i], g->vni, sb->buf, sb->slot,
@@ -565,18 +622,183 @@ static void send_super(vx_dp *dp, const vx_seg *g, vx_batch *b, uint32_t i, vx_b
                                 sb->vni);
     if (k == 0) {
         b->action[i] = VX_ACT_UPCALL; /* Python counts it as a GSO error */
-        return;
+        return 0;
     }
     vx_encap_batch(sb->buf, sb->slot, sb->headroom, k, sb->frame_len, sb->vni, sb->payload_len,
                    sb->sport, dp->lo, dp->hi);
-    int fd = __atomic_load_n(&dp->port_fd[sb->sport[0]], __ATOMIC_ACQUIRE);
-    if (fd < 0) {
+    *fd = __atomic_load_n(&dp->port_fd[sb->sport[0]], __ATOMIC_ACQUIRE);
+    if (*fd < 0) {
         b->action[i] = VX_ACT_UPCALL; /* no socket on that source port yet */
-        return;
+        return 0;
     }
-    count_send(dp, vx_send_gso(fd, sb->buf, sb->slot, sb->headroom, 0, k, sb->payload_len, r->sa,
-                               r->salen),
-               k);
+    return k;
+}
+
+static void *sender_main(void *arg)
+{
+    vx_dp *dp = arg;
+    vx_sender *t = dp->sender;
+    pthread_setname_np(pthread_self(), "vxlanpy-send");
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        while (t->head == t->tail && !t->stop)
+            pthread_cond_wait(&t->work, &t->lock);
+        if (t->head == t->tail)
+            break; /* stopped and drained */
+        vx_job *j = &t->jobs[t->tail % VX_JOBS];
+        pthread_mutex_unlock(&t->lock);
+        send_run(dp, j->fd, &j->b, 0, j->n, &j->r);
+        pthread_mutex_lock(&t->lock);
+        t->tail++;
+        pthread_cond_broadcast(&t->done);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+/* Wait until the sender thread has sent every queued job. */
+static void sender_drain(vx_dp *dp)
+{
+    vx_sender *t = dp->sender;
+    if (t == NULL || __atomic_load_n(&t->head, __ATOMIC_ACQUIRE) ==
+                         __atomic_load_n(&t->tail, __ATOMIC_ACQUIRE))
+        return;
+    pthread_mutex_lock(&t->lock);
+    while (t->head != t->tail)
+        pthread_cond_wait(&t->done, &t->lock);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* The job the pump fills next (waits while all are queued). */
+static vx_job *sender_claim(vx_sender *t)
+{
+    pthread_mutex_lock(&t->lock);
+    while (t->head - t->tail >= VX_JOBS)
+        pthread_cond_wait(&t->done, &t->lock);
+    vx_job *j = &t->jobs[t->head % VX_JOBS];
+    pthread_mutex_unlock(&t->lock);
+    return j;
+}
+
+static void sender_push(vx_sender *t)
+{
+    pthread_mutex_lock(&t->lock);
+    __atomic_store_n(&t->head, t->head + 1, __ATOMIC_RELEASE);
+    pthread_cond_signal(&t->work);
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void job_free(vx_job *j)
+{
+    free(j->b.buf);
+    free(j->b.frame_len);
+    free(j->b.payload_len);
+    free(j->b.vni);
+    free(j->b.sport);
+}
+
+static void sender_stop(vx_dp *dp)
+{
+    vx_sender *t = dp->sender;
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->lock);
+    t->stop = 1;
+    pthread_cond_signal(&t->work);
+    pthread_mutex_unlock(&t->lock);
+    pthread_join(t->thread, NULL);
+    for (int k = 0; k < VX_JOBS; k++)
+        job_free(&t->jobs[k]);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->work);
+    pthread_cond_destroy(&t->done);
+    dp->sender = NULL;
+    free(t);
+}
+
+/*
+ * Start the sender thread; its jobs hold `capacity` segments of the geometry of a batch with
+ * this slot, headroom and max_frame (the pump's segment batch). Returns 0 (also if it runs
+ * already) or -errno. Call it before pumping, from the thread that pumps.
+ */
+int vx_dp_sender_start(vx_dp *dp, uint32_t slot, uint32_t headroom, uint32_t max_frame,
+                       uint32_t capacity)
+{
+    if (dp->sender != NULL)
+        return 0;
+    if (capacity == 0 || capacity > VX_MAX_SEGS || headroom + max_frame > slot)
+        return -EINVAL;
+    vx_sender *t = calloc(1, sizeof(vx_sender));
+    if (t == NULL)
+        return -ENOMEM;
+    int bad = 0;
+    for (int k = 0; k < VX_JOBS; k++) {
+        vx_batch *b = &t->jobs[k].b;
+        b->slot = slot;
+        b->headroom = headroom;
+        b->max_frame = max_frame;
+        b->capacity = capacity;
+        b->buf = malloc((size_t)slot * capacity);
+        b->frame_len = calloc(capacity, sizeof(uint32_t));
+        b->payload_len = calloc(capacity, sizeof(uint32_t));
+        b->vni = calloc(capacity, sizeof(uint32_t));
+        b->sport = calloc(capacity, sizeof(uint16_t));
+        bad |= !b->buf || !b->frame_len || !b->payload_len || !b->vni || !b->sport;
+    }
+    if (bad) {
+        for (int k = 0; k < VX_JOBS; k++)
+            job_free(&t->jobs[k]);
+        free(t);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->work, NULL);
+    pthread_cond_init(&t->done, NULL);
+    dp->sender = t;
+    int rc = pthread_create(&t->thread, NULL, sender_main, dp);
+    if (rc != 0) {
+        dp->sender = NULL;
+        for (int k = 0; k < VX_JOBS; k++)
+            job_free(&t->jobs[k]);
+        pthread_mutex_destroy(&t->lock);
+        pthread_cond_destroy(&t->work);
+        pthread_cond_destroy(&t->done);
+        free(t);
+        return -rc;
+    }
+    return 0;
+}
+
+/* Super-frames the sender thread has sent, or -1 if there is no sender thread. */
+int64_t vx_dp_sender_sent(vx_dp *dp)
+{
+    vx_sender *t = dp->sender;
+    return t == NULL ? -1 : (int64_t)__atomic_load_n(&t->tail, __ATOMIC_ACQUIRE);
+}
+
+/* Cut the super-frame in slot i and send it: queued for the sender thread if there is one,
+ * else from here through sb. Returns 0, or -1 if slot i went up instead. */
+static int forward_super(vx_dp *dp, const vx_seg *g, vx_batch *b, uint32_t i, vx_batch *sb,
+                         const vx_remote *r)
+{
+    int fd = -1;
+    vx_sender *t = dp->sender;
+    if (t == NULL) {
+        uint32_t k = cut_super(dp, g, b, i, sb, &fd);
+        if (k == 0)
+            return -1;
+        send_run(dp, fd, sb, 0, k, r);
+        return 0;
+    }
+    vx_job *j = sender_claim(t);
+    uint32_t k = cut_super(dp, g, b, i, &j->b, &fd);
+    if (k == 0)
+        return -1; /* the job stays unqueued; the next super-frame fills it */
+    j->n = k;
+    j->fd = fd;
+    j->r = *r;
+    sender_push(t);
+    return 0;
 }
 
 /*
@@ -620,8 +842,7 @@ int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t r
             }
             const vx_remote *r = &dp->remotes[a];
             if (b->gso_type[i] & 0x7F) {
-                send_super(dp, g, b, (uint32_t)i, sb, r);
-                if (b->action[i] >= 0) {
+                if (forward_super(dp, g, b, (uint32_t)i, sb, r) == 0) {
                     gso++;
                     pk++;
                     by += b->frame_len[i];
@@ -643,39 +864,17 @@ int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t r
                 i = j;
                 continue;
             }
-            /* one flow to one remote: equal-sized datagrams (and a shorter last one) leave as
-             * one UDP GSO send, the kernel builds one skb for them; the rest one by one */
+            /* these must not overtake super-frames of their flow queued for the sender */
+            sender_drain(dp);
+            /* one flow to one remote: runs of equal-sized datagrams (and a shorter last one)
+             * leave as one UDP GSO send; the rest one by one */
             while (i < j) {
                 int k = i + 1;
                 while (k < j && b->payload_len[k] == b->payload_len[i])
                     k++;
                 if (k < j && b->payload_len[k] < b->payload_len[i])
                     k++;
-                uint32_t cnt = (uint32_t)(k - i);
-                int rc = -1;
-                if (cnt > 1 && !__atomic_load_n(&dp->no_gso, __ATOMIC_RELAXED)) {
-                    rc = vx_send_gso(fd, b->buf, b->slot, b->headroom, (uint32_t)i, cnt,
-                                     b->payload_len, r->sa, r->salen);
-                    /* the route cannot take it (datagrams past the device MTU that must be
-                     * fragmented, no GSO): this run and the next go one by one */
-                    if (rc == -EMSGSIZE || rc == -EINVAL || rc == -EIO || rc == -ENOPROTOOPT) {
-                        if (rc != -EMSGSIZE)
-                            __atomic_store_n(&dp->no_gso, 1, __ATOMIC_RELAXED);
-                        rc = -1;
-                    } else {
-                        count_send(dp, rc, cnt);
-                    }
-                }
-                if (rc == -1 && cnt > 1)
-                    count_send(dp,
-                               vx_send_batch(fd, b->buf, b->slot, b->headroom, (uint32_t)i, cnt,
-                                             b->payload_len, r->sa, r->salen),
-                               cnt);
-                else if (cnt == 1)
-                    count_send(dp,
-                               vx_send_batch(fd, b->buf, b->slot, b->headroom, (uint32_t)i, 1,
-                                             b->payload_len, r->sa, r->salen),
-                               1);
+                send_run(dp, fd, b, (uint32_t)i, (uint32_t)(k - i), r);
                 for (int m = i; m < k; m++) {
                     pk++;
                     by += b->frame_len[m];
@@ -688,7 +887,11 @@ int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t r
         g->c[3] += by;
         g->c[5] += gso;
         pthread_mutex_unlock(&dp->lock);
-        if (*upcalls || (uint32_t)n < b->capacity)
+        if (*upcalls) {
+            sender_drain(dp); /* what Python sends next must not overtake the queue */
+            return n;
+        }
+        if ((uint32_t)n < b->capacity)
             return n;
     }
     return n;

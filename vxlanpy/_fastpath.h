@@ -67,6 +67,9 @@ int vx_dp_counters(vx_dp *dp, uint32_t vni, uint64_t *out);
 void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err);
 int vx_dp_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_t n);
 int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms);
+int vx_dp_sender_start(vx_dp *dp, uint32_t slot, uint32_t headroom, uint32_t max_frame,
+                       uint32_t capacity);
+int64_t vx_dp_sender_sent(vx_dp *dp);
 int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t rounds,
                   uint32_t *upcalls);
 int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,

@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="no C forwarding cache: the Python engine handles every frame (slower)",
     )
     run.add_argument(
+        "--no-send-thread",
+        action="store_true",
+        help="send TCP super-frames from the event loop's thread instead of a C sender "
+        "thread (one core instead of two)",
+    )
+    run.add_argument(
         "--busy-poll",
         type=int,
         default=0,
@@ -161,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
-# --no-offload, --no-fast-path, apply to both forms)
+# --no-offload, --no-fast-path, --no-send-thread, apply to both forms)
 _NOT_CONFIG = {
     "command",
     "config",
@@ -170,6 +176,7 @@ _NOT_CONFIG = {
     "verbose",
     "no_offload",
     "no_fast_path",
+    "no_send_thread",
 }
 _RUN_DEFAULTS: dict[str, object] = {}
 
@@ -193,6 +200,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
             cfg.offload = False
         if a.no_fast_path:
             cfg.fast_path = False
+        if a.no_send_thread:
+            cfg.send_thread = False
         return cfg, a.control or control
     if a.vni is None:
         raise UsageError("run needs --vni (or --config FILE)")
@@ -226,6 +235,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         offload=not a.no_offload,
         fast_path=not a.no_fast_path,
         busy_poll=a.busy_poll,
+        send_thread=not a.no_send_thread,
     ).validate()
     return cfg, a.control
 

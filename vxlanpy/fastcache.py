@@ -278,6 +278,23 @@ class FastPath:
             self._lib.vx_dp_rx_classify(self._dp, self._batch(batch), 0, batch.count, _ms(now))
         )
 
+    def start_sender(self, segments: FrameBatch) -> None:
+        """Send super-frames from a C thread of their own (device -> wire as a pipeline: this
+        thread reads and cuts, that one sends); its jobs take the geometry of ``segments``.
+        Raises OSError if the thread cannot start."""
+        r = int(
+            self._lib.vx_dp_sender_start(
+                self._dp, segments.slot, segments.headroom, segments.max_frame, segments.capacity
+            )
+        )
+        if r < 0:
+            raise OSError(-r, f"cannot start the sender thread: {os.strerror(-r)}")
+
+    def sender_sent(self) -> int | None:
+        """Super-frames the sender thread has sent; None if there is no sender thread."""
+        n = int(self._lib.vx_dp_sender_sent(self._dp))
+        return None if n < 0 else n
+
     def tx_pump(
         self, vni: int, batch: FrameBatch, segments: FrameBatch, rounds: int
     ) -> tuple[int, int]:

@@ -48,7 +48,7 @@ _READ_BUDGET = 8
 _PUMP_ROUNDS = 16  # batches one C pump call may move before it returns to the loop
 MAX_UDP_PAYLOAD = 65535 - VXLAN_HLEN
 MAX_GSO_FRAME = 65535 + ETH_HLEN + 4
-MAX_SEGMENTS = 160  # batches per readiness callback before yielding to the loop
+MAX_SEGMENTS = 160  # segments of one TSO super-frame (64 KiB at an MSS of 410+)
 
 
 class VtepError(Exception):
@@ -139,6 +139,12 @@ class Vtep:
             fp.set_device(vni, tap.fd, tap.vnet, tap.mtu)
         assert self.transport is not None
         self.transport.on_port = fp.set_port_fd
+        if self.config.send_thread:
+            assert self._seg_batch is not None
+            try:
+                fp.start_sender(self._seg_batch)
+            except OSError as e:
+                log.warning("%s; super-frames are sent from the event loop's thread", e)
         self.fast = fp
         self._poll_fds = [self.transport.fileno(), *(t.fd for t in self.taps.values())][:16]
 
@@ -528,6 +534,7 @@ class Vtep:
         tap_errors = {tap.name: tap.write_errors for tap in self.taps.values()}
         checksums = self.engine.checksums_completed
         gso_frames = self.gso_frames
+        sent = fp.sender_sent() if fp is not None else None
         if fp is not None:
             g = fp.global_counters()
             socket_errors.update(g["send_errors"])
@@ -548,6 +555,8 @@ class Vtep:
             "gso_errors": self.gso_errors,
             "gso_frames": gso_frames,
             "fast_path": fp is not None,
+            "send_thread": sent is not None,
+            "send_thread_frames": sent or 0,
         }
 
     def describe(self) -> str:

@@ -24,15 +24,18 @@ def _pair(topo: Topology, v6: bool = False):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    ("port", "backend", "offload"),
+    ("port", "backend", "offload", "sender"),
     [
-        (4789, "cffi", True),
-        (8472, "cffi", True),
-        (4789, "python", True),
-        (4789, "cffi", False),
+        (4789, "cffi", True, True),
+        (8472, "cffi", True, True),
+        (4789, "cffi", True, False),
+        (4789, "python", True, False),
+        (4789, "cffi", False, True),
     ],
 )
-def test_vxlanpy_vs_kernel(topo: Topology, port: int, backend: str, offload: bool) -> None:
+def test_vxlanpy_vs_kernel(
+    topo: Topology, port: int, backend: str, offload: bool, sender: bool
+) -> None:
     a, b, dev, ua, ub = _pair(topo)
     topo.kernel_vxlan(b, vni=120, dev=dev, dstport=port, remote=ua, address="198.19.0.2/24")
     v = Vxlanpy(
@@ -40,7 +43,8 @@ def test_vxlanpy_vs_kernel(topo: Topology, port: int, backend: str, offload: boo
         a,
         ["--vni", "120", "--dstport", str(port), "--local", ua, "--remote", ub]
         + ["--tap", "vx0", "--address", "198.19.0.1/24"]
-        + ([] if offload else ["--no-offload"]),
+        + ([] if offload else ["--no-offload"])
+        + ([] if sender else ["--no-send-thread"]),
         backend=backend,
     )
     assert f"backend {backend}" in v.lines[0]
@@ -58,6 +62,10 @@ def test_vxlanpy_vs_kernel(topo: Topology, port: int, backend: str, offload: boo
     assert (stats["gso_frames"] > 0) == offload
     assert stats["socket_errors"] == {}
     assert stats["fast_path"] == (backend == "cffi")  # hits forwarded in C on the C backend
+    # the C sender thread sent the super-frames (device -> wire pipeline), when it runs
+    assert stats["send_thread"] == sender
+    assert (stats["send_thread_frames"] > 0) == (sender and offload)
+    assert stats["send_thread_frames"] <= stats["gso_frames"]
     assert a.sh("ip", "-o", "link", "show").count("vx0") == 0  # TAP removed on exit
 
 
