@@ -16,7 +16,9 @@
  * action[i] says what happened to slot i: >= 0 forwarded here (the remote id on transmit, the
  * segment index on receive), VX_ACT_UPCALL for the Python engine, VX_ACT_DROP dropped and
  * counted here (a truncated datagram). A mutex guards the cache (cffi releases the GIL around
- * each call); vxlanpy calls the pumps from one thread, its event loop.
+ * each call); vxlanpy calls the pumps from one thread, its event loop. An optional sender thread
+ * (vx_dp_sender_start) sends the TCP super-frames that the transmit pump has cut, so device ->
+ * wire runs on two cores; it touches only its job ring, the send counters and the sockets.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,6 +26,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -649,7 +652,7 @@ static void *sender_main(void *arg)
         pthread_mutex_unlock(&t->lock);
         send_run(dp, j->fd, &j->b, 0, j->n, &j->r);
         pthread_mutex_lock(&t->lock);
-        t->tail++;
+        __atomic_store_n(&t->tail, t->tail + 1, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&t->done);
     }
     pthread_mutex_unlock(&t->lock);
@@ -755,7 +758,13 @@ int vx_dp_sender_start(vx_dp *dp, uint32_t slot, uint32_t headroom, uint32_t max
     pthread_cond_init(&t->work, NULL);
     pthread_cond_init(&t->done, NULL);
     dp->sender = t;
+    /* signals stay with the threads that expect them: a handler run here would cut sends
+     * short (EINTR) and Python's own handling does not need this thread */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     int rc = pthread_create(&t->thread, NULL, sender_main, dp);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         dp->sender = NULL;
         for (int k = 0; k < VX_JOBS; k++)
