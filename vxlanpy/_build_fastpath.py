@@ -1,5 +1,5 @@
-"""cffi out-of-line API build of the fast path: ``_fastpath.c``, ``_fastio.c`` and ``_fastdp.c``,
-declared in ``_fastpath.h`` -> ``vxlanpy._fastpath_c``.
+"""cffi out-of-line API build of the fast path: ``_fastpath.c``, ``_fastio.c``, ``_fastdp.c`` and
+``_fastgro.c``, declared in ``_fastpath.h`` -> ``vxlanpy._fastpath_c``.
 
 Run by setuptools through ``cffi_modules`` (see setup.py); never imported at run time.
 """
@@ -26,7 +26,9 @@ ffibuilder.set_source(
     "vxlanpy._fastpath_c",
     '#include "_fastpath.h"\n',
     include_dirs=[os.path.relpath(_here)],
-    sources=[os.path.relpath(_here / p) for p in ("_fastpath.c", "_fastio.c", "_fastdp.c")],
+    sources=[
+        os.path.relpath(_here / p) for p in ("_fastpath.c", "_fastio.c", "_fastdp.c", "_fastgro.c")
+    ],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )
 

@@ -22,6 +22,9 @@ uint32_t vx_tso_segment(const uint8_t *f, uint32_t len, uint32_t gso_size, uint3
                         uint32_t first, uint32_t capacity, uint32_t *frame_len,
                         uint32_t *vni_out);
 
+/* receive coalescing of a UDP GRO buffer (_fastgro.c) */
+uint32_t vx_gro_coalesce(uint8_t *p, uint32_t len, uint32_t seg);
+
 /* batched syscalls (_fastio.c) */
 int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
                   uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen);

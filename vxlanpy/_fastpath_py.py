@@ -19,7 +19,14 @@ from .wire import (
     port_from_hash,
 )
 
-__all__ = ["encap_batch", "decap_batch", "complete_checksums", "tso_segment", "flow_hash"]
+__all__ = [
+    "encap_batch",
+    "decap_batch",
+    "complete_checksums",
+    "tso_segment",
+    "gro_coalesce",
+    "flow_hash",
+]
 
 _HDR = struct.Struct("!II")
 _FLAGS = VXLAN_FLAG_I << 24
@@ -284,3 +291,126 @@ def tso_segment(batch: FrameBatch, src: int, gso_size: int, out: FrameBatch) -> 
         out.vni[i] = vni
     out.count = first + count
     return count
+
+
+# --- Receive path: coalescing a UDP GRO receive into one TCP super-frame (GRO) ---------------
+
+_TCP_ACK = 0x10
+
+
+def check_gro(buf: bytearray, length: int, seg: int) -> None:
+    """Refuse a ``length`` past the end of ``buf`` (C would read and write past it) or a ``seg``
+    that is not a 32-bit size."""
+    if not 0 <= length <= len(buf):
+        raise ValueError(f"length must satisfy 0 <= length <= {len(buf)}, got {length}")
+    if not 0 <= seg <= 0xFFFFFFFF:
+        raise ValueError(f"seg must satisfy 0 <= seg <= 2**32 - 1, got {seg}")
+
+
+def gro_coalesce(buf: bytearray, length: int, seg: int) -> int:
+    """Coalesce the VXLAN datagrams in ``buf[:length]`` into one TCP super-frame in place; return
+    its length, or 0 with ``buf`` untouched (see fastpath.py)."""
+    check_gro(buf, length, seg)
+    hdrs = VXLAN_HLEN + ETH_HLEN
+    if seg < hdrs + 20 + 20 or length <= seg:
+        return 0
+    ip = hdrs
+    et = (buf[VXLAN_HLEN + 12] << 8) | buf[VXLAN_HLEN + 13]
+    # Checked on the first datagram only: the others must repeat these bytes.
+    if et == ETH_P_IP:
+        iphl = (buf[ip] & 0x0F) * 4
+        if buf[ip] >> 4 != 4 or iphl < 20 or buf[ip + 9] != 6:
+            return 0
+        if ((buf[ip + 6] << 8) | buf[ip + 7]) & 0x3FFF:  # MF set or offset: a fragment
+            return 0
+        pseudo = int.from_bytes(buf[ip + 12 : ip + 20]) + 6
+        v4 = True
+    elif et == ETH_P_IPV6:
+        if buf[ip] >> 4 != 6 or buf[ip + 6] != 6:  # extension headers are not coalesced
+            return 0
+        iphl = 40
+        pseudo = int.from_bytes(buf[ip + 8 : ip + 40]) + 6
+        v4 = False
+    else:
+        return 0
+    if hdrs + iphl + 20 > seg:
+        return 0
+    th = ip + iphl
+    thl = (buf[th + 12] >> 4) * 4
+    hlen = th + thl
+    if thl < 20 or hlen >= seg:
+        return 0
+    # Every datagram but the last is seg bytes with headers of one size: their payloads all have
+    # the first one's length, the MSS, and the last's is at most that.
+    n = -(-length // seg)
+    mss = seg - hlen
+    last_len = length - (n - 1) * seg
+    if last_len <= hlen:
+        return 0
+    total = (n - 1) * mss + last_len - hlen
+    if (iphl if v4 else 0) + thl + total > 0xFFFF:
+        return 0
+    seq = int.from_bytes(buf[th + 4 : th + 8])
+    flags = 0
+    payloads = []
+    for i in range(n):
+        d = i * seg
+        dip = d + ip
+        dth = d + th
+        dlen = seg if i + 1 < n else last_len
+        l4len = dlen - th
+        if buf[d : d + hdrs] != buf[:hdrs]:
+            return 0
+        if v4:
+            # all but total length, id and checksum; the checksum must verify
+            if (
+                buf[dip : dip + 2] != buf[ip : ip + 2]
+                or buf[dip + 6 : dip + 10] != buf[ip + 6 : ip + 10]
+                or buf[dip + 12 : dip + iphl] != buf[ip + 12 : ip + iphl]
+                or (buf[dip + 2] << 8) | buf[dip + 3] != iphl + l4len
+                or int.from_bytes(buf[dip : dip + iphl]) % 0xFFFF
+            ):
+                return 0
+        elif (
+            buf[dip : dip + 4] != buf[ip : ip + 4]
+            or buf[dip + 6 : dip + 40] != buf[ip + 6 : ip + 40]
+            or (buf[dip + 4] << 8) | buf[dip + 5] != l4len
+        ):
+            return 0
+        # all but seq, flags and checksum
+        if (
+            buf[dth : dth + 4] != buf[th : th + 4]
+            or buf[dth + 8 : dth + 13] != buf[th + 8 : th + 13]
+            or buf[dth + 14 : dth + 16] != buf[th + 14 : th + 16]
+            or buf[dth + 18 : dth + thl] != buf[th + 18 : th + thl]
+        ):
+            return 0
+        flags = buf[dth + 13]
+        if flags != _TCP_ACK and (i + 1 < n or flags != _TCP_ACK | _TCP_PSH):
+            return 0
+        if int.from_bytes(buf[dth + 4 : dth + 8]) != seq:
+            return 0
+        segment = int.from_bytes(buf[dth : d + dlen])
+        if l4len & 1:
+            segment <<= 8  # an odd last byte is the high half of a word
+        if (pseudo + l4len + segment) % 0xFFFF:
+            return 0
+        payloads.append(buf[d + hlen : d + dlen])
+        seq = (seq + dlen - hlen) & 0xFFFFFFFF
+    # Valid: the first datagram's headers, then the payloads; then fix the headers.
+    end = hlen + total
+    buf[hlen:end] = b"".join(payloads)
+    l4len = thl + total
+    if v4:
+        struct.pack_into("!H", buf, ip + 2, iphl + l4len)
+        struct.pack_into("!H", buf, ip + 10, 0)
+        struct.pack_into("!H", buf, ip + 10, 0xFFFF - _fold(int.from_bytes(buf[ip:th])))
+    else:
+        struct.pack_into("!H", buf, ip + 4, l4len)
+    buf[th + 13] = flags
+    struct.pack_into("!H", buf, th + 16, 0)
+    segment = int.from_bytes(buf[th:end])
+    if l4len & 1:
+        segment <<= 8  # an odd last byte is the high half of a word
+    struct.pack_into("!H", buf, th + 16, 0xFFFF - _fold(pseudo + l4len + segment))
+    return end

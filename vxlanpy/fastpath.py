@@ -2,7 +2,7 @@
 
 ``VXLANPY_PURE_PYTHON=1`` forces the twin; ``VXLANPY_REQUIRE_C=1`` turns a missing extension into
 an ``ImportError`` (CI sets it, so a broken build cannot hide behind the twin). Both backends
-expose the same five functions with the same signatures:
+expose the same six functions with the same signatures:
 
 - ``encap_batch(batch, lo, hi)``: headers in place, ``payload_len`` and ``sport`` set;
 - ``decap_batch(batch, strict)``: ``status``, ``vni`` and ``frame_len`` set per slot;
@@ -20,11 +20,24 @@ expose the same five functions with the same signatures:
   ``out``. Returns 0 and writes nothing when the frame is not untagged Ethernet + IPv4 (not a
   fragment) or IPv6 (next header TCP) + TCP with a payload, ``gso_size`` is 0, or the segments
   do not fit in ``out`` (slots or ``max_frame``): send such a frame as it is, or drop it;
+- ``gro_coalesce(buf, length, seg) -> int``: receive path, for a socket with UDP_GRO:
+  ``buf[:length]`` holds VXLAN datagrams of ``seg`` bytes each back to back (the last
+  1..``seg``), the kernel's GRO layout. When there are at least two, all with the same VXLAN and
+  inner Ethernet header, untagged IPv4 (not a fragment, valid header checksum, total length
+  exactly the datagram's) or IPv6 (next header TCP, payload length exactly the datagram's) +
+  TCP, IP and TCP headers equal but for lengths, IPv4 id, checksums, seq and flags, flags
+  exactly ACK (ACK|PSH allowed on the last), valid TCP checksums (the result may be handed on
+  as verified), payloads of one length (the last may be shorter, none empty) with consecutive
+  sequence numbers, and a merged IP length of at most 65535: rewrites ``buf`` in place as one
+  datagram, the first's headers followed by every payload in order, with the IP length, IPv4
+  header checksum, TCP flags (the last segment's) and a full TCP checksum set, and returns its
+  length. Otherwise returns 0 and leaves ``buf`` untouched;
 - ``flow_hash(frame)``: the 32-bit inner-flow hash.
 
 The batch kernels raise ``ValueError`` for a ``count`` outside ``0..capacity`` and ``encap_batch``
 for a port range that is not ``0 <= lo <= hi <= 65535``; ``tso_segment`` for a ``src`` outside
-``0..batch.count - 1`` or a ``gso_size`` outside ``0..65535``.
+``0..batch.count - 1`` or a ``gso_size`` outside ``0..65535``; ``gro_coalesce`` for a ``length``
+past the end of ``buf`` or a ``seg`` outside ``0..2**32 - 1``.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ from types import ModuleType
 from typing import Any
 
 from . import _fastpath_py
-from ._fastpath_py import check_batch, check_port_range, check_tso
+from ._fastpath_py import check_batch, check_gro, check_port_range, check_tso
 from .batch import FrameBatch
 
 __all__ = [
@@ -46,6 +59,7 @@ __all__ = [
     "decap_batch",
     "complete_checksums",
     "tso_segment",
+    "gro_coalesce",
     "flow_hash",
 ]
 
@@ -127,6 +141,10 @@ class _CffiBackend:
         out.count += count
         return count
 
+    def gro_coalesce(self, buf: bytearray, length: int, seg: int) -> int:
+        check_gro(buf, length, seg)
+        return int(self._lib.vx_gro_coalesce(self._ffi.from_buffer("uint8_t[]", buf), length, seg))
+
     def flow_hash(self, frame: bytes | bytearray | memoryview) -> int:
         return int(self._lib.vx_flow_hash(self._ffi.from_buffer(frame), len(frame)))
 
@@ -137,6 +155,7 @@ class _PyBackend:
     decap_batch = staticmethod(_fastpath_py.decap_batch)
     complete_checksums = staticmethod(_fastpath_py.complete_checksums)
     tso_segment = staticmethod(_fastpath_py.tso_segment)
+    gro_coalesce = staticmethod(_fastpath_py.gro_coalesce)
     flow_hash = staticmethod(_fastpath_py.flow_hash)
 
 
@@ -165,4 +184,5 @@ encap_batch = backend.encap_batch
 decap_batch = backend.decap_batch
 complete_checksums = backend.complete_checksums
 tso_segment = backend.tso_segment
+gro_coalesce = backend.gro_coalesce
 flow_hash = backend.flow_hash
