@@ -700,6 +700,16 @@ static void job_free(vx_job *j)
     free(j->b.sport);
 }
 
+static void sender_free(vx_sender *t)
+{
+    for (int k = 0; k < VX_JOBS; k++)
+        job_free(&t->jobs[k]);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->work);
+    pthread_cond_destroy(&t->done);
+    free(t);
+}
+
 static void sender_stop(vx_dp *dp)
 {
     vx_sender *t = dp->sender;
@@ -710,13 +720,8 @@ static void sender_stop(vx_dp *dp)
     pthread_cond_signal(&t->work);
     pthread_mutex_unlock(&t->lock);
     pthread_join(t->thread, NULL);
-    for (int k = 0; k < VX_JOBS; k++)
-        job_free(&t->jobs[k]);
-    pthread_mutex_destroy(&t->lock);
-    pthread_cond_destroy(&t->work);
-    pthread_cond_destroy(&t->done);
     dp->sender = NULL;
-    free(t);
+    sender_free(t);
 }
 
 /*
@@ -748,15 +753,13 @@ int vx_dp_sender_start(vx_dp *dp, uint32_t slot, uint32_t headroom, uint32_t max
         b->sport = calloc(capacity, sizeof(uint16_t));
         bad |= !b->buf || !b->frame_len || !b->payload_len || !b->vni || !b->sport;
     }
-    if (bad) {
-        for (int k = 0; k < VX_JOBS; k++)
-            job_free(&t->jobs[k]);
-        free(t);
-        return -ENOMEM;
-    }
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->work, NULL);
     pthread_cond_init(&t->done, NULL);
+    if (bad) {
+        sender_free(t);
+        return -ENOMEM;
+    }
     dp->sender = t;
     /* signals stay with the threads that expect them: a handler run here would cut sends
      * short (EINTR) and Python's own handling does not need this thread */
@@ -767,12 +770,7 @@ int vx_dp_sender_start(vx_dp *dp, uint32_t slot, uint32_t headroom, uint32_t max
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         dp->sender = NULL;
-        for (int k = 0; k < VX_JOBS; k++)
-            job_free(&t->jobs[k]);
-        pthread_mutex_destroy(&t->lock);
-        pthread_cond_destroy(&t->work);
-        pthread_cond_destroy(&t->done);
-        free(t);
+        sender_free(t);
         return -rc;
     }
     return 0;
