@@ -53,6 +53,7 @@
 #define VX_KEY_TOMB 1u
 #define VX_NCOUNTERS 6 /* rx_packets, rx_bytes, tx_packets, tx_bytes, tap_errors, gso_frames */
 #define VX_MAX_BATCH 1024
+#define VX_NGRO 4
 
 typedef struct {
     uint64_t key; /* (segment index + 1) << 48 | MAC; 0 empty, 1 deleted */
@@ -107,6 +108,9 @@ struct vx_dp {
     uint32_t lo, hi;
     int strict, no_gso, csum;
     uint64_t truncated, checksums, send_err[256];
+    uint64_t gro[VX_NGRO]; /* receives of several datagrams, coalesced, split, pending drops */
+    const uint8_t *pend_buf; /* the batch whose slots pend_lo..pend_hi-1 wait for the pump */
+    uint32_t pend_lo, pend_hi;
     vx_sender *sender; /* NULL: super-frames are sent by the pump's own thread */
 };
 
@@ -396,13 +400,18 @@ int vx_dp_counters(vx_dp *dp, uint32_t vni, uint64_t *out)
     return s >= 0;
 }
 
-/* Datapath-wide counters: truncated datagrams, checksums completed, send errors by errno. */
-void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err)
+/* Datapath-wide counters: truncated datagrams, checksums completed, send errors by errno, and
+ * the UDP GRO counters of the receive pump (gro[0..3]: receives holding several datagrams, of
+ * them coalesced into one super-frame, of them split into their datagrams, datagrams dropped
+ * because the pump was handed another batch while some waited in the first). */
+void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err,
+                  uint64_t *gro)
 {
     pthread_mutex_lock(&dp->lock);
     *truncated = dp->truncated;
     *checksums = dp->checksums;
     memcpy(send_err, dp->send_err, sizeof(dp->send_err));
+    memcpy(gro, dp->gro, sizeof(dp->gro));
     pthread_mutex_unlock(&dp->lock);
 }
 
@@ -469,27 +478,30 @@ static int same_ip(const uint8_t *sa, const uint8_t *src)
     return 0;
 }
 
-/*
- * Wire -> device, received payloads in slots first..first+n-1 (sources in addrs): decapsulate,
- * complete partial inner checksums, then action[i] = segment index for a frame delivered by the
- * fast path, VX_ACT_UPCALL or VX_ACT_DROP (a datagram too large for its slot). Returns hits.
- */
-int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms)
+/* Decapsulate received payloads in slots first..first+n-1 and complete partial inner checksums. */
+static void rx_decap(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n)
+{
+    uint8_t *base = b->buf + (size_t)first * b->slot;
+    vx_decap_batch(base, b->slot, b->headroom, n, b->payload_len + first, dp->strict,
+                   b->vni + first, b->status + first, b->frame_len + first);
+    uint32_t fixed =
+        dp->csum ? vx_complete_checksums(base, b->slot, b->headroom, n, b->frame_len + first) : 0;
+    __atomic_fetch_add(&dp->checksums, fixed, __ATOMIC_RELAXED);
+}
+
+/* Set action[i] for the decapsulated slots order[0..n), taken in that order (wire order); see
+ * vx_dp_rx_classify. Returns hits. */
+static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, uint64_t now_ms)
 {
     int hits = 0;
     /* Source MACs sent up in this batch: Python may learn or move them, so their later frames
      * go up too (the engine sees each MAC's frames in order, as without the cache). */
     uint64_t up[64];
     uint32_t nup = 0;
-    uint8_t *base = b->buf + (size_t)first * b->slot;
-    vx_decap_batch(base, b->slot, b->headroom, n, b->payload_len + first, dp->strict,
-                   b->vni + first, b->status + first, b->frame_len + first);
-    uint32_t fixed =
-        dp->csum ? vx_complete_checksums(base, b->slot, b->headroom, n, b->frame_len + first) : 0;
     pthread_mutex_lock(&dp->lock);
-    __atomic_fetch_add(&dp->checksums, fixed, __ATOMIC_RELAXED);
     int last_vni = -1, s = -1;
-    for (uint32_t i = first; i < first + n; i++) {
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = order[k];
         b->action[i] = VX_ACT_UPCALL;
         if (b->payload_len[i] == VX_TRUNCATED) {
             b->action[i] = VX_ACT_DROP;
@@ -537,6 +549,22 @@ int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64
     }
     pthread_mutex_unlock(&dp->lock);
     return hits;
+}
+
+/*
+ * Wire -> device, received payloads in slots first..first+n-1 (sources in addrs): decapsulate,
+ * complete partial inner checksums, then action[i] = segment index for a frame delivered by the
+ * fast path, VX_ACT_UPCALL or VX_ACT_DROP (a datagram too large for its slot); order[i] = i.
+ * Returns hits.
+ */
+int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms)
+{
+    if (first > b->capacity || n > b->capacity - first)
+        return 0;
+    rx_decap(dp, b, first, n);
+    for (uint32_t i = first; i < first + n; i++)
+        b->order[i] = i;
+    return rx_decide(dp, b, b->order + first, n, now_ms);
 }
 
 /* --- pumps: I/O + classification, one Python crossing per batch ---------------------------- */
@@ -905,72 +933,169 @@ int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t r
 }
 
 /*
- * Wire -> device: receive a batch from the UDP socket fd (recvmmsg), classify it and write the
- * delivered frames to their TAPs. Repeats up to `rounds` batches while nothing needs Python.
- * Returns datagrams received in the last batch (upcall slots marked, *upcalls of them), 0 when
- * the socket is drained, or -errno: a socket error (ICMP report; *gone_vni = -1) or a TAP gone
- * (*gone_vni = its VNI).
+ * UDP GRO (a socket with UDP_GRO on): one receive can hold several datagrams of one flow back
+ * to back, each gso_size[m] bytes but the last. Consecutive TCP segments of one stream are
+ * coalesced in place into one datagram carrying a super-frame, when the segment's TAP takes GSO
+ * frames (vnet and mtu set: vx_tap_write gives it a GSO header); anything else is split: the
+ * first datagram stays in slot m, the others are copied to the spill slots (next..). Slots go
+ * to order[] in wire order. Returns 0, or -1 if the spill slots cannot take the split now (the
+ * pump finishes this batch and comes back for slot m). A receive of more datagrams than the
+ * spill slots can ever take (more than capacity - area + 1) is dropped as truncated.
  */
-int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
-                  uint32_t *upcalls, int64_t *gone_vni)
+static int rx_expand(vx_dp *dp, vx_batch *b, uint32_t area, uint32_t m, uint32_t *next,
+                     uint32_t *nout)
+{
+    uint32_t len = b->payload_len[m], g = b->gso_size[m];
+    uint8_t *p = b->buf + (size_t)m * b->slot + b->headroom - VX_HLEN;
+    if (len == VX_TRUNCATED || g == 0 || len <= g) {
+        b->order[(*nout)++] = m;
+        return 0;
+    }
+    uint32_t nseg = (len - 1) / g + 1;
+    if (nseg - 1 > b->capacity - area) {
+        b->payload_len[m] = VX_TRUNCATED;
+        b->order[(*nout)++] = m;
+        return 0;
+    }
+    if (*next + nseg - 1 > b->capacity)
+        return -1;
+    pthread_mutex_lock(&dp->lock);
+    int s = len >= VX_HLEN ? seg_index(dp, ((uint32_t)p[4] << 16) | ((uint32_t)p[5] << 8) | p[6])
+                           : -1;
+    int gso_tap = s >= 0 && dp->segs[s].vnet && dp->segs[s].mtu;
+    dp->gro[0]++;
+    pthread_mutex_unlock(&dp->lock);
+    b->order[(*nout)++] = m;
+    uint32_t c = gso_tap ? vx_gro_coalesce(p, len, g) : 0;
+    if (c) {
+        b->payload_len[m] = c;
+        __atomic_fetch_add(&dp->gro[1], 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    for (uint32_t t = 1; t < nseg; t++) {
+        uint32_t d = (*next)++;
+        uint32_t plen = t + 1 < nseg ? g : len - t * g;
+        memcpy(b->buf + (size_t)d * b->slot + b->headroom - VX_HLEN, p + (size_t)t * g, plen);
+        memcpy(b->addrs + (size_t)d * VX_ADDR_LEN, b->addrs + (size_t)m * VX_ADDR_LEN,
+               VX_ADDR_LEN);
+        b->payload_len[d] = plen;
+        b->gso_size[d] = 0;
+        b->order[(*nout)++] = d;
+    }
+    b->payload_len[m] = g;
+    __atomic_fetch_add(&dp->gro[2], 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* Write the frames that order[0..n) says the fast path delivers, one C loop per segment
+ * (usually there is one), in wire order. Counts the upcalls in *upcalls. Returns 0, or -errno
+ * with *gone_vni set when a TAP is gone. */
+static int rx_write(vx_dp *dp, vx_batch *b, uint32_t n, uint32_t *upcalls, int64_t *gone_vni)
 {
     uint32_t slots[VX_MAX_BATCH];
-    *upcalls = 0;
-    *gone_vni = -1;
-    if (b->capacity > VX_MAX_BATCH)
-        return -EINVAL;
-    int n = 0;
-    for (uint32_t round = 0; round < rounds; round++) {
-        uint32_t trunc = 0;
-        n = 0;
-        while ((uint32_t)n < b->capacity) {
-            int r = vx_recv_batch(fd, b->buf, b->slot, b->headroom, (uint32_t)n, b->capacity,
-                                  b->max_frame + VX_HLEN, b->payload_len, b->addrs, &trunc);
-            if (r < 0) {
-                if (n == 0)
-                    return r;
-                break;
-            }
-            if (r == 0)
-                break;
-            n += r;
-        }
-        if (n == 0)
-            return 0;
-        vx_dp_rx_classify(dp, b, 0, (uint32_t)n, now_ms);
-        /* write the delivered frames, one C loop per segment (usually there is one) */
-        uint8_t written[VX_MAX_BATCH];
-        memset(written, 0, (size_t)n);
-        for (int first = 0; first < n; first++) {
-            int32_t s = b->action[first];
-            if (s == VX_ACT_UPCALL)
-                (*upcalls)++;
-            if (s < 0 || written[first])
-                continue;
-            uint32_t k = 0;
-            for (int i = first; i < n; i++)
-                if (b->action[i] == s) {
-                    slots[k++] = (uint32_t)i;
-                    written[i] = 1;
-                }
-            vx_seg *g = &dp->segs[s];
-            uint32_t errs = 0;
-            int w = vx_tap_write(g->tap_fd, b->buf, b->slot, b->headroom, slots, k, b->frame_len,
-                                 g->vnet, g->mtu, &errs);
-            if (errs) {
-                pthread_mutex_lock(&dp->lock);
-                g->c[4] += errs;
-                pthread_mutex_unlock(&dp->lock);
-            }
-            if (w < 0) {
-                *gone_vni = g->vni;
-                return w;
+    uint8_t written[VX_MAX_BATCH];
+    memset(written, 0, b->capacity);
+    for (uint32_t first = 0; first < n; first++) {
+        int32_t s = b->action[b->order[first]];
+        if (s == VX_ACT_UPCALL)
+            (*upcalls)++;
+        if (s < 0 || written[b->order[first]])
+            continue;
+        uint32_t k = 0;
+        for (uint32_t j = first; j < n; j++) {
+            uint32_t i = b->order[j];
+            if (b->action[i] == s) {
+                slots[k++] = i;
+                written[i] = 1;
             }
         }
-        if (*upcalls || (uint32_t)n < b->capacity)
-            return n;
+        vx_seg *g = &dp->segs[s];
+        uint32_t errs = 0;
+        int w = vx_tap_write(g->tap_fd, b->buf, b->slot, b->headroom, slots, k, b->frame_len,
+                             g->vnet, g->mtu, &errs);
+        if (errs) {
+            pthread_mutex_lock(&dp->lock);
+            g->c[4] += errs;
+            pthread_mutex_unlock(&dp->lock);
+        }
+        if (w < 0) {
+            *gone_vni = g->vni;
+            return w;
+        }
     }
-    return n;
+    return 0;
+}
+
+/*
+ * Wire -> device: receive a batch from the UDP socket fd (recvmmsg, into slots
+ * 0..capacity-spill-1), split or coalesce UDP GRO receives (rx_expand; the last `spill` slots
+ * take split datagrams), classify and write the delivered frames to their TAPs. Repeats up to
+ * `rounds` receives while nothing needs Python. Returns datagrams in the last batch, listed in
+ * order[0..n) (upcall slots marked, out[0] of them), 0 when the socket is drained, or -errno:
+ * a socket error (ICMP report; *gone_vni = -1) or a TAP gone (*gone_vni = its VNI).
+ * out[1]: 0 the socket is drained; 1 it may hold more; 2 received datagrams still wait in the
+ * batch (a split that did not fit): call again, with the same batch, before anything else.
+ */
+int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
+                  uint32_t spill, uint32_t *out, int64_t *gone_vni)
+{
+    out[0] = out[1] = 0;
+    *gone_vni = -1;
+    if (b->capacity > VX_MAX_BATCH || spill >= b->capacity)
+        return -EINVAL;
+    uint32_t area = b->capacity - spill, received = 0;
+    if (dp->pend_hi > dp->pend_lo && dp->pend_buf != b->buf) {
+        __atomic_fetch_add(&dp->gro[3], dp->pend_hi - dp->pend_lo, __ATOMIC_RELAXED);
+        dp->pend_lo = dp->pend_hi = 0;
+    }
+    for (;;) {
+        uint32_t lo = dp->pend_lo, hi = dp->pend_hi, full = 1;
+        dp->pend_lo = dp->pend_hi = 0;
+        if (hi == lo) {
+            if (received++ == rounds) {
+                out[1] = 1;
+                return 0;
+            }
+            uint32_t trunc = 0;
+            int n = 0;
+            while ((uint32_t)n < area) {
+                int r = vx_recv_batch(fd, b->buf, b->slot, b->headroom, (uint32_t)n, area,
+                                      b->max_frame + VX_HLEN, b->payload_len, b->addrs,
+                                      b->gso_size, &trunc);
+                if (r < 0) {
+                    if (n == 0)
+                        return r;
+                    break;
+                }
+                if (r == 0)
+                    break;
+                n += r;
+            }
+            if (n == 0)
+                return 0;
+            lo = 0;
+            hi = (uint32_t)n;
+            full = hi == area;
+        }
+        uint32_t next = area, nout = 0, m;
+        for (m = lo; m < hi; m++)
+            if (rx_expand(dp, b, area, m, &next, &nout) < 0)
+                break;
+        if (m < hi) {
+            dp->pend_buf = b->buf;
+            dp->pend_lo = m;
+            dp->pend_hi = hi;
+        }
+        rx_decap(dp, b, lo, m - lo);
+        rx_decap(dp, b, area, next - area);
+        rx_decide(dp, b, b->order, nout, now_ms);
+        int w = rx_write(dp, b, nout, &out[0], gone_vni);
+        if (w < 0)
+            return w;
+        out[1] = m < hi ? 2 : full;
+        if (out[0] || out[1] == 0)
+            return (int)nout;
+    }
 }
 
 /*

@@ -26,6 +26,9 @@
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 #define VX_HLEN 8
 #define VX_CHUNK 64
@@ -217,14 +220,20 @@ int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const u
  * at headroom - 8, room for max_payload bytes). Sets payload_len[i] and copies each source
  * address into addrs + i * 28 (room for a sockaddr_in6). A datagram larger than its slot is
  * marked with payload_len VX_TRUNCATED (never a real length) and counted in *truncated.
- * Returns datagrams received (0 when none is waiting), or -errno.
+ * With gro non-NULL, gro[i] is the segment size of a UDP GRO receive (a socket with UDP_GRO
+ * on: several datagrams of gro[i] bytes, the last possibly shorter, back to back in the slot),
+ * else 0. Returns datagrams received (0 when none is waiting), or -errno.
  */
 int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
                   uint32_t cap, uint32_t max_payload, uint32_t *payload_len, uint8_t *addrs,
-                  uint32_t *truncated)
+                  uint16_t *gro, uint32_t *truncated)
 {
     struct mmsghdr msgs[VX_CHUNK];
     struct iovec iov[VX_CHUNK];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctrl[VX_CHUNK];
     if (headroom < VX_HLEN || first >= cap)
         return 0;
     uint32_t k = cap - first < VX_CHUNK ? cap - first : VX_CHUNK;
@@ -237,12 +246,26 @@ int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
         msgs[j].msg_hdr.msg_namelen = 28;
         msgs[j].msg_hdr.msg_iov = &iov[j];
         msgs[j].msg_hdr.msg_iovlen = 1;
+        if (gro) {
+            msgs[j].msg_hdr.msg_control = ctrl[j].buf;
+            msgs[j].msg_hdr.msg_controllen = sizeof(ctrl[j].buf);
+        }
     }
     int r = recvmmsg(fd, msgs, k, MSG_DONTWAIT, NULL);
     if (r < 0)
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
     for (int j = 0; j < r; j++) {
         uint32_t i = first + (uint32_t)j;
+        if (gro) {
+            gro[i] = 0;
+            struct msghdr *h = &msgs[j].msg_hdr;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm != NULL; cm = CMSG_NXTHDR(h, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                    int size;
+                    memcpy(&size, CMSG_DATA(cm), sizeof(size));
+                    gro[i] = size > 0 && size <= 0xFFFF ? (uint16_t)size : 0;
+                }
+        }
         if (msgs[j].msg_hdr.msg_flags & MSG_TRUNC) {
             payload_len[i] = 0xFFFFFFFFu; /* VX_TRUNCATED */
             (*truncated)++;

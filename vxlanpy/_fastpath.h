@@ -35,7 +35,7 @@ int vx_tap_write(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, const u
                  uint32_t *errors);
 int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
                   uint32_t cap, uint32_t max_payload, uint32_t *payload_len, uint8_t *addrs,
-                  uint32_t *truncated);
+                  uint16_t *gro, uint32_t *truncated);
 
 /* datapath: forwarding cache, classification, pumps (_fastdp.c); vx_batch describes a
  * FrameBatch (batch.py), keep the two in step */
@@ -50,6 +50,7 @@ typedef struct vx_batch {
     uint8_t *vnet_flags;
     int32_t *action;
     uint8_t *addrs;
+    uint32_t *order; /* receive pump: the slots it filled, in the order they came off the wire */
 } vx_batch;
 typedef struct vx_dp vx_dp;
 vx_dp *vx_dp_new(uint32_t lo, uint32_t hi, int strict, int complete_checksums);
@@ -67,7 +68,8 @@ int vx_dp_get(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *remote, uin
 uint32_t vx_dp_dump(vx_dp *dp, uint32_t vni, uint8_t *macs, uint32_t *remote, uint32_t *flags,
                     uint64_t *seen_ms, uint32_t cap);
 int vx_dp_counters(vx_dp *dp, uint32_t vni, uint64_t *out);
-void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err);
+void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err,
+                  uint64_t *gro);
 int vx_dp_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_t n);
 int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms);
 int vx_dp_sender_start(vx_dp *dp, uint32_t slot, uint32_t headroom, uint32_t max_frame,
@@ -76,7 +78,7 @@ int64_t vx_dp_sender_sent(vx_dp *dp);
 int vx_dp_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, vx_batch *sb, uint32_t rounds,
                   uint32_t *upcalls);
 int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
-                  uint32_t *upcalls, int64_t *gone_vni);
+                  uint32_t spill, uint32_t *out, int64_t *gone_vni);
 int vx_dp_spin(const int *fds, uint32_t n, uint32_t usec);
 
 #endif

@@ -48,6 +48,7 @@ class FrameBatch:
         "vnet_flags",
         "action",
         "addrs",
+        "order",
         "views",
     )
 
@@ -81,6 +82,8 @@ class FrameBatch:
         # the C datapath's verdict per slot (fastcache.py) and each datagram's source sockaddr
         self.action = array("i", bytes(4 * capacity))
         self.addrs = bytearray(28 * capacity)
+        # the C receive pump's slots in wire order (its split UDP GRO receives use spare slots)
+        self.order = array("I", bytes(4 * capacity))
         self.views: dict[str, Any] = {}  # per-backend cached views (cffi pointers)
 
     def frame_offset(self, i: int) -> int:

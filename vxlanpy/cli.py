@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         "thread (one core instead of two)",
     )
     run.add_argument(
+        "--no-gro",
+        action="store_true",
+        help="no UDP_GRO on the receiving socket: every datagram is received and written to "
+        "the TAP on its own",
+    )
+    run.add_argument(
         "--busy-poll",
         type=int,
         default=0,
@@ -167,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
-# --no-offload, --no-fast-path, --no-send-thread, apply to both forms)
+# --no-offload, --no-fast-path, --no-send-thread, --no-gro, apply to both forms)
 _NOT_CONFIG = {
     "command",
     "config",
@@ -177,6 +183,7 @@ _NOT_CONFIG = {
     "no_offload",
     "no_fast_path",
     "no_send_thread",
+    "no_gro",
 }
 _RUN_DEFAULTS: dict[str, object] = {}
 
@@ -202,6 +209,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
             cfg.fast_path = False
         if a.no_send_thread:
             cfg.send_thread = False
+        if a.no_gro:
+            cfg.gro = False
         return cfg, a.control or control
     if a.vni is None:
         raise UsageError("run needs --vni (or --config FILE)")
@@ -236,6 +245,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         fast_path=not a.no_fast_path,
         busy_poll=a.busy_poll,
         send_thread=not a.no_send_thread,
+        gro=not a.no_gro,
     ).validate()
     return cfg, a.control
 

@@ -84,6 +84,7 @@ class VtepConfig:
     fast_path: bool = True  # the C forwarding cache (cffi backend); False: every frame in Python
     busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
+    gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -219,6 +220,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "fast_path": (bool, "true or false"),
     "busy_poll": (int, "an integer number of microseconds 0..1000000"),
     "send_thread": (bool, "true or false"),
+    "gro": (bool, "true or false"),
     "control": (str, "a path"),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -335,6 +337,7 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         fast_path=bool(vt.get("fast_path", True)),
         busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
         send_thread=bool(vt.get("send_thread", True)),
+        gro=bool(vt.get("gro", True)),
     )
     try:
         cfg.validate(in_file=True)

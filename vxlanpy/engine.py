@@ -381,9 +381,11 @@ class Engine:
         """The datagrams of ``batch`` the C path sent up (already decapsulated by it)."""
         fp = self.fastpath
         assert fp is not None
-        slots = [i for i in range(batch.count) if batch.action[i] == UPCALL]
+        # batch.order: the slots in wire order (the receive pump puts split GRO datagrams in
+        # spare slots); rx_classify leaves it 0..count-1
+        slots = [i for i in batch.order[: batch.count] if batch.action[i] == UPCALL]
         if slots:
-            sources = [""] * batch.count
+            sources = [""] * batch.capacity
             for i in slots:
                 sources[i] = fp.source(batch, i)
             self.handle_datagrams(batch, sources, now, slots=slots, prepared=True)

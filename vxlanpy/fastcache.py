@@ -36,6 +36,8 @@ __all__ = [
     "F_STATIC",
     "F_LEARNED",
     "COUNTERS",
+    "GRO_COUNTERS",
+    "RxPump",
 ]
 
 UPCALL = -1
@@ -46,6 +48,22 @@ SEG_LEARNING, SEG_VLAN, SEG_PROXY = 1, 2, 4
 MAX_REMOTES = 65536
 MAX_BATCH = 1024  # the largest FrameBatch the pumps take (VX_MAX_BATCH)
 COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tap_write_errors", "gso_frames")
+# UDP GRO receives holding several datagrams; of them coalesced into one TCP super-frame, split
+# into their datagrams; datagrams dropped because the pump was handed another batch meanwhile
+GRO_COUNTERS = ("receives", "coalesced", "split", "pending_dropped")
+RX_DRAINED, RX_MORE, RX_PENDING = 0, 1, 2  # RxPump.more
+
+
+class RxPump(NamedTuple):
+    """What one ``rx_pump`` call did: ``n`` datagrams in the last batch (``-errno`` on error),
+    ``upcalls`` among them, ``gone`` the VNI whose TAP is gone (-1), ``more``: RX_DRAINED,
+    RX_MORE (the socket may hold more) or RX_PENDING (datagrams received but not yet handled
+    wait in the batch: call again with it)."""
+
+    n: int
+    upcalls: int
+    gone: int
+    more: int
 
 
 class CacheEntry(NamedTuple):
@@ -231,12 +249,19 @@ class FastPath:
         return {name: int(out[k]) for k, name in enumerate(COUNTERS)}
 
     def global_counters(self) -> dict[str, Any]:
-        """``truncated``, ``checksums_completed`` and ``send_errors`` (errno name -> count)."""
+        """``truncated``, ``checksums_completed``, ``send_errors`` (errno name -> count) and
+        ``gro`` (the receive pump's UDP GRO counters, :data:`GRO_COUNTERS`)."""
         t, c = self._ffi.new("uint64_t[1]"), self._ffi.new("uint64_t[1]")
         errs = self._ffi.new("uint64_t[256]")
-        self._lib.vx_dp_global(self._dp, t, c, errs)
+        gro = self._ffi.new(f"uint64_t[{len(GRO_COUNTERS)}]")
+        self._lib.vx_dp_global(self._dp, t, c, errs, gro)
         send = {errno.errorcode.get(e, str(e)): int(errs[e]) for e in range(256) if errs[e]}
-        return {"truncated": int(t[0]), "checksums_completed": int(c[0]), "send_errors": send}
+        return {
+            "truncated": int(t[0]),
+            "checksums_completed": int(c[0]),
+            "send_errors": send,
+            "gro": {name: int(gro[k]) for k, name in enumerate(GRO_COUNTERS)},
+        }
 
     # --- forwarding ---------------------------------------------------------------------
 
@@ -253,10 +278,11 @@ class FastPath:
                 fb("uint8_t[]", batch.vnet_flags),
                 fb("int32_t[]", batch.action),
                 fb("uint8_t[]", batch.addrs),
+                fb("uint32_t[]", batch.order),
             ]
             s = self._ffi.new("vx_batch *")
             s.buf, s.frame_len, s.payload_len, s.vni, s.status, s.sport = keep[:6]
-            s.gso_type, s.gso_size, s.vnet_flags, s.action, s.addrs = keep[6:]
+            s.gso_type, s.gso_size, s.vnet_flags, s.action, s.addrs, s.order = keep[6:]
             s.slot, s.headroom = batch.slot, batch.headroom
             s.capacity, s.max_frame = batch.capacity, batch.max_frame
             v = (s, keep)
@@ -309,17 +335,22 @@ class FastPath:
         batch.count = max(n, 0)
         return n, int(self._u32[0])
 
-    def rx_pump(self, fd: int, batch: FrameBatch, now: float, rounds: int) -> tuple[int, int, int]:
-        """Receive from the UDP socket ``fd`` and deliver the hits to their TAPs. Returns
-        (datagrams in ``batch`` now, upcalls among them, VNI whose TAP is gone or -1); a
-        negative first value is ``-errno``."""
+    def rx_pump(
+        self, fd: int, batch: FrameBatch, now: float, rounds: int, spill: int = 0
+    ) -> RxPump:
+        """Receive from the UDP socket ``fd`` (into slots ``0..capacity - spill - 1``) and
+        deliver the hits to their TAPs, up to ``rounds`` receives while nothing needs the
+        engine. A UDP GRO receive (the socket has ``UDP_GRO`` on) is coalesced into one TCP
+        super-frame where it can be, else split into its datagrams, which take the last
+        ``spill`` slots. The datagrams of the last batch are ``batch.order[:n]``, in wire
+        order; ``batch.count`` is set to ``n``."""
         n = int(
             self._lib.vx_dp_rx_pump(
-                self._dp, fd, self._batch(batch), _ms(now), rounds, self._u32, self._i64
+                self._dp, fd, self._batch(batch), _ms(now), rounds, spill, self._u32, self._i64
             )
         )
         batch.count = max(n, 0)
-        return n, int(self._u32[0]), int(self._i64[0])
+        return RxPump(n, int(self._u32[0]), int(self._i64[0]), int(self._u32[1]))
 
     def spin(self, fds: list[int], usec: int) -> bool:
         """Busy-poll ``fds`` (at most 16) for up to ``usec`` µs without sleeping (the GIL is

@@ -280,6 +280,7 @@ class _CffiIO:
                 batch.max_frame + _VXLAN_HLEN,
                 plen,
                 caddrs,
+                self._ffi.NULL,
                 trunc,
             )
         )

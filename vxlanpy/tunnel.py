@@ -49,6 +49,7 @@ _PUMP_ROUNDS = 16  # batches one C pump call may move before it returns to the l
 MAX_UDP_PAYLOAD = 65535 - VXLAN_HLEN
 MAX_GSO_FRAME = 65535 + ETH_HLEN + 4
 MAX_SEGMENTS = 160  # segments of one TSO super-frame (64 KiB at an MSS of 410+)
+GRO_SPILL = 128  # receive slots for the datagrams of a split UDP GRO receive (UDP_MAX_SEGMENTS)
 
 
 class VtepError(Exception):
@@ -92,6 +93,7 @@ class Vtep:
         self._rx_sources: list[str] = []
         self.fast: fastcache.FastPath | None = None
         self._poll_fds: list[int] = []
+        self._rx_spill = 0  # receive slots kept for split UDP GRO receives (0: no UDP_GRO)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -117,12 +119,19 @@ class Vtep:
         self._seg_batch = FrameBatch(MAX_SEGMENTS, max_frame)
         # Receive slots hold any UDP datagram: a kernel peer over veth hands over tunnel-GSO
         # super-packets (up to 64 KiB) that the socket does not segment for us.
-        self._rx_batch = FrameBatch(self._batch_size, MAX_UDP_PAYLOAD)
-        if (
+        # With UDP_GRO, the C pump splits the receives it cannot coalesce into GRO_SPILL more.
+        fast = (
             self.config.fast_path
             and fastcache.available()
-            and self._batch_size <= fastcache.MAX_BATCH
-        ):
+            and self._batch_size + GRO_SPILL <= fastcache.MAX_BATCH
+        )
+        if fast and self.config.gro and self.config.offload:
+            if self.transport.enable_gro():
+                self._rx_spill = GRO_SPILL
+            else:
+                log.info("UDP_GRO refused by the kernel: each datagram is received on its own")
+        self._rx_batch = FrameBatch(self._batch_size + self._rx_spill, MAX_UDP_PAYLOAD)
+        if fast:
             self._attach_fastpath()
         loop = self._loop
         for vni, tap in self.taps.items():
@@ -296,14 +305,16 @@ class Vtep:
         engine.sync_fastpath()
         fd = transport.fileno()
         upcalls = False
+        more = fastcache.RX_DRAINED
         for _ in range(_READ_BUDGET):
             now = self._loop.time()
-            n, up, gone = fp.rx_pump(fd, batch, now, _PUMP_ROUNDS)
+            n, up, gone, more = fp.rx_pump(fd, batch, now, _PUMP_ROUNDS, self._rx_spill)
             if n < 0:
                 if gone >= 0:
                     self._fail(self.taps[gone].gone(-n))
                     return
                 transport.count_error(-n)  # an ICMP report surfaced on the socket
+                more = fastcache.RX_MORE
                 continue
             if up:
                 upcalls = True
@@ -312,8 +323,11 @@ class Vtep:
                 if self._stopped.is_set():
                     return
                 engine.sync_fastpath()
-            if n < batch.capacity:
+            if more == fastcache.RX_DRAINED:
                 break
+        if more == fastcache.RX_PENDING:
+            # datagrams wait in the batch and the socket may never become readable again
+            self._loop.call_soon(self._resume_udp)
         self._settle(upcalls)
 
     def _send(self, batch: FrameBatch, datagrams: list[Datagram], gso: bool) -> None:
@@ -374,6 +388,10 @@ class Vtep:
         lo, hi = self.engine.srcport
         fast.encap_batch(seg, lo, hi)
         transport.send_segments(seg, n, d.port, d.host)
+
+    def _resume_udp(self) -> None:
+        if not self._stopped.is_set() and self.transport is not None:
+            self._on_udp()
 
     def _on_udp(self) -> None:
         batch = self._rx_batch
@@ -535,8 +553,10 @@ class Vtep:
         checksums = self.engine.checksums_completed
         gso_frames = self.gso_frames
         sent = fp.sender_sent() if fp is not None else None
+        gro = dict.fromkeys(fastcache.GRO_COUNTERS, 0)
         if fp is not None:
             g = fp.global_counters()
+            gro = g["gro"]
             socket_errors.update(g["send_errors"])
             if g["truncated"]:
                 socket_errors["truncated"] += g["truncated"]
@@ -557,6 +577,8 @@ class Vtep:
             "fast_path": fp is not None,
             "send_thread": sent is not None,
             "send_thread_frames": sent or 0,
+            "udp_gro": self._rx_spill > 0,
+            "gro": gro,
         }
 
     def describe(self) -> str:

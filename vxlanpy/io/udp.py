@@ -30,6 +30,7 @@ __all__ = ["UdpTransport", "TransportError", "DfPolicy"]
 DfPolicy = Literal["unset", "set"]
 
 IP_MTU_DISCOVER = 10
+UDP_GRO = 104  # linux/udp.h; not in the socket module
 IPV6_MTU_DISCOVER = 23
 _PMTU_DONT, _PMTU_DO = 0, 2  # the same values for IP_ and IPV6_PMTUDISC_*
 # per family (v6?): level, MTU discovery, TTL/hops, TOS/class, multicast TTL/hops, mcast loop
@@ -194,6 +195,16 @@ class UdpTransport:
 
     def fileno(self) -> int:
         return self.rx.fileno()
+
+    def enable_gro(self) -> bool:
+        """Turn on UDP_GRO on the receiving socket (Linux 5.0+): one receive may then hold
+        several datagrams of a flow back to back, with their size in a control message. Only
+        the C receive pump reads such a socket. False if the kernel refuses it."""
+        try:
+            self.rx.setsockopt(socket.IPPROTO_UDP, UDP_GRO, 1)
+        except OSError:
+            return False
+        return True
 
     # --- receiving -------------------------------------------------------------------------
 
