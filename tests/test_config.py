@@ -30,6 +30,7 @@ offload = false
 fast_path = false
 busy_poll = 200
 send_thread = false
+gro = false
 control = "/run/vxlanpy/test-config.sock"
 
 [[segment]]
@@ -98,6 +99,7 @@ EXPECTED = VtepConfig(
     fast_path=False,
     busy_poll=200,
     send_thread=False,
+    gro=False,
 )
 
 
@@ -132,6 +134,20 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
     assert cfg == VtepConfig(segments=[SegmentSpec(vni=7)])
     assert cfg.segments[0].tap_name == "vxlan7"
     assert cfg.srcport == (49152, 65535) and cfg.dstport == 4789
+
+
+@pytest.mark.parametrize("flag", ["--no-gro", "--no-send-thread", "--no-offload"])
+def test_switch_off_flags_apply_with_and_without_config(tmp_path: Path, flag: str) -> None:
+    """The switches that turn a fast-path feature off work on the command line and on top
+    of a config file; without them the feature is on."""
+    from vxlanpy.cli import build_parser, config_from_args
+
+    key = flag[len("--no-") :].replace("-", "_")
+    path = _write(tmp_path, "[[segment]]\nvni = 7\n")
+    for argv in (["run", "--vni", "7"], ["run", "--config", path]):
+        on, _ = config_from_args(build_parser().parse_args(argv))
+        off, _ = config_from_args(build_parser().parse_args([*argv, flag]))
+        assert getattr(on, key) is True and getattr(off, key) is False, argv
 
 
 def test_srcport_as_list(tmp_path: Path) -> None:

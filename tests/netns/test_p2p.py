@@ -69,16 +69,28 @@ def test_vxlanpy_vs_kernel(
     assert a.sh("ip", "-o", "link", "show").count("vx0") == 0  # TAP removed on exit
 
 
-@pytest.mark.parametrize("port", [4789, 8472])
-def test_vxlanpy_vs_vxlanpy(topo: Topology, port: int) -> None:
+@pytest.mark.parametrize(("port", "gro"), [(4789, True), (8472, False)])
+def test_vxlanpy_vs_vxlanpy(topo: Topology, port: int, gro: bool) -> None:
     a, b, dev, ua, ub = _pair(topo)
     common = ["--vni", "120", "--dstport", str(port), "--tap", "vx0"]
+    common += [] if gro else ["--no-gro"]
     va = Vxlanpy(topo, a, [*common, "--local", ua, "--remote", ub, "--address", "198.19.0.1/24"])
     vb = Vxlanpy(topo, b, [*common, "--local", ub, "--remote", ua, "--address", "198.19.0.2/24"])
     ping(a, "198.19.0.2")
     ping(b, "198.19.0.1")
     tcp_transfer(a, b, "198.19.0.2", 20 * MB)
     assert va.stop() == 0 and vb.stop() == 0
+    stats = vb.stats()
+    assert stats["udp_gro"] == gro
+    received = stats["gro"]  # type: ignore[index]
+    # a's UDP GSO sends of cut super-frames arrive whole at b's UDP_GRO socket; most are one
+    # TCP stream's consecutive segments, coalesced back into a super-frame for b's TAP
+    if gro:
+        assert received["coalesced"] > received["split"], received
+        assert received["coalesced"] + received["split"] == received["receives"]
+    else:
+        assert received == dict.fromkeys(received, 0)
+    assert stats["socket_errors"] == {} and received["pending_dropped"] == 0
 
 
 def test_ipv6_underlay(topo: Topology) -> None:
