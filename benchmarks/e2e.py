@@ -1,9 +1,9 @@
-"""End-to-end benchmark: four VTEP pairs in network namespaces, measured in ONE run.
+"""End-to-end benchmark: VTEP pairs in network namespaces, measured in ONE run.
 
 Pairs (host a <-> host b over a veth underlay, overlay 198.19.0.1 <-> 198.19.0.2):
   kernel-kernel     Linux vxlan on both sides (the reference)
-  vxlanpy-kernel    vxlanpy on a, Linux vxlan on b
-  vxlanpy-vxlanpy   vxlanpy on both sides
+  vxlanpy-kernel    vxlanpy on a, Linux vxlan on b (and vxlanpy variants: VARIANTS)
+  vxlanpy-vxlanpy   vxlanpy on both sides (and without UDP GRO: vxlanpy_nogro)
   naive-naive       benchmarks/naive_forwarder.py on both sides (the per-packet baseline)
 
 For each: TCP throughput a->b with 1 and 4 streams and b->a with 1 stream (iperf3), 64-byte UDP
@@ -38,6 +38,7 @@ PAIRS = (
     "vxlanpy_1t-kernel",
     "vxlanpy_poll-kernel",
     "vxlanpy-vxlanpy",
+    "vxlanpy_nogro-vxlanpy_nogro",
     "naive-naive",
 )
 BUSY_POLL_US = 20000  # vxlanpy_poll: --busy-poll, longer than ping's 10 ms interval
@@ -46,6 +47,7 @@ VARIANTS: dict[str, list[str]] = {
     "vxlanpy": [],
     "vxlanpy_poll": ["--busy-poll", str(BUSY_POLL_US)],
     "vxlanpy_1t": ["--no-send-thread"],
+    "vxlanpy_nogro": ["--no-gro"],
 }
 METRICS: dict[str, tuple[str, str, bool]] = {
     # key: (label, unit, higher is better)
@@ -221,7 +223,9 @@ NOTES = """Pairs: host a's VTEP - host b's VTEP, two network namespaces joined b
 `vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path, offloads, a C sender thread
 for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread` (everything from the event loop's
 thread: one core); `vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next
-packet instead of sleeping: lower latency, one core busy while traffic flows); `naive` is
+packet instead of sleeping: lower latency, one core busy while traffic flows); `vxlanpy_nogro`
+adds `--no-gro` (no UDP GRO on the receiving socket: each datagram received and written to the
+TAP on its own; it matters where the peer sends UDP GSO, i.e. vxlanpy-vxlanpy); `naive` is
 `benchmarks/naive_forwarder.py`, one Python call per packet. iperf3 runs from a to b (`-R`: b
 to a); the UDP tests use 64-byte payloads and 2 MB socket buffers (`-w 2M`) for every pair. The
 loss-free rate is searched (bisection, 5 probes of up to 3 s) between 0 and 1.1 x what iperf3
