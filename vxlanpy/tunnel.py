@@ -123,9 +123,10 @@ class Vtep:
         fast = (
             self.config.fast_path
             and fastcache.available()
-            and self._batch_size + GRO_SPILL <= fastcache.MAX_BATCH
+            and self._batch_size <= fastcache.MAX_BATCH
         )
-        if fast and self.config.gro and self.config.offload:
+        gro = self.config.gro and self.config.offload
+        if fast and gro and self._batch_size + GRO_SPILL <= fastcache.MAX_BATCH:
             if self.transport.enable_gro():
                 self._rx_spill = GRO_SPILL
             else:
