@@ -54,6 +54,7 @@
 #define VX_NCOUNTERS 6 /* rx_packets, rx_bytes, tx_packets, tx_bytes, tap_errors, gso_frames */
 #define VX_MAX_BATCH 1024
 #define VX_NGRO 4
+#define VX_RX_VERIFIED 1 /* vnet_flags of a received slot: coalesced, checksums verified */
 
 typedef struct {
     uint64_t key; /* (segment index + 1) << 48 | MAC; 0 empty, 1 deleted */
@@ -478,14 +479,25 @@ static int same_ip(const uint8_t *sa, const uint8_t *src)
     return 0;
 }
 
-/* Decapsulate received payloads in slots first..first+n-1 and complete partial inner checksums. */
-static void rx_decap(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n)
+/* Decapsulate received payloads in slots first..first+n-1 and complete partial inner checksums;
+ * with pumped set, not in slots whose vnet_flags say the pump has verified them (coalesced). */
+static void rx_decap(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, int pumped)
 {
     uint8_t *base = b->buf + (size_t)first * b->slot;
     vx_decap_batch(base, b->slot, b->headroom, n, b->payload_len + first, dp->strict,
                    b->vni + first, b->status + first, b->frame_len + first);
-    uint32_t fixed =
-        dp->csum ? vx_complete_checksums(base, b->slot, b->headroom, n, b->frame_len + first) : 0;
+    if (!dp->csum)
+        return;
+    uint32_t fixed = 0, end = first + n, i = first;
+    while (i < end) {
+        uint32_t j = i;
+        while (j < end && !(pumped && b->vnet_flags[j] == VX_RX_VERIFIED))
+            j++;
+        fixed += vx_complete_checksums(b->buf + (size_t)i * b->slot, b->slot, b->headroom, j - i,
+                                       b->frame_len + i);
+        for (i = j; i < end && pumped && b->vnet_flags[i] == VX_RX_VERIFIED; i++)
+            ;
+    }
     __atomic_fetch_add(&dp->checksums, fixed, __ATOMIC_RELAXED);
 }
 
@@ -561,7 +573,7 @@ int vx_dp_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64
 {
     if (first > b->capacity || n > b->capacity - first)
         return 0;
-    rx_decap(dp, b, first, n);
+    rx_decap(dp, b, first, n, 0);
     for (uint32_t i = first; i < first + n; i++)
         b->order[i] = i;
     return rx_decide(dp, b, b->order + first, n, now_ms);
@@ -947,6 +959,7 @@ static int rx_expand(vx_dp *dp, vx_batch *b, uint32_t area, uint32_t m, uint32_t
 {
     uint32_t len = b->payload_len[m], g = b->gso_size[m];
     uint8_t *p = b->buf + (size_t)m * b->slot + b->headroom - VX_HLEN;
+    b->vnet_flags[m] = 0;
     if (len == VX_TRUNCATED || g == 0 || len <= g) {
         b->order[(*nout)++] = m;
         return 0;
@@ -969,6 +982,7 @@ static int rx_expand(vx_dp *dp, vx_batch *b, uint32_t area, uint32_t m, uint32_t
     uint32_t c = gso_tap ? vx_gro_coalesce(p, len, g) : 0;
     if (c) {
         b->payload_len[m] = c;
+        b->vnet_flags[m] = VX_RX_VERIFIED; /* its checksums are checked and rewritten */
         __atomic_fetch_add(&dp->gro[1], 1, __ATOMIC_RELAXED);
         return 0;
     }
@@ -980,6 +994,7 @@ static int rx_expand(vx_dp *dp, vx_batch *b, uint32_t area, uint32_t m, uint32_t
                VX_ADDR_LEN);
         b->payload_len[d] = plen;
         b->gso_size[d] = 0;
+        b->vnet_flags[d] = 0;
         b->order[(*nout)++] = d;
     }
     b->payload_len[m] = g;
@@ -1086,8 +1101,8 @@ int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t roun
             dp->pend_lo = m;
             dp->pend_hi = hi;
         }
-        rx_decap(dp, b, lo, m - lo);
-        rx_decap(dp, b, area, next - area);
+        rx_decap(dp, b, lo, m - lo, 1);
+        rx_decap(dp, b, area, next - area, 1);
         rx_decide(dp, b, b->order, nout, now_ms);
         int w = rx_write(dp, b, nout, &out[0], gone_vni);
         if (w < 0)

@@ -55,28 +55,6 @@ static uint16_t fold16(uint64_t s)
     return (uint16_t)s;
 }
 
-/*
- * sum16 of p[0..n), folded, taken as native-order 32-bit words (byte order only permutes the
- * bytes of a one's-complement sum, and 2^16 = 1 mod 0xFFFF): the payloads are nearly all of
- * the bytes, so they get a word-wide loop. Returned in the big-endian convention of sum16.
- */
-static uint32_t sum_payload(const uint8_t *p, size_t n)
-{
-    uint64_t s = 0;
-    uint32_t w;
-    for (; n >= 4; n -= 4, p += 4) {
-        memcpy(&w, p, 4);
-        s += w;
-    }
-    uint8_t t[4] = {0, 0, 0, 0}; /* the tail, zero-padded: an odd last byte is a high half */
-    memcpy(t, p, n);
-    memcpy(&w, t, 4);
-    s += w;
-    uint16_t f = fold16(s);
-    uint8_t b[2];
-    memcpy(b, &f, 2);
-    return get16(b);
-}
 
 /*
  * Coalesce the n = ceil(len / seg) VXLAN datagrams at p (each seg bytes, the last 1..seg) into
@@ -163,7 +141,7 @@ uint32_t vx_gro_coalesce(uint8_t *p, uint32_t len, uint32_t seg)
             return 0;
         if (get32(dth + 4) != seq)
             return 0;
-        uint32_t ps = sum_payload(dth + thl, plen);
+        uint32_t ps = vx_csum16(dth + thl, plen);
         if (fold16(pseudo + l4len + sum16(dth, thl) + ps) != 0xFFFF)
             return 0;
         /* The TCP header length is a multiple of 4, so a payload at an odd merged offset has

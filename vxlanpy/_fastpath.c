@@ -248,6 +248,68 @@ static uint16_t fold16(uint64_t s)
     return (uint16_t)s;
 }
 
+static uint32_t get16(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 8) | p[1];
+}
+
+static void put16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+/*
+ * One's-complement sum of p[0..n) as native-order 16-bit words, folded and returned in the
+ * big-endian convention of sum16 (byte order only permutes the bytes of a one's-complement
+ * sum). Four independent 64-bit accumulators with end-around carry (2^64 = 1 mod 0xFFFF, and
+ * a nonzero sum never turns to 0): 32 bytes per iteration without vector code, about twice as
+ * fast at -O2 as one 32-bit-word accumulator, which gcc does not vectorise when inlined.
+ */
+uint32_t vx_csum16(const uint8_t *p, size_t n)
+{
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, w0, w1, w2, w3;
+    while (n >= 32) {
+        memcpy(&w0, p, 8);
+        memcpy(&w1, p + 8, 8);
+        memcpy(&w2, p + 16, 8);
+        memcpy(&w3, p + 24, 8);
+        s0 += w0;
+        s0 += s0 < w0;
+        s1 += w1;
+        s1 += s1 < w1;
+        s2 += w2;
+        s2 += s2 < w2;
+        s3 += w3;
+        s3 += s3 < w3;
+        p += 32;
+        n -= 32;
+    }
+    uint64_t s = (s0 >> 32) + (s0 & 0xFFFFFFFFu) + (s1 >> 32) + (s1 & 0xFFFFFFFFu)
+                 + (s2 >> 32) + (s2 & 0xFFFFFFFFu) + (s3 >> 32) + (s3 & 0xFFFFFFFFu);
+    uint16_t w16;
+    for (; n >= 4; n -= 4, p += 4) {
+        uint32_t w;
+        memcpy(&w, p, 4);
+        s += w;
+    }
+    if (n >= 2) {
+        memcpy(&w16, p, 2);
+        s += w16;
+        p += 2;
+        n -= 2;
+    }
+    if (n) {
+        uint8_t t[2] = {p[0], 0};
+        memcpy(&w16, t, 2);
+        s += w16;
+    }
+    w16 = fold16(s);
+    uint8_t b[2];
+    memcpy(b, &w16, 2);
+    return get16(b);
+}
+
 /* Complete the TCP/UDP checksum of one frame f[0..len) (len >= 14); 1 if it was rewritten. */
 static int complete_one(uint8_t *f, uint32_t len)
 {
@@ -303,12 +365,12 @@ static int complete_one(uint8_t *f, uint32_t len)
     uint16_t field = (uint16_t)((l4[coff] << 8) | l4[coff + 1]);
     if (v4 && proto == 17 && field == 0) /* UDP over IPv4 without a checksum */
         return 0;
-    uint64_t total = pseudo + sum16(l4, l4len);
+    uint64_t total = pseudo + vx_csum16(l4, l4len);
     if (fold16(total) == 0xFFFF) /* already verifies */
         return 0;
     if (field != fold16(pseudo)) /* not the partial state: a wrong checksum, not ours to fix */
         return 0;
-    uint16_t c = (uint16_t)~fold16(total - field);
+    uint16_t c = (uint16_t)~fold16(total + (uint16_t)~field); /* ~field: -field, one's comp. */
     if (proto == 17 && c == 0)
         c = 0xFFFF;
     l4[coff] = (uint8_t)(c >> 8);
@@ -341,67 +403,6 @@ uint32_t vx_complete_checksums(uint8_t *buf, uint32_t slot, uint32_t headroom, u
 #define VX_TCP_PSH 0x08
 #define VX_TCP_CWR 0x80
 
-static uint32_t get16(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 8) | p[1];
-}
-
-static void put16(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-/*
- * One's-complement sum of p[0..n) as native-order 16-bit words, folded and returned in the
- * big-endian convention of sum16 (byte order only permutes the bytes of a one's-complement
- * sum). Four independent 64-bit accumulators with end-around carry (2^64 = 1 mod 0xFFFF, and
- * a nonzero sum never turns to 0): 32 bytes per iteration without vector code, about twice as
- * fast at -O2 as one 32-bit-word accumulator, which gcc does not vectorise when inlined.
- */
-static uint32_t sum16_fast(const uint8_t *p, size_t n)
-{
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, w0, w1, w2, w3;
-    while (n >= 32) {
-        memcpy(&w0, p, 8);
-        memcpy(&w1, p + 8, 8);
-        memcpy(&w2, p + 16, 8);
-        memcpy(&w3, p + 24, 8);
-        s0 += w0;
-        s0 += s0 < w0;
-        s1 += w1;
-        s1 += s1 < w1;
-        s2 += w2;
-        s2 += s2 < w2;
-        s3 += w3;
-        s3 += s3 < w3;
-        p += 32;
-        n -= 32;
-    }
-    uint64_t s = (s0 >> 32) + (s0 & 0xFFFFFFFFu) + (s1 >> 32) + (s1 & 0xFFFFFFFFu)
-                 + (s2 >> 32) + (s2 & 0xFFFFFFFFu) + (s3 >> 32) + (s3 & 0xFFFFFFFFu);
-    uint16_t w16;
-    for (; n >= 4; n -= 4, p += 4) {
-        uint32_t w;
-        memcpy(&w, p, 4);
-        s += w;
-    }
-    if (n >= 2) {
-        memcpy(&w16, p, 2);
-        s += w16;
-        p += 2;
-        n -= 2;
-    }
-    if (n) {
-        uint8_t t[2] = {p[0], 0};
-        memcpy(&w16, t, 2);
-        s += w16;
-    }
-    w16 = fold16(s);
-    uint8_t b[2];
-    memcpy(b, &w16, 2);
-    return get16(b);
-}
 
 /*
  * Segment the TCP super-frame f[0..len) (untagged Ethernet + IPv4 or IPv6 + TCP) into segments
@@ -503,7 +504,7 @@ uint32_t vx_tso_segment(const uint8_t *f, uint32_t len, uint32_t gso_size, uint3
         put16(dth + 6, sq & 0xFFFFu);
         dth[13] = fl;
         uint64_t s = pseudo + l4len + th_base + (sq >> 16) + (sq & 0xFFFFu)
-                     + ((uint32_t)th[12] << 8) + fl + sum16_fast(dth + thl, chunk);
+                     + ((uint32_t)th[12] << 8) + fl + vx_csum16(dth + thl, chunk);
         put16(dth + 16, (uint16_t)~fold16(s));
         frame_len[first + k] = hlen + chunk;
         vni_out[first + k] = vni;

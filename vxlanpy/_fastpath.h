@@ -5,10 +5,12 @@
  */
 #ifndef VXLANPY_FASTPATH_H
 #define VXLANPY_FASTPATH_H
+#include <stddef.h>
 #include <stdint.h>
 
 /* batch kernels (_fastpath.c) */
 uint32_t vx_flow_hash(const uint8_t *frame, uint32_t len);
+uint32_t vx_csum16(const uint8_t *p, size_t n); /* one's-complement sum, folded, big-endian */
 void vx_encap_batch(uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t n,
                     const uint32_t *frame_len, const uint32_t *vni, uint32_t *payload_len,
                     uint16_t *sport, uint32_t lo, uint32_t hi);
