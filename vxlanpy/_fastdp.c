@@ -111,7 +111,7 @@ struct vx_dp {
     uint64_t truncated, checksums, send_err[256];
     uint64_t gro[VX_NGRO]; /* receives of several datagrams, coalesced, split, pending drops */
     const uint8_t *pend_buf; /* the batch whose slots pend_lo..pend_hi-1 wait for the pump */
-    uint32_t pend_lo, pend_hi;
+    uint32_t pend_lo, pend_hi, pend_full; /* pend_full: their receive filled the batch */
     vx_sender *sender; /* NULL: super-frames are sent by the pump's own thread */
 };
 
@@ -403,8 +403,8 @@ int vx_dp_counters(vx_dp *dp, uint32_t vni, uint64_t *out)
 
 /* Datapath-wide counters: truncated datagrams, checksums completed, send errors by errno, and
  * the UDP GRO counters of the receive pump (gro[0..3]: receives holding several datagrams, of
- * them coalesced into one super-frame, of them split into their datagrams, datagrams dropped
- * because the pump was handed another batch while some waited in the first). */
+ * them coalesced into one super-frame, of them split into their datagrams, receives dropped
+ * because the pump was handed another batch while they waited in the first). */
 void vx_dp_global(vx_dp *dp, uint64_t *truncated, uint64_t *checksums, uint64_t *send_err,
                   uint64_t *gro)
 {
@@ -1064,7 +1064,7 @@ int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t roun
         dp->pend_lo = dp->pend_hi = 0;
     }
     for (;;) {
-        uint32_t lo = dp->pend_lo, hi = dp->pend_hi, full = 1;
+        uint32_t lo = dp->pend_lo, hi = dp->pend_hi, full = dp->pend_full;
         dp->pend_lo = dp->pend_hi = 0;
         if (hi == lo) {
             if (received++ == rounds) {
@@ -1086,8 +1086,10 @@ int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t roun
                     break;
                 n += r;
             }
-            if (n == 0)
+            if (n == 0) {
+                out[1] = 0;
                 return 0;
+            }
             lo = 0;
             hi = (uint32_t)n;
             full = hi == area;
@@ -1100,6 +1102,7 @@ int vx_dp_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t roun
             dp->pend_buf = b->buf;
             dp->pend_lo = m;
             dp->pend_hi = hi;
+            dp->pend_full = full;
         }
         rx_decap(dp, b, lo, m - lo, 1);
         rx_decap(dp, b, area, next - area, 1);

@@ -266,7 +266,9 @@ int vx_recv_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
                     gro[i] = size > 0 && size <= 0xFFFF ? (uint16_t)size : 0;
                 }
         }
-        if (msgs[j].msg_hdr.msg_flags & MSG_TRUNC) {
+        /* a GRO receive whose size did not come through cannot be cut: drop it as truncated */
+        if ((msgs[j].msg_hdr.msg_flags & MSG_TRUNC)
+            || (gro && (msgs[j].msg_hdr.msg_flags & MSG_CTRUNC))) {
             payload_len[i] = 0xFFFFFFFFu; /* VX_TRUNCATED */
             (*truncated)++;
         } else {

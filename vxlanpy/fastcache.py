@@ -49,7 +49,7 @@ MAX_REMOTES = 65536
 MAX_BATCH = 1024  # the largest FrameBatch the pumps take (VX_MAX_BATCH)
 COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tap_write_errors", "gso_frames")
 # UDP GRO receives holding several datagrams; of them coalesced into one TCP super-frame, split
-# into their datagrams; datagrams dropped because the pump was handed another batch meanwhile
+# into their datagrams; receives dropped because the pump was handed another batch meanwhile
 GRO_COUNTERS = ("receives", "coalesced", "split", "pending_dropped")
 RX_DRAINED, RX_MORE, RX_PENDING = 0, 1, 2  # RxPump.more
 

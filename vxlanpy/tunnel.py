@@ -131,6 +131,8 @@ class Vtep:
                 self._rx_spill = GRO_SPILL
             else:
                 log.info("UDP_GRO refused by the kernel: each datagram is received on its own")
+        elif fast and gro:
+            log.info("batch of %d: no room for UDP GRO's spill slots, not used", self._batch_size)
         self._rx_batch = FrameBatch(self._batch_size + self._rx_spill, MAX_UDP_PAYLOAD)
         if fast:
             self._attach_fastpath()
@@ -327,8 +329,12 @@ class Vtep:
             if more == fastcache.RX_DRAINED:
                 break
         if more == fastcache.RX_PENDING:
-            # datagrams wait in the batch and the socket may never become readable again
+            # datagrams wait in the batch and the socket may never become readable again:
+            # come back to them next, without busy-polling first
             self._loop.call_soon(self._resume_udp)
+            if upcalls:
+                self._after_work()
+            return
         self._settle(upcalls)
 
     def _send(self, batch: FrameBatch, datagrams: list[Datagram], gso: bool) -> None:

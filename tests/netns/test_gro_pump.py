@@ -95,6 +95,9 @@ for sends in args["phases"]:  # each: send every run, then pump until drained
             io.tap_write(w.fileno(), batch, slots, args["vnet"], args["mtu"])
         if res.more == fastcache.RX_DRAINED:
             break
+        if res.more == fastcache.RX_PENDING and args.get("switch"):
+            batch = FrameBatch(args["capacity"], 65535 - 8)  # what waited in the old one is lost
+            args["switch"] = False
 w.send(b"end")
 t.join(10)
 g = fp.global_counters()
@@ -262,3 +265,13 @@ def test_a_receive_larger_than_the_spill_slots_is_a_counted_drop(ns: Host, tmp_p
     out = _run(ns, tmp_path, [before, big, after], capacity=8 + 16, spill=16)
     assert out["truncated"] == 1
     assert _plain_frames(out) == before + after
+
+
+def test_pending_receives_in_a_batch_not_handed_back_are_counted(ns: Host, tmp_path: Path) -> None:
+    """A caller that moves on to another batch while receives wait in the first loses them:
+    counted in pending_dropped, never taken from the new batch's stale slots."""
+    runs = [_udp_frames(40, 60, tag) for tag in range(4)]
+    out = _run(ns, tmp_path, runs, capacity=8 + 60, spill=60, switch=True)
+    assert out["gro"]["pending_dropped"] == 3  # receives 2..4 waited when the batch changed
+    assert _plain_frames(out) == runs[0]
+    assert out["calls"][-1][3] == fastcache.RX_DRAINED
