@@ -219,6 +219,10 @@ def main(argv: list[str]) -> int:
     if code != 0:
         return int(code)
     data = json.loads(raw.read_text())
+    # pytest-benchmark keeps every timing ("data"): tens of MB per run; the stats are enough
+    for b in data.get("benchmarks", []):
+        b.get("stats", {}).pop("data", None)
+    raw.write_text(json.dumps(data, indent=1) + "\n")
     md = _markdown(data, "python -m benchmarks micro" + (" --quick" if a.quick else ""))
     (out / "micro.md").write_text(md)
     print(md)

@@ -52,5 +52,6 @@ def test_micro_quick(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "micro.json").read_text())
     names = {b["name"] for b in data["benchmarks"]}
     assert "test_pack_batch[cffi]" in names and "test_fdb_lookup[10000]" in names
+    assert all("data" not in b["stats"] for b in data["benchmarks"])  # no raw timings kept
     md = (tmp_path / "micro.md").read_text()
     assert "ns/frame" in md
