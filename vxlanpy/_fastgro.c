@@ -55,7 +55,6 @@ static uint16_t fold16(uint64_t s)
     return (uint16_t)s;
 }
 
-
 /*
  * Coalesce the n = ceil(len / seg) VXLAN datagrams at p (each seg bytes, the last 1..seg) into
  * one, in place: the first datagram's headers, then every segment's TCP payload in order, with

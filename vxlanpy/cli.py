@@ -174,16 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
 # --no-offload, --no-fast-path, --no-send-thread, --no-gro, apply to both forms)
-_NOT_CONFIG = {
-    "command",
-    "config",
-    "control",
-    "no_uvloop",
-    "verbose",
-    "no_offload",
-    "no_fast_path",
-    "no_send_thread",
-    "no_gro",
+_SWITCHES = ("offload", "fast_path", "send_thread", "gro")  # --no-* flags of VtepConfig fields
+_NOT_CONFIG = {"command", "config", "control", "no_uvloop", "verbose"} | {
+    "no_" + key for key in _SWITCHES
 }
 _RUN_DEFAULTS: dict[str, object] = {}
 
@@ -203,14 +196,9 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
             flags = ", ".join("--" + f.replace("_", "-") for f in given)
             raise ConfigError(f"{flags}: put it in the config file (--config takes no VTEP flags)")
         cfg, control = load_config(a.config)
-        if a.no_offload:
-            cfg.offload = False
-        if a.no_fast_path:
-            cfg.fast_path = False
-        if a.no_send_thread:
-            cfg.send_thread = False
-        if a.no_gro:
-            cfg.gro = False
+        for key in _SWITCHES:  # --no-KEY turns off what the file may have on
+            if getattr(a, "no_" + key):
+                setattr(cfg, key, False)
         return cfg, a.control or control
     if a.vni is None:
         raise UsageError("run needs --vni (or --config FILE)")
