@@ -26,7 +26,7 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml setup.py vxlanpy/_fastpath.c vxlanpy/_fastio.c vxlanpy/_fastdp.c vxlanpy/_fastgro.c vxlanpy/_fastpath.h vxlanpy/_build_fastpath.py
+$(STAMP): pyproject.toml setup.py $(wildcard vxlanpy/*.c vxlanpy/*.h) vxlanpy/_build_fastpath.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'

@@ -35,7 +35,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from vxlanpy import fastpath, wire
+from vxlanpy import kernels, wire
 from vxlanpy.batch import FrameBatch
 from vxlanpy.engine import Engine, SegmentConfig
 from vxlanpy.fdb import Fdb, Remote
@@ -206,7 +206,7 @@ def single_cases() -> list[tuple[str, Callable[[int], None], int]]:
     ]
 
 
-def batch_cases(backend: fastpath.Backend) -> list[tuple[str, Callable[[int], None], int]]:
+def batch_cases(backend: kernels.Backend) -> list[tuple[str, Callable[[int], None], int]]:
     lo, hi = wire.DEFAULT_SRCPORT_RANGE
     tx = frame_batch(tx_frames(MAC_B))
     rx = FrameBatch(BATCH, max_frame=2048)
@@ -352,10 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     n_fdb = 10**4 if args.quick else 10**6
 
     names: list[str] = []
-    backends: dict[str, fastpath.Backend] = {}
+    backends: dict[str, kernels.Backend] = {}
     for name in ("cffi", "python"):
         try:
-            backends[name] = fastpath.load(name)
+            backends[name] = kernels.load(name)
             names.append(name)
         except ImportError:
             pass

@@ -23,8 +23,8 @@ import pytest
 from vxlanpy import wire
 from vxlanpy.batch import FrameBatch
 from vxlanpy.engine import Engine, SegmentConfig
-from vxlanpy.fastpath import load
 from vxlanpy.fdb import Fdb
+from vxlanpy.kernels import load
 
 HERE = Path(__file__).resolve().parent
 BATCH = 64

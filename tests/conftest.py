@@ -1,4 +1,4 @@
-"""Shared fixtures. ``fastpath`` runs a test once per fast-path backend (C via cffi, and Python)."""
+"""Shared fixtures. ``kernels`` runs a test once per fast-path backend (C via cffi, and Python)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from vxlanpy import fastpath as _fastpath
+from vxlanpy import kernels as _fastpath
 
 
 @pytest.fixture(scope="session", params=["cffi", "python"])
-def fastpath(request: pytest.FixtureRequest) -> _fastpath.Backend:
+def kernels(request: pytest.FixtureRequest) -> _fastpath.Backend:
     """A fast-path backend; every test that takes it runs on both. Session-scoped: backends are
     stateless (views are cached on each batch), and hypothesis tests may use it."""
     try:

@@ -22,9 +22,9 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
-from vxlanpy import fastpath as fastpath_mod
+from vxlanpy import kernels as kernels_mod
 from vxlanpy.batch import FrameBatch
-from vxlanpy.fastpath import Backend
+from vxlanpy.kernels import Backend
 
 SETTINGS = settings(deadline=None, max_examples=60)
 
@@ -64,11 +64,11 @@ def with_field(frame: bytes, off: int, value: int) -> bytes:
     return frame[:off] + struct.pack("!H", value) + frame[off + 2 :]
 
 
-def run(fastpath: Backend, *frames: bytes) -> tuple[int, list[bytes]]:
+def run(kernels: Backend, *frames: bytes) -> tuple[int, list[bytes]]:
     batch = FrameBatch(len(frames), max(max(map(len, frames)), 14))
     for f in frames:
         batch.append_frame(f)
-    fixed = fastpath.complete_checksums(batch)
+    fixed = kernels.complete_checksums(batch)
     return fixed, [bytes(batch.frame(i)) for i in range(batch.count)]
 
 
@@ -107,25 +107,25 @@ padding = st.one_of(st.just(b""), st.binary(min_size=1, max_size=24))
 
 @SETTINGS
 @given(pkt=l4_packets(), pad=padding)
-def test_correct_checksums_unchanged(fastpath: Backend, pkt: Packet, pad: bytes) -> None:
+def test_correct_checksums_unchanged(kernels: Backend, pkt: Packet, pad: bytes) -> None:
     frame = bytes(pkt) + pad
-    assert run(fastpath, frame) == (0, [frame])
+    assert run(kernels, frame) == (0, [frame])
 
 
 @SETTINGS
 @given(pkt=l4_packets(), pad=padding)
-def test_partial_checksum_completed(fastpath: Backend, pkt: Packet, pad: bytes) -> None:
+def test_partial_checksum_completed(kernels: Backend, pkt: Packet, pad: bytes) -> None:
     good = bytes(pkt)
     off, partial = layout(good)
     frame = with_field(good, off, partial) + pad
-    fixed, out = run(fastpath, frame)
+    fixed, out = run(kernels, frame)
     assert out == [good + pad]  # exactly scapy's checksum; the padding is not summed or touched
     assert fixed == (0 if frame == good + pad else 1)
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("tcp", [True, False], ids=["tcp", "udp"])
-def test_partial_checksum_completed_each_kind(fastpath: Backend, tcp: bool, v6: bool) -> None:
+def test_partial_checksum_completed_each_kind(kernels: Backend, tcp: bool, v6: bool) -> None:
     """One frame per kind, batched together with their correct twins."""
     rng = random.Random(1)
     goods = [
@@ -141,14 +141,14 @@ def test_partial_checksum_completed_each_kind(fastpath: Backend, tcp: bool, v6: 
     for g in goods:
         off, partial = layout(g)
         partials.append(with_field(g, off, partial))
-    fixed, out = run(fastpath, *partials, *goods)
+    fixed, out = run(kernels, *partials, *goods)
     assert fixed == len(goods)
     assert out == goods + goods
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("tcp", [True, False], ids=["tcp", "udp"])
-def test_computed_zero(fastpath: Backend, tcp: bool, v6: bool) -> None:
+def test_computed_zero(kernels: Backend, tcp: bool, v6: bool) -> None:
     """A checksum that computes to 0 is written as 0xFFFF for UDP (0 means none), 0 for TCP."""
     l3 = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2")
     l4 = TCP(sport=1, dport=2) if tcp else UDP(sport=1, dport=2)
@@ -157,43 +157,43 @@ def test_computed_zero(fastpath: Backend, tcp: bool, v6: bool) -> None:
     good = bytes(base / Raw(struct.pack("!H", c0)))  # a payload word that cancels the sum
     off, partial = layout(good)
     assert good[off : off + 2] == (b"\x00\x00" if tcp else b"\xff\xff")
-    assert run(fastpath, with_field(good, off, partial)) == (1, [good])
+    assert run(kernels, with_field(good, off, partial)) == (1, [good])
 
 
 @SETTINGS
 @given(pkt=l4_packets(), field=st.integers(0, 0xFFFF), pad=padding)
-def test_wrong_checksums_unchanged(fastpath: Backend, pkt: Packet, field: int, pad: bytes) -> None:
+def test_wrong_checksums_unchanged(kernels: Backend, pkt: Packet, field: int, pad: bytes) -> None:
     good = bytes(pkt)
     off, partial = layout(good)
     (correct,) = struct.unpack_from("!H", good, off)
     assume(field != partial)
     assume(field % 0xFFFF != correct % 0xFFFF)  # 0 and 0xFFFF are the same one's-complement sum
     frame = with_field(good, off, field) + pad
-    assert run(fastpath, frame) == (0, [frame])
+    assert run(kernels, frame) == (0, [frame])
 
 
 @SETTINGS
 @given(pkt=l4_packets(tcp=False, v6=False))
-def test_udp_ipv4_without_checksum_unchanged(fastpath: Backend, pkt: Packet) -> None:
+def test_udp_ipv4_without_checksum_unchanged(kernels: Backend, pkt: Packet) -> None:
     unchecked = pkt.copy()
     unchecked[UDP].chksum = 0
     frame = bytes(unchecked)
     off, _ = layout(frame)
     assert frame[off : off + 2] == b"\x00\x00"
-    assert run(fastpath, frame) == (0, [frame])
+    assert run(kernels, frame) == (0, [frame])
 
 
 @SETTINGS
 @given(pkts=st.lists(l4_packets(), min_size=1, max_size=4), vni=st.integers(0, 0xFFFFFF))
-def test_receive_path(fastpath: Backend, pkts: list[Packet], vni: int) -> None:
+def test_receive_path(kernels: Backend, pkts: list[Packet], vni: int) -> None:
     """decap_batch then complete_checksums on datagrams a checksum-offloading peer sent."""
     goods = [bytes(p) for p in pkts]
     batch = FrameBatch(len(goods), max(map(len, goods)))
     for g in goods:
         batch.append_payload(bytes(VXLAN(flags=0x08, vni=vni)) + _partial(g))
-    fastpath.decap_batch(batch, True)
+    kernels.decap_batch(batch, True)
     assert list(batch.status) == [0] * len(goods)
-    fastpath.complete_checksums(batch)
+    kernels.complete_checksums(batch)
     assert [bytes(batch.frame(i)) for i in range(batch.count)] == goods
 
 
@@ -251,24 +251,24 @@ CASES = _cases()
 
 
 @pytest.mark.parametrize(("name", "frame"), CASES, ids=[n for n, _ in CASES])
-def test_outside_contract_unchanged(fastpath: Backend, name: str, frame: bytes) -> None:
+def test_outside_contract_unchanged(kernels: Backend, name: str, frame: bytes) -> None:
     batch = FrameBatch(1, 200)
     batch.append_frame(frame)
-    assert fastpath.complete_checksums(batch) == 0, name
+    assert kernels.complete_checksums(batch) == 0, name
     assert bytes(batch.frame(0)) == frame
 
 
-def test_only_slots_below_count(fastpath: Backend) -> None:
+def test_only_slots_below_count(kernels: Backend) -> None:
     frame = _partial(_udp4())
     batch = FrameBatch(3, 100)
     for _ in range(3):
         batch.append_frame(frame)
     batch.count = 2
-    assert fastpath.complete_checksums(batch) == 2
+    assert kernels.complete_checksums(batch) == 2
     batch.count = 3
     assert bytes(batch.frame(2)) == frame
-    assert fastpath.complete_checksums(batch) == 1
-    assert fastpath.complete_checksums(batch) == 0
+    assert kernels.complete_checksums(batch) == 1
+    assert kernels.complete_checksums(batch) == 0
 
 
 # --- Both backends, random input --------------------------------------------------------------
@@ -298,7 +298,7 @@ def mixed_frames(draw: st.DrawFn) -> bytes:
 @pytest.fixture(scope="module")
 def both() -> tuple[Backend, Backend]:
     try:
-        return fastpath_mod.load("cffi"), fastpath_mod.load("python")
+        return kernels_mod.load("cffi"), kernels_mod.load("python")
     except ImportError:
         if os.environ.get("VXLANPY_REQUIRE_C") == "1" or os.environ.get("CI") == "true":
             raise

@@ -22,9 +22,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
-from vxlanpy import fastpath as fastpath_mod
+from vxlanpy import kernels as kernels_mod
 from vxlanpy.batch import FrameBatch
-from vxlanpy.fastpath import Backend
+from vxlanpy.kernels import Backend
 from vxlanpy.wire import encode_header
 
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -40,7 +40,7 @@ TCP_OPTIONS: list[list[tuple[str, Any]]] = [
 @pytest.fixture(scope="module")
 def both() -> tuple[Backend, Backend]:
     try:
-        return fastpath_mod.load("cffi"), fastpath_mod.load("python")
+        return kernels_mod.load("cffi"), kernels_mod.load("python")
     except ImportError:
         if os.environ.get("VXLANPY_REQUIRE_C") == "1" or os.environ.get("CI") == "true":
             raise
@@ -163,7 +163,7 @@ def test_round_trip(
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("mss", [1, 7, 1447, 1448, 8948])
-def test_full_64k_super_frame(fastpath: Backend, v6: bool, mss: int) -> None:
+def test_full_64k_super_frame(kernels: Backend, v6: bool, mss: int) -> None:
     """The largest merge: a 65535-byte IP length, odd MSS putting payloads at odd offsets."""
     l3: Packet = (
         IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2", id=3)
@@ -172,11 +172,11 @@ def test_full_64k_super_frame(fastpath: Backend, v6: bool, mss: int) -> None:
     ip_payload = 0xFFFF if v6 else 0xFFFF - len(l3)
     payload = random.Random(mss).randbytes(ip_payload - len(tcp))
     frame = bytes(ETH / l3 / tcp / Raw(payload))
-    buf, seg = gro(cut(fastpath, frame, mss))
-    assert coalesce(fastpath, buf, seg) == (8 + len(frame), encode_header(VNI) + frame)
+    buf, seg = gro(cut(kernels, frame, mss))
+    assert coalesce(kernels, buf, seg) == (8 + len(frame), encode_header(VNI) + frame)
 
 
-def test_merged_length_over_65535(fastpath: Backend) -> None:
+def test_merged_length_over_65535(kernels: Backend) -> None:
     """Two super-frames of one stream that together exceed an IP length of 65535: refused; one
     byte less is merged."""
     mss = 1448
@@ -186,21 +186,21 @@ def test_merged_length_over_65535(fastpath: Backend) -> None:
         second = random.Random(2).randbytes(0xFFFF - 20 - 20 - len(first) + extra)
         a = bytes(ETH / l3 / TCP(seq=1000, flags="A") / Raw(first))
         b = bytes(ETH / l3 / TCP(seq=1000 + len(first), flags="A") / Raw(second))
-        buf, seg = gro(cut(fastpath, a, mss) + cut(fastpath, b, mss))
+        buf, seg = gro(cut(kernels, a, mss) + cut(kernels, b, mss))
         if extra:
-            assert coalesce(fastpath, buf, seg) == (0, b"")
+            assert coalesce(kernels, buf, seg) == (0, b"")
         else:
             whole = bytes(ETH / l3 / TCP(seq=1000, flags="A") / Raw(first + second))
-            assert coalesce(fastpath, buf, seg) == (8 + len(whole), encode_header(VNI) + whole)
+            assert coalesce(kernels, buf, seg) == (8 + len(whole), encode_header(VNI) + whole)
 
 
-def test_rewrites_only_the_merged_prefix_in_place(fastpath: Backend) -> None:
+def test_rewrites_only_the_merged_prefix_in_place(kernels: Backend) -> None:
     """The merged datagram starts at the buffer's start; bytes past ``length`` are not touched."""
     frame = bytes(ETH / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(flags="A") / Raw(b"m" * 300))
-    buf, seg = gro(cut(fastpath, frame, 100))
+    buf, seg = gro(cut(kernels, frame, 100))
     length = len(buf)
     buf += b"\xee" * 50
-    assert fastpath.gro_coalesce(buf, length, seg) == 8 + len(frame)
+    assert kernels.gro_coalesce(buf, length, seg) == 8 + len(frame)
     assert bytes(buf[: 8 + len(frame)]) == encode_header(VNI) + frame
     assert bytes(buf[length:]) == b"\xee" * 50
 
@@ -215,7 +215,7 @@ def base(v6: bool = False) -> Frames:
     l3: Packet = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2")
     tcp = TCP(sport=40000, dport=5201, seq=77, flags="PA", options=TCP_OPTIONS[1])
     payload = random.Random(v6).randbytes(437)
-    return cut(fastpath_mod.load("python"), bytes(ETH / l3 / tcp / Raw(payload)), 100)
+    return cut(kernels_mod.load("python"), bytes(ETH / l3 / tcp / Raw(payload)), 100)
 
 
 def rebuilt(frame: bytes, change: Callable[[Packet], None]) -> bytes:
@@ -376,53 +376,51 @@ CASES: list[tuple[str, Callable[[Frames], Frames], bool]] = [
 ]
 
 
-def test_base_is_coalesced(fastpath: Backend) -> None:
+def test_base_is_coalesced(kernels: Backend) -> None:
     """The buffers the cases change are accepted as they are (so each case tests its change)."""
     for v6 in (False, True):
         frames = base(v6)
         buf, seg = gro(frames)
         assert len(frames) == 5
-        assert fastpath.gro_coalesce(buf, len(buf), seg) == 8 + len(frames[0]) + 337
+        assert kernels.gro_coalesce(buf, len(buf), seg) == 8 + len(frames[0]) + 337
 
 
 @pytest.mark.parametrize(("name", "mutate", "v6"), CASES, ids=[c[0] for c in CASES])
-def test_refused(
-    fastpath: Backend, name: str, mutate: Callable[[Frames], Frames], v6: bool
-) -> None:
+def test_refused(kernels: Backend, name: str, mutate: Callable[[Frames], Frames], v6: bool) -> None:
     buf, seg = gro(mutate(base(v6)))
     before = bytes(buf)
-    assert fastpath.gro_coalesce(buf, len(buf), seg) == 0, name
+    assert kernels.gro_coalesce(buf, len(buf), seg) == 0, name
     assert bytes(buf) == before
 
 
-def test_refused_other_vni(fastpath: Backend) -> None:
+def test_refused_other_vni(kernels: Backend) -> None:
     frames = base()
     buf, seg = gro(frames, [VNI, VNI, VNI ^ 1, VNI, VNI])
     before = bytes(buf)
-    assert fastpath.gro_coalesce(buf, len(buf), seg) == 0
+    assert kernels.gro_coalesce(buf, len(buf), seg) == 0
     assert bytes(buf) == before
 
 
 @pytest.mark.parametrize("delta", [-1, 1, 7], ids=["seg-short", "seg-long", "seg-longer"])
-def test_refused_wrong_seg(fastpath: Backend, delta: int) -> None:
+def test_refused_wrong_seg(kernels: Backend, delta: int) -> None:
     """A segment size that is not the datagrams' size cuts them in the wrong places."""
     buf, seg = gro(base())
     before = bytes(buf)
-    assert fastpath.gro_coalesce(buf, len(buf), seg + delta) == 0
+    assert kernels.gro_coalesce(buf, len(buf), seg + delta) == 0
     assert bytes(buf) == before
 
 
 @pytest.mark.parametrize("seg", [0, 1, 61])
-def test_refused_tiny_seg(fastpath: Backend, seg: int) -> None:
+def test_refused_tiny_seg(kernels: Backend, seg: int) -> None:
     buf = bytearray(b"\x08" * 300)
-    assert fastpath.gro_coalesce(buf, len(buf), seg) == 0
+    assert kernels.gro_coalesce(buf, len(buf), seg) == 0
     assert buf == b"\x08" * 300
 
 
 @pytest.mark.parametrize(("length", "seg"), [(-1, 100), (501, 100), (100, -1), (100, 2**32)])
-def test_rejects_bad_arguments(fastpath: Backend, length: int, seg: int) -> None:
+def test_rejects_bad_arguments(kernels: Backend, length: int, seg: int) -> None:
     with pytest.raises(ValueError):
-        fastpath.gro_coalesce(bytearray(500), length, seg)
+        kernels.gro_coalesce(bytearray(500), length, seg)
 
 
 # --- Both backends, random input --------------------------------------------------------------

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vxlanpy import fastpath
+from vxlanpy import kernels
 
 MICRO = Path(__file__).resolve().parent.parent / "benchmarks" / "micro.py"
 
@@ -32,7 +32,7 @@ PER_BACKEND_ROWS = [
 
 def _cffi_built() -> bool:
     try:
-        fastpath.load("cffi")
+        kernels.load("cffi")
     except ImportError:
         return False
     return True

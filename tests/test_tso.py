@@ -22,9 +22,9 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from vxlanpy import fastpath as fastpath_mod
+from vxlanpy import kernels as kernels_mod
 from vxlanpy.batch import FrameBatch
-from vxlanpy.fastpath import Backend
+from vxlanpy.kernels import Backend
 
 SETTINGS = settings(deadline=None, max_examples=50)
 
@@ -169,7 +169,7 @@ padding = st.one_of(st.just(b""), st.binary(min_size=1, max_size=30))
     ip_csum=st.integers(0, 0xFFFF),
 )
 def test_segments_match_scapy(
-    fastpath: Backend,
+    kernels: Backend,
     hdrs: tuple[Packet, Packet],
     gp: tuple[int, bytes],
     pad: bytes,
@@ -192,7 +192,7 @@ def test_segments_match_scapy(
         out.append_frame(bytes([i]) * 60, i)
     before = [bytes(out.frame(i)) for i in range(pre)]
 
-    assert fastpath.tso_segment(batch, 0, gso, out) == len(want)
+    assert kernels.tso_segment(batch, 0, gso, out) == len(want)
     assert out.count == pre + len(want)
     got = segments(out, pre)
     assert got == want
@@ -211,7 +211,7 @@ def test_segments_match_scapy(
     fields=st.lists(st.integers(0, 0xFFFF), min_size=3, max_size=3),
 )
 def test_input_checksum_fields_do_not_matter(
-    fastpath: Backend, hdrs: tuple[Packet, Packet], gp: tuple[int, bytes], fields: list[int]
+    kernels: Backend, hdrs: tuple[Packet, Packet], gp: tuple[int, bytes], fields: list[int]
 ) -> None:
     l3, tcp = hdrs
     gso, payload = gp
@@ -223,7 +223,7 @@ def test_input_checksum_fields_do_not_matter(
         if value is not None:
             struct.pack_into("!H", frame, off, value)
         out = FrameBatch(8, 2100)
-        assert fastpath.tso_segment(source(bytes(frame)), 0, gso, out) > 0
+        assert kernels.tso_segment(source(bytes(frame)), 0, gso, out) > 0
         results.append(segments(out))
     assert all(r == results[0] for r in results)
     assert results[0] == expected(l3, tcp, payload, gso)
@@ -237,20 +237,20 @@ def test_input_checksum_fields_do_not_matter(
     ),
     gso=st.integers(8, 300),
 )
-def test_checksum_carries(fastpath: Backend, v6: bool, payload: bytes, gso: int) -> None:
+def test_checksum_carries(kernels: Backend, v6: bool, payload: bytes, gso: int) -> None:
     """Payloads of 0xFF and 0x00 runs: every carry of the summing loop and its tails."""
     l3: Packet = IPv6(src="::", dst="::") if v6 else IP(src="255.255.255.255", dst="0.0.0.0")
     tcp = TCP(sport=0xFFFF, dport=0, seq=0xFFFFFFFF, window=0xFFFF)
     want = expected(l3, tcp, payload, gso)
     frame = bytes(ETH / l3 / tcp / Raw(payload))
     out = FrameBatch(len(want), 400)
-    assert fastpath.tso_segment(source(frame), 0, gso, out) == len(want)
+    assert kernels.tso_segment(source(frame), 0, gso, out) == len(want)
     assert segments(out) == want
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("mss", [1398, 1448, 8948])
-def test_full_64k_super_frame(fastpath: Backend, v6: bool, mss: int) -> None:
+def test_full_64k_super_frame(kernels: Backend, v6: bool, mss: int) -> None:
     """The largest super-frame a TAP can hand over: a 65535-byte IP packet."""
     l3: Packet = (
         IPv6(src="fd00::1", dst="fd00::2")
@@ -265,54 +265,54 @@ def test_full_64k_super_frame(fastpath: Backend, v6: bool, mss: int) -> None:
     assert len(frame) == 14 + 0xFFFF + (40 if v6 else 0)
     want = expected(l3, tcp, payload, mss)
     out = FrameBatch(64, 14 + hdr_len + mss)  # max_frame exactly the full segment
-    assert fastpath.tso_segment(source(frame, 9), 0, mss, out) == len(want)
+    assert kernels.tso_segment(source(frame, 9), 0, mss, out) == len(want)
     assert segments(out) == want
     tight = FrameBatch(64, 14 + hdr_len + mss - 1)  # one byte short: nothing written
     before = snapshot(tight)
-    assert fastpath.tso_segment(source(frame), 0, mss, tight) == 0
+    assert kernels.tso_segment(source(frame), 0, mss, tight) == 0
     assert snapshot(tight) == before
 
 
-def test_single_segment_keeps_all_flags(fastpath: Backend) -> None:
+def test_single_segment_keeps_all_flags(kernels: Backend) -> None:
     """A payload that fits one segment: the frame itself, lengths and checksums made right."""
     l3, tcp = IP(src="10.1.1.1", dst="10.1.1.2", id=7), TCP(flags="FSRPAUECN", seq=5)
     payload = b"abc"
     out = FrameBatch(2, 200)
     frame = bytes(ETH / l3 / tcp / Raw(payload))
-    assert fastpath.tso_segment(source(frame), 0, 3, out) == 1
+    assert kernels.tso_segment(source(frame), 0, 3, out) == 1
     assert segments(out) == [frame] == expected(l3, tcp, payload, 3)
 
 
-def test_flags_first_middle_last(fastpath: Backend) -> None:
+def test_flags_first_middle_last(kernels: Backend) -> None:
     tcp = TCP(flags="FPAC" + "E")  # FIN PSH ACK CWR ECE
     frame = bytes(ETH / IP(src="10.0.0.1", dst="10.0.0.2") / tcp / Raw(b"x" * 30))
     out = FrameBatch(3, 200)
-    assert fastpath.tso_segment(source(frame), 0, 10, out) == 3
+    assert kernels.tso_segment(source(frame), 0, 10, out) == 3
     flags = [int(Ether(s)[TCP].flags) for s in segments(out)]
     assert flags == [0x80 | 0x40 | 0x10, 0x40 | 0x10, 0x40 | 0x10 | 0x08 | 0x01]
 
 
-def test_out_may_be_the_source_batch(fastpath: Backend) -> None:
+def test_out_may_be_the_source_batch(kernels: Backend) -> None:
     l3, tcp = IP(src="10.0.0.1", dst="10.0.0.2"), TCP(seq=1)
     payload = bytes(range(256)) * 4
     frame = bytes(ETH / l3 / tcp / Raw(payload))
     batch = FrameBatch(6, 2000)
     batch.append_frame(frame, 3)
-    assert fastpath.tso_segment(batch, 0, 300, batch) == 4
+    assert kernels.tso_segment(batch, 0, 300, batch) == 4
     assert bytes(batch.frame(0)) == frame
     assert segments(batch, 1) == expected(l3, tcp, payload, 300)
     assert list(batch.vni[:5]) == [3] * 5
 
 
-def test_views_are_reused(fastpath: Backend) -> None:
+def test_views_are_reused(kernels: Backend) -> None:
     l3 = IP(src="10.0.0.1", dst="10.0.0.2")
     batch, out = source(bytes(ETH / l3 / TCP() / Raw(b"y" * 100))), FrameBatch(8, 200)
-    assert fastpath.tso_segment(batch, 0, 40, out) == 3
+    assert kernels.tso_segment(batch, 0, 40, out) == 3
     views = dict(batch.views), dict(out.views)
     out.clear()
     batch.clear()
     batch.append_frame(bytes(ETH / l3 / TCP() / Raw(b"y" * 50)))
-    assert fastpath.tso_segment(batch, 0, 40, out) == 2
+    assert kernels.tso_segment(batch, 0, 40, out) == 2
     assert (batch.views, out.views) == views
     assert segments(out) == expected(l3, TCP(), b"y" * 50, 40)
 
@@ -380,18 +380,18 @@ CASES = _cases()
 
 
 @pytest.mark.parametrize(("name", "frame", "gso"), CASES, ids=[c[0] for c in CASES])
-def test_not_segmentable(fastpath: Backend, name: str, frame: bytes, gso: int) -> None:
+def test_not_segmentable(kernels: Backend, name: str, frame: bytes, gso: int) -> None:
     batch = source(frame)
     out = FrameBatch(200, 300)
     out.buf[:] = random.Random(name).randbytes(len(out.buf))
     out.append_frame(b"keep" * 20, 1)
     before = snapshot(out)
-    assert fastpath.tso_segment(batch, 0, gso, out) == 0, name
+    assert kernels.tso_segment(batch, 0, gso, out) == 0, name
     assert snapshot(out) == before
     assert bytes(batch.frame(0)) == frame
 
 
-def test_fits_exactly_or_not_at_all(fastpath: Backend) -> None:
+def test_fits_exactly_or_not_at_all(kernels: Backend) -> None:
     """count + n == capacity fits; one slot fewer writes nothing; so does a full batch."""
     l3, tcp = IP(src="10.0.0.1", dst="10.0.0.2"), TCP()
     frame = bytes(ETH / l3 / tcp / Raw(b"z" * 95))
@@ -400,18 +400,18 @@ def test_fits_exactly_or_not_at_all(fastpath: Backend) -> None:
         for _ in range(pre):
             out.append_frame(b"w" * 64)
         before = snapshot(out)
-        assert fastpath.tso_segment(source(frame), 0, 10, out) == n
+        assert kernels.tso_segment(source(frame), 0, 10, out) == n
         if n:
             assert segments(out, pre) == expected(l3, tcp, b"z" * 95, 10)
         else:
             assert snapshot(out) == before
 
 
-def test_corrupt_source_length(fastpath: Backend) -> None:
+def test_corrupt_source_length(kernels: Backend) -> None:
     batch = source(_tcp4())
     batch.frame_len[0] = batch.slot - batch.headroom + 1  # would read past the slot
     out = FrameBatch(20, 200)
-    assert fastpath.tso_segment(batch, 0, 10, out) == 0
+    assert kernels.tso_segment(batch, 0, 10, out) == 0
     assert out.count == 0
 
 
@@ -419,12 +419,12 @@ def test_corrupt_source_length(fastpath: Backend) -> None:
     ("src", "gso", "count"),
     [(1, 10, 0), (-1, 10, 0), (0, -1, 0), (0, 0x10000, 0), (0, 10, -1), (0, 10, 5)],
 )
-def test_rejects_bad_arguments(fastpath: Backend, src: int, gso: int, count: int) -> None:
+def test_rejects_bad_arguments(kernels: Backend, src: int, gso: int, count: int) -> None:
     batch = source(_tcp4())
     out = FrameBatch(4, 200)
     out.count = count
     with pytest.raises(ValueError):
-        fastpath.tso_segment(batch, src, gso, out)
+        kernels.tso_segment(batch, src, gso, out)
 
 
 # --- Both backends, random input --------------------------------------------------------------
@@ -433,7 +433,7 @@ def test_rejects_bad_arguments(fastpath: Backend, src: int, gso: int, count: int
 @pytest.fixture(scope="module")
 def both() -> tuple[Backend, Backend]:
     try:
-        return fastpath_mod.load("cffi"), fastpath_mod.load("python")
+        return kernels_mod.load("cffi"), kernels_mod.load("python")
     except ImportError:
         if os.environ.get("VXLANPY_REQUIRE_C") == "1" or os.environ.get("CI") == "true":
             raise

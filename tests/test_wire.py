@@ -1,7 +1,7 @@
 """Wire codecs: VXLAN header, encapsulation, MAC and ARP helpers, the inner-flow hash.
 
 scapy is the independent oracle (always ``VXLAN(flags=0x08, ...)``: without the flag scapy builds
-a VXLAN-GPE header). Tests that take the ``fastpath`` fixture also push the same packets through
+a VXLAN-GPE header). Tests that take the ``kernels`` fixture also push the same packets through
 the batch kernels of both backends.
 """
 
@@ -24,7 +24,7 @@ from scapy.packet import Packet, Raw
 import vxlanpy
 from vxlanpy import wire
 from vxlanpy.batch import FrameBatch
-from vxlanpy.fastpath import Backend
+from vxlanpy.kernels import Backend
 from vxlanpy.wire import STATUS_REASONS, VNI_MAX, DropReason, MalformedPacket
 
 SCAPY = settings(deadline=None, max_examples=60)  # building packets with scapy is slowish
@@ -61,18 +61,18 @@ def ip_packets(draw: st.DrawFn, vlan: bool = False) -> Packet:
     return eth / l3 / l4 / Raw(draw(st.binary(max_size=64)))
 
 
-def one_frame_batch(fastpath: Backend, payload: bytes, strict: bool) -> tuple[int, int, bytes]:
+def one_frame_batch(kernels: Backend, payload: bytes, strict: bool) -> tuple[int, int, bytes]:
     """``decap_batch`` on a one-slot batch: ``(status, vni, inner frame)``."""
     batch = FrameBatch(1, max(len(payload), 14))
     batch.append_payload(payload)
-    fastpath.decap_batch(batch, strict)
+    kernels.decap_batch(batch, strict)
     return batch.status[0], batch.vni[0], bytes(batch.frame(0))
 
 
-def encap_one(fastpath: Backend, frame: bytes, vni: int, lo: int = 0, hi: int = 0xFFFF) -> Any:
+def encap_one(kernels: Backend, frame: bytes, vni: int, lo: int = 0, hi: int = 0xFFFF) -> Any:
     batch = FrameBatch(1, max(len(frame), 14))
     batch.append_frame(frame, vni)
-    fastpath.encap_batch(batch, lo, hi)
+    kernels.encap_batch(batch, lo, hi)
     return bytes(batch.payload(0)), batch.sport[0]
 
 
@@ -133,19 +133,19 @@ def test_encapsulate_does_not_inspect_the_frame() -> None:
 
 @SCAPY
 @given(frame=st.binary(max_size=200), vni=vnis)
-def test_encapsulate_matches_scapy(fastpath: Backend, frame: bytes, vni: int) -> None:
+def test_encapsulate_matches_scapy(kernels: Backend, frame: bytes, vni: int) -> None:
     oracle = bytes(VXLAN(flags=0x08, vni=vni) / Raw(frame))
     assert vxlanpy.encapsulate(frame, vni) == oracle
-    assert encap_one(fastpath, frame, vni)[0] == oracle
+    assert encap_one(kernels, frame, vni)[0] == oracle
 
 
 @SCAPY
 @given(pkt=ip_packets(vlan=True), vni=vnis, sport=ports)
-def test_decapsulate_scapy_built(fastpath: Backend, pkt: Packet, vni: int, sport: int) -> None:
+def test_decapsulate_scapy_built(kernels: Backend, pkt: Packet, vni: int, sport: int) -> None:
     datagram = bytes(UDP(sport=sport, dport=4789) / VXLAN(flags=0x08, vni=vni) / pkt)
     payload = datagram[8:]
     assert vxlanpy.decapsulate(payload, strict=True) == (vni, bytes(pkt))
-    assert one_frame_batch(fastpath, payload, True) == (0, vni, bytes(pkt))
+    assert one_frame_batch(kernels, payload, True) == (0, vni, bytes(pkt))
 
 
 # --- Malformed packets ------------------------------------------------------------------------
@@ -184,14 +184,14 @@ MALFORMED = [
 @pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
 @pytest.mark.parametrize(("payload", "default", "in_strict"), MALFORMED)
 def test_malformed_reasons(
-    fastpath: Backend,
+    kernels: Backend,
     payload: bytes,
     default: DropReason | None,
     in_strict: DropReason | None,
     strict: bool,
 ) -> None:
     expected = in_strict if strict else default
-    status, vni, inner = one_frame_batch(fastpath, payload, strict)
+    status, vni, inner = one_frame_batch(kernels, payload, strict)
     if expected is None:
         assert wire.decapsulate(payload, strict) == (42, INNER)
         assert (status, vni, inner) == (0, 42, INNER)
@@ -213,7 +213,7 @@ def test_malformed_reasons(
     vni=vnis,
 )
 def test_reserved_bits_ignored_unless_strict(
-    fastpath: Backend, flags: int, rsv1: int, rsv2: int, vni: int
+    kernels: Backend, flags: int, rsv1: int, rsv2: int, vni: int
 ) -> None:
     header = struct.pack("!BBHI", flags | 0x08, rsv1 >> 16, rsv1 & 0xFFFF, vni << 8 | rsv2)
     if flags | 0x08 == 0x08:  # other flags switch scapy to the GPE or GBP layouts
@@ -221,12 +221,12 @@ def test_reserved_bits_ignored_unless_strict(
         assert bytes(oracle) == header
     payload = header + INNER
     assert wire.decapsulate(payload) == (vni, INNER)
-    assert one_frame_batch(fastpath, payload, False) == (0, vni, INNER)
+    assert one_frame_batch(kernels, payload, False) == (0, vni, INNER)
     if flags & ~0x08 or rsv1 or rsv2:
         with pytest.raises(MalformedPacket) as info:
             wire.decapsulate(payload, strict=True)
         assert info.value.reason is DropReason.RESERVED_BITS
-        assert one_frame_batch(fastpath, payload, True)[0] == 3
+        assert one_frame_batch(kernels, payload, True)[0] == 3
     else:
         assert wire.decapsulate(payload, strict=True) == (vni, INNER)
 
@@ -367,20 +367,20 @@ def reference_key(pkt: Packet) -> bytes:
 
 @SCAPY
 @given(pkt=ip_packets(vlan=True))
-def test_flow_hash_matches_reference_key(fastpath: Backend, pkt: Packet) -> None:
+def test_flow_hash_matches_reference_key(kernels: Backend, pkt: Packet) -> None:
     frame = bytes(pkt)
     expected = wire.fmix32(zlib.crc32(reference_key(pkt)))
     assert wire.flow_hash(frame) == expected
     assert vxlanpy.flow_hash(frame) == expected
-    assert fastpath.flow_hash(frame) == expected
+    assert kernels.flow_hash(frame) == expected
 
 
-def test_flow_hash_non_ip_and_short(fastpath: Backend) -> None:
+def test_flow_hash_non_ip_and_short(kernels: Backend) -> None:
     arp = Ether(src=MAC_A, dst=MAC_B) / ARP(hwsrc=MAC_A, psrc="10.0.0.1", pdst="10.0.0.2")
     assert wire.flow_key(bytes(arp)) == reference_key(arp)
     assert wire.flow_key(b"abc") == b"\x00abc"
     for frame in (bytes(arp), b"", b"abc", bytes(13)):
-        assert fastpath.flow_hash(frame) == wire.flow_hash(frame)
+        assert kernels.flow_hash(frame) == wire.flow_hash(frame)
 
 
 def test_fmix32_and_port_from_hash() -> None:
@@ -401,12 +401,12 @@ def _tcp4(sport: int = 1000, dport: int = 80, **ip: Any) -> Packet:
     )
 
 
-def test_same_flow_same_port(fastpath: Backend) -> None:
+def test_same_flow_same_port(kernels: Backend) -> None:
     a = _tcp4(ttl=64, id=1) / Raw(b"first")
     b = Ether(src=MAC_B, dst=MAC_A) / IP(src="10.0.0.1", dst="10.0.0.2", ttl=3, id=99)
     b = b / TCP(sport=1000, dport=80, seq=12345, flags="A") / Raw(b"second segment, longer")
     assert wire.source_port(bytes(a)) == wire.source_port(bytes(b))
-    assert encap_one(fastpath, bytes(a), 1)[1] == encap_one(fastpath, bytes(b), 2)[1]
+    assert encap_one(kernels, bytes(a), 1)[1] == encap_one(kernels, bytes(b), 2)[1]
     reply = _tcp4(sport=80, dport=1000)
     assert wire.flow_hash(bytes(reply)) != wire.flow_hash(bytes(a))  # direction matters
 
@@ -421,29 +421,29 @@ def test_source_port_within_range(frame: bytes, lo: int, span: int) -> None:
 
 @pytest.mark.parametrize("l3", ["ipv4", "ipv6"])
 @pytest.mark.parametrize("l4", [TCP, UDP], ids=["tcp", "udp"])
-def test_different_ports_spread(fastpath: Backend, l3: str, l4: type[Packet]) -> None:
+def test_different_ports_spread(kernels: Backend, l3: str, l4: type[Packet]) -> None:
     if l3 == "ipv4":
         base = Ether(src=MAC_A, dst=MAC_B) / IP(src="192.0.2.1", dst="192.0.2.2")
     else:
         base = Ether(src=MAC_A, dst=MAC_B) / IPv6(src="2001:db8::1", dst="2001:db8::2")
     frames_ = [bytes(base / l4(sport=s, dport=4000)) for s in range(30000, 30200)]
     frames_ += [bytes(base / l4(sport=30000, dport=d)) for d in range(1, 201)]
-    hashes = {fastpath.flow_hash(f) for f in frames_}
+    hashes = {kernels.flow_hash(f) for f in frames_}
     assert len(hashes) >= len(frames_) - 1  # 32-bit hash: a collision here is a bug
     sports = {wire.source_port(f) for f in frames_}
     assert len(sports) >= 0.9 * len(frames_)  # 400 values in 16384 ports
 
 
-def test_fragments_ignore_ports(fastpath: Backend) -> None:
+def test_fragments_ignore_ports(kernels: Backend) -> None:
     first = bytes(_tcp4(sport=1, dport=2, flags="MF", id=7) / Raw(b"x" * 16))
     other = bytes(_tcp4(sport=3, dport=4, flags="MF", id=7) / Raw(b"y" * 16))
     later = Ether(src=MAC_A, dst=MAC_B) / IP(src="10.0.0.1", dst="10.0.0.2", proto=6, frag=3)
     later = bytes(later / Raw(b"z" * 16))  # a later fragment: no TCP header, data only
     whole = bytes(_tcp4(sport=1, dport=2))
-    h = fastpath.flow_hash(first)
-    assert fastpath.flow_hash(other) == h
-    assert fastpath.flow_hash(later) == h
-    assert fastpath.flow_hash(whole) != h
+    h = kernels.flow_hash(first)
+    assert kernels.flow_hash(other) == h
+    assert kernels.flow_hash(later) == h
+    assert kernels.flow_hash(whole) != h
     assert wire.flow_key(first) == b"\x04\x06" + bytes([10, 0, 0, 1, 10, 0, 0, 2])
 
 
@@ -456,14 +456,14 @@ def test_fragments_ignore_ports(fastpath: Backend) -> None:
     ],
     ids=["ipv4-udp", "ipv4-icmp", "ipv6-tcp"],
 )
-def test_vlan_tags_are_skipped(fastpath: Backend, inner: Packet) -> None:
+def test_vlan_tags_are_skipped(kernels: Backend, inner: Packet) -> None:
     eth = Ether(src=MAC_A, dst=MAC_B)
     untagged = bytes(eth / inner)
     tagged = bytes(eth / Dot1Q(vlan=100) / inner)
     qinq = bytes(eth / Dot1AD(vlan=20) / Dot1Q(vlan=100) / inner)
-    h = fastpath.flow_hash(untagged)
-    assert fastpath.flow_hash(tagged) == h
-    assert fastpath.flow_hash(qinq) == h
+    h = kernels.flow_hash(untagged)
+    assert kernels.flow_hash(tagged) == h
+    assert kernels.flow_hash(qinq) == h
     assert wire.source_port(tagged) == wire.source_port(untagged)
     # A truncated tag stack is hashed as a non-IP frame, by the tag ethertype
-    assert fastpath.flow_hash(tagged[:17]) == wire.fmix32(zlib.crc32(b"\x00" + tagged[:14]))
+    assert kernels.flow_hash(tagged[:17]) == wire.fmix32(zlib.crc32(b"\x00" + tagged[:14]))

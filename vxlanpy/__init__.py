@@ -16,8 +16,8 @@ from __future__ import annotations
 from .batch import FrameBatch
 from .engine import Counters, Datagram, DeviceFrame, Engine, Segment, SegmentConfig
 from .events import Dropped, Event, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
-from .fastpath import BACKEND
 from .fdb import Fdb, FdbEntry, FdbError, FdbExists, FdbFull, FdbNotFound, LearnResult, Remote
+from .kernels import BACKEND
 from .neigh import NeighExists, NeighNotFound, NeighTable
 from .wire import (
     VXLAN_PORT,

@@ -231,7 +231,7 @@ def _tso_layout(frame: bytes) -> tuple[bool, int, int, int] | None:
 
 
 def tso_segment(batch: FrameBatch, src: int, gso_size: int, out: FrameBatch) -> int:
-    """Segment the TCP super-frame in slot ``src`` into ``out`` (see fastpath.py)."""
+    """Segment the TCP super-frame in slot ``src`` into ``out`` (see kernels.py)."""
     check_tso(batch, src, gso_size, out)
     n = batch.frame_len[src]
     if n > batch.slot - batch.headroom:  # a corrupt length: unreadable
@@ -309,7 +309,7 @@ def check_gro(buf: bytearray, length: int, seg: int) -> None:
 
 def gro_coalesce(buf: bytearray, length: int, seg: int) -> int:
     """Coalesce the VXLAN datagrams in ``buf[:length]`` into one TCP super-frame in place; return
-    its length, or 0 with ``buf`` untouched (see fastpath.py)."""
+    its length, or 0 with ``buf`` untouched (see kernels.py)."""
     check_gro(buf, length, seg)
     hdrs = VXLAN_HLEN + ETH_HLEN
     if seg < hdrs + 20 + 20 or length <= seg:

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import fastpath
+from . import kernels
 from .batch import FrameBatch
 from .events import Dropped, Event, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
 from .fastcache import REMOTE_NONE, UPCALL, FastPath
@@ -216,7 +216,7 @@ class Engine:
         # (offload over veth): a TAP's stack would drop them. Wrong checksums stay wrong.
         self.complete_checksums = complete_checksums
         self.checksums_completed = 0
-        self.fast = fastpath.load(backend) if backend else fastpath.backend
+        self.fast = kernels.load(backend) if backend else kernels.backend
         self.counters = Counters()  # drops before a VNI is known
         self.events_lost = 0
         self._segments: dict[int, Segment] = {}
@@ -640,4 +640,4 @@ class Engine:
 
 
 # Single-frame helpers use the pure-Python twin: one C call per frame costs more than struct.
-_PY = fastpath.load("python")
+_PY = kernels.load("python")

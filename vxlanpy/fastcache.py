@@ -22,7 +22,7 @@ import os
 import socket
 from typing import Any, NamedTuple
 
-from . import fastpath
+from . import kernels
 from .batch import FrameBatch
 from .fastio import ADDR_LEN, raw_sockaddr, source_name
 
@@ -76,7 +76,7 @@ class CacheEntry(NamedTuple):
 
 def available() -> bool:
     """True if the C datapath is built and selected (the cffi backend)."""
-    return fastpath.BACKEND == "cffi"
+    return kernels.BACKEND == "cffi"
 
 
 def sockaddr(ip: str, port: int) -> bytes:
@@ -97,7 +97,7 @@ class FastPath:
 
         self._ffi = _fastpath_c.ffi
         self._lib = _fastpath_c.lib
-        self._core = fastpath._CffiBackend(_fastpath_c)
+        self._core = kernels._CffiBackend(_fastpath_c)
         self._dp = self._ffi.gc(
             self._lib.vx_dp_new(srcport[0], srcport[1], int(strict), int(complete_checksums)),
             self._lib.vx_dp_free,

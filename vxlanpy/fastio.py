@@ -1,6 +1,6 @@
 """Batched syscalls of the fast path: the C version (``_fastio.c``) or its Python twin.
 
-The backend follows :mod:`vxlanpy.fastpath` (``VXLANPY_PURE_PYTHON`` / ``VXLANPY_REQUIRE_C``).
+The backend follows :mod:`vxlanpy.kernels` (``VXLANPY_PURE_PYTHON`` / ``VXLANPY_REQUIRE_C``).
 Both send the payloads (VXLAN header + frame, ``batch.payload_len``) of slots
 ``first .. first+n-1`` to ``host:port`` on the UDP socket ``sock`` and return how many
 datagrams the kernel took (``-errno`` if none):
@@ -20,7 +20,7 @@ import struct
 from array import array
 from typing import Any
 
-from . import fastpath
+from . import kernels
 from .batch import FrameBatch
 
 __all__ = ["send_batch", "send_gso", "tap_write", "recv_batch", "BACKEND", "load"]
@@ -317,8 +317,8 @@ class _PyIO:
 
 
 def load(name: str | None = None) -> _CffiIO | _PyIO:
-    """The backend matching :func:`vxlanpy.fastpath.load` for the same ``name``."""
-    chosen = fastpath.load(name)
+    """The backend matching :func:`vxlanpy.kernels.load` for the same ``name``."""
+    chosen = kernels.load(name)
     if chosen.name == "python":
         return _PyIO()
     from . import _fastpath_c  # type: ignore[attr-defined]

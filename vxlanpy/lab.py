@@ -23,6 +23,7 @@ from typing import Any
 
 from .control import DEFAULT_DIR, ControlError, request
 from .netns import Host, NetnsError, Topology, have_netns
+from .render import fdb_line, neigh_line, stats_text
 
 __all__ = ["main", "run_lab"]
 
@@ -151,8 +152,6 @@ class _Lab:
     def show_tables(self, h: Host) -> None:
         if h.name in self.vx:
             sock = self.vx[h.name][2]
-            from .cli import fdb_line, neigh_line, stats_text
-
             _say(f"  {h.name} (vxlanpy) vxlanpy-tunnel fdb show:")
             for row in request(sock, {"cmd": "fdb", "op": "show"}):
                 _say("    " + fdb_line(row))

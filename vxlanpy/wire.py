@@ -2,7 +2,7 @@
 
 Everything here is pure: bytes in, values out, no sockets and no clock. Single-frame helpers are
 plain Python (``struct``) on purpose: one C call per frame costs more than ``struct.pack_into``.
-The batch kernels live in the fast path (:mod:`vxlanpy.fastpath`).
+The batch kernels live in the fast path (:mod:`vxlanpy.kernels`).
 """
 
 from __future__ import annotations

@@ -44,8 +44,16 @@ class Vxlanpy:
     """A ``vxlanpy-tunnel run`` process in a namespace; stderr collected in ``lines``."""
 
     def __init__(
-        self, topo: Topology, host: Host, args: list[str], backend: str | None = None
+        self,
+        topo: Topology,
+        host: Host,
+        args: list[str],
+        backend: str | None = None,
+        command: list[str] | None = None,
+        cwd: str | None = None,
     ) -> None:
+        """``command``: the CLI to start (default: this checkout's, ``python -m vxlanpy.cli``);
+        ``cwd``: where to start it."""
         self.topo = topo
         self.host = host
         self.lines: list[str] = []
@@ -57,10 +65,11 @@ class Vxlanpy:
             env["VXLANPY_REQUIRE_C"] = "1"
             env.pop("VXLANPY_PURE_PYTHON", None)
         self.proc = host.popen(
-            [sys.executable, "-m", "vxlanpy.cli", "run", *args],
+            [*(command or [sys.executable, "-m", "vxlanpy.cli"]), "run", *args],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

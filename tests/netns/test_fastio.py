@@ -27,7 +27,7 @@ ETHERTYPE = b"\x88\xb5"  # IEEE local experimental: nothing in the kernel reacts
 HELPER = r'''
 import json, os, select, socket, subprocess, sys, time
 
-from vxlanpy import fastio, fastpath
+from vxlanpy import fastio, kernels
 from vxlanpy.batch import FrameBatch
 
 LO = "127.0.0.1"
@@ -69,7 +69,7 @@ def batch_of_frames(frames, vni, backend, max_frame=9234, fill=0):
         b.buf[:] = bytes([fill]) * len(b.buf)
     for f in frames:
         b.append_frame(bytes.fromhex(f), vni)
-    fastpath.load(backend).encap_batch(b, 49152, 65535)
+    kernels.load(backend).encap_batch(b, 49152, 65535)
     return b
 
 

@@ -20,10 +20,10 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 import vxlanpy
-from vxlanpy import fastpath as fastpath_mod
+from vxlanpy import kernels as kernels_mod
 from vxlanpy import wire
 from vxlanpy.batch import DEFAULT_MAX_FRAME, FrameBatch
-from vxlanpy.fastpath import Backend
+from vxlanpy.kernels import Backend
 from vxlanpy.wire import STATUS_REASONS, VNI_MAX, MalformedPacket
 
 SETTINGS = settings(deadline=None, max_examples=80)
@@ -39,29 +39,29 @@ REQUIRE_C = _truthy("CI") or _truthy("VXLANPY_REQUIRE_C")
 @pytest.mark.skipif(not REQUIRE_C, reason="only in CI (CI=true) or with VXLANPY_REQUIRE_C=1")
 def test_ci_runs_the_c_backend() -> None:
     """CI must prove the extension is built and chosen, not silently replaced by the twin."""
-    assert fastpath_mod.load("cffi").name == "cffi"
+    assert kernels_mod.load("cffi").name == "cffi"
     if _truthy("VXLANPY_PURE_PYTHON"):
         pytest.skip("VXLANPY_PURE_PYTHON=1 chooses the twin on purpose")
     assert vxlanpy.BACKEND == "cffi"
-    assert fastpath_mod.backend.name == "cffi"
+    assert kernels_mod.backend.name == "cffi"
 
 
-def test_load_by_name(fastpath: Backend) -> None:
-    assert fastpath.name in ("cffi", "python")
-    assert fastpath_mod.load("python").name == "python"
-    assert fastpath_mod.BACKEND == fastpath_mod.backend.name == vxlanpy.BACKEND
+def test_load_by_name(kernels: Backend) -> None:
+    assert kernels.name in ("cffi", "python")
+    assert kernels_mod.load("python").name == "python"
+    assert kernels_mod.BACKEND == kernels_mod.backend.name == vxlanpy.BACKEND
 
 
 @pytest.fixture(scope="session")
 def both() -> tuple[Backend, Backend]:
     """(C backend, Python backend); skipped where the extension is not built (unless required)."""
     try:
-        c = fastpath_mod.load("cffi")
+        c = kernels_mod.load("cffi")
     except ImportError:
         if REQUIRE_C:
             raise
         pytest.skip("C fast path not built")
-    return c, fastpath_mod.load("python")
+    return c, kernels_mod.load("python")
 
 
 # --- Strategies -------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def test_flow_hash_backends_agree(both: tuple[Backend, Backend], frame: bytes) -
 # --- Contract details -------------------------------------------------------------------------
 
 
-def test_views_are_reused_and_see_new_data(fastpath: Backend) -> None:
+def test_views_are_reused_and_see_new_data(kernels: Backend) -> None:
     batch = FrameBatch(2, 64)
     first = bytes(
         Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -278,7 +278,7 @@ def test_views_are_reused_and_see_new_data(fastpath: Backend) -> None:
         / UDP(sport=1, dport=2)
     )
     batch.append_frame(first, 5)
-    fastpath.encap_batch(batch, 1000, 2000)
+    kernels.encap_batch(batch, 1000, 2000)
     assert bytes(batch.payload(0)) == wire.encapsulate(first, 5)
     views = dict(batch.views)
     second = bytes(
@@ -289,12 +289,12 @@ def test_views_are_reused_and_see_new_data(fastpath: Backend) -> None:
     batch.clear()
     batch.append_frame(second, 6)
     batch.append_frame(second[:10], 7)
-    fastpath.encap_batch(batch, 1000, 2000)
+    kernels.encap_batch(batch, 1000, 2000)
     assert batch.views == views  # no new cffi views: made once per batch
     assert bytes(batch.payload(0)) == wire.encapsulate(second, 6)
     assert batch.sport[0] == wire.source_port(second, 1000, 2000)
     assert bytes(batch.payload(1)) == wire.encapsulate(second[:10], 7)
-    assert fastpath.complete_checksums(batch) == 0
+    assert kernels.complete_checksums(batch) == 0
 
 
 def test_full_default_batch(both: tuple[Backend, Backend]) -> None:
@@ -319,40 +319,40 @@ def test_full_default_batch(both: tuple[Backend, Backend]) -> None:
     assert snapshot(batches[0]) == snapshot(batches[1])
 
 
-def test_empty_batch(fastpath: Backend) -> None:
+def test_empty_batch(kernels: Backend) -> None:
     batch = FrameBatch(3, 20)
     before = snapshot(batch)
-    fastpath.encap_batch(batch, 1, 2)
-    fastpath.decap_batch(batch, True)
-    assert fastpath.complete_checksums(batch) == 0
+    kernels.encap_batch(batch, 1, 2)
+    kernels.decap_batch(batch, True)
+    assert kernels.complete_checksums(batch) == 0
     assert snapshot(batch) == before
 
 
 @pytest.mark.parametrize(("lo", "hi"), [(2, 1), (-1, 5), (0, 0x10000), (70000, 70001)])
-def test_encap_batch_rejects_bad_port_range(fastpath: Backend, lo: int, hi: int) -> None:
+def test_encap_batch_rejects_bad_port_range(kernels: Backend, lo: int, hi: int) -> None:
     batch = FrameBatch(1, 20)
     batch.append_frame(bytes(14))
     with pytest.raises(ValueError):
-        fastpath.encap_batch(batch, lo, hi)
+        kernels.encap_batch(batch, lo, hi)
 
 
-def test_port_range_edges(fastpath: Backend) -> None:
+def test_port_range_edges(kernels: Backend) -> None:
     batch = FrameBatch(4, 20)
     for n in range(4):
         batch.append_frame(bytes([n]) * 14)
-    fastpath.encap_batch(batch, 0, 0xFFFF)
+    kernels.encap_batch(batch, 0, 0xFFFF)
     assert list(batch.sport) == [wire.source_port(bytes([n]) * 14, 0, 0xFFFF) for n in range(4)]
-    fastpath.encap_batch(batch, 4789, 4789)
+    kernels.encap_batch(batch, 4789, 4789)
     assert list(batch.sport) == [4789] * 4
 
 
 @pytest.mark.parametrize("count", [-1, 3])
-def test_batch_kernels_reject_bad_count(fastpath: Backend, count: int) -> None:
+def test_batch_kernels_reject_bad_count(kernels: Backend, count: int) -> None:
     batch = FrameBatch(2, 20)
     batch.count = count  # C would write past the metadata columns
     with pytest.raises(ValueError):
-        fastpath.encap_batch(batch, 1, 2)
+        kernels.encap_batch(batch, 1, 2)
     with pytest.raises(ValueError):
-        fastpath.decap_batch(batch, False)
+        kernels.decap_batch(batch, False)
     with pytest.raises(ValueError):
-        fastpath.complete_checksums(batch)
+        kernels.complete_checksums(batch)

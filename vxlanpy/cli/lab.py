@@ -1,0 +1,29 @@
+"""``vxlanpy-tunnel lab``: a namespace lab, tested end to end (see :mod:`vxlanpy.lab`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..wire import VXLAN_PORT
+from .common import int_in
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    lab = sub.add_parser("lab", help="build a namespace lab, test the overlay, tear it down")
+    lab.set_defaults(func=main)
+    lab.add_argument("--hosts", type=int, choices=(2, 3), default=2)
+    lab.add_argument("--peer", choices=("kernel", "vxlanpy"), default="kernel")
+    lab.add_argument("--vni", type=int_in("VNI", 0, 0xFFFFFF), default=120)
+    lab.add_argument("--dstport", type=int_in("dstport", 1, 65535), default=VXLAN_PORT)
+    lab.add_argument("--seconds", type=float, default=3.0, help="TCP test duration")
+    lab.add_argument("--keep", action="store_true", help="leave the lab up")
+    lab.add_argument("--stop", metavar="TAG", help="tear down a lab left up with --keep")
+
+
+def main(a: argparse.Namespace) -> int:
+    from ..lab import main as lab_main  # the lab's imports are only needed for the lab
+
+    return int(lab_main(a))

@@ -1,0 +1,221 @@
+"""``vxlanpy-tunnel run``: a VTEP from flags or a config file, until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from .. import kernels
+from ..config import ConfigError, SegmentSpec, VtepConfig, load_config, parse_srcport
+from ..control import ControlError, ControlServer, default_path
+from ..tunnel import Vtep, VtepError, install_uvloop
+from ..wire import VXLAN_PORT, VXLAN_PORT_LINUX
+from .common import PROG, UsageError, err, int_in, pair
+
+__all__ = ["register", "config_from_args", "run_vtep"]
+
+log = logging.getLogger("vxlanpy")
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser("run", help="run a VTEP until SIGINT/SIGTERM")
+    run.set_defaults(func=main)
+    run.add_argument("--config", help="TOML config file (instead of the flags below)")
+    run.add_argument(
+        "--control",
+        help="control socket path (default /run/vxlanpy/<tap>.sock, or "
+        "/run/vxlanpy/netns-NAME/<tap>.sock inside the network namespace NAME)",
+    )
+    run.add_argument("--vni", type=int_in("VNI", 0, 0xFFFFFF), help="VXLAN network identifier")
+    run.add_argument("--local", help="local underlay IP (source of outer packets)")
+    run.add_argument("--remote", action="append", default=[], help="remote VTEP (repeatable)")
+    run.add_argument("--group", help="multicast group for BUM traffic (with --dev)")
+    run.add_argument("--dev", help="underlay device (multicast, MTU)")
+    run.add_argument(
+        "--dstport",
+        type=int_in("dstport", 1, 65535),
+        default=VXLAN_PORT,
+        help=f"UDP port ({VXLAN_PORT} IANA, {VXLAN_PORT_LINUX} Linux/flannel)",
+    )
+    run.add_argument("--tap", help="TAP device name (default vxlan<VNI>)")
+    run.add_argument("--address", help="overlay address for the TAP, CIDR")
+    run.add_argument("--mtu", type=int, help="TAP MTU (default underlay MTU - 50/70)")
+    run.add_argument("--bridge", help="enslave the TAP to this Linux bridge")
+    run.add_argument("--mac", help="MAC address for the TAP")
+    run.add_argument("--no-learning", action="store_true", help="do not learn remote MACs")
+    run.add_argument("--ageing", type=float, default=300.0, help="FDB ageing, s (0 = never)")
+    run.add_argument("--max-address", type=int, default=0, help="FDB size limit (0 = none)")
+    run.add_argument("--proxy", action="store_true", help="answer ARP from the neighbour table")
+    run.add_argument(
+        "--fdb",
+        action="append",
+        default=[],
+        type=pair("MAC=IP"),
+        help="static FDB entry MAC=IP (00:00:00:00:00:00=IP appends to the flood list)",
+    )
+    run.add_argument("--neigh", action="append", default=[], type=pair("IP=MAC"), help="IP=MAC")
+    run.add_argument("--srcport", default="49152:65535", help="source port range MIN:MAX")
+    run.add_argument("--ttl", type=int, help="outer TTL / hop limit")
+    run.add_argument("--tos", type=int, help="outer TOS / traffic class")
+    run.add_argument("--df", choices=("unset", "set"), default="unset", help="outer DF bit")
+    run.add_argument("--strict", action="store_true", help="drop packets with reserved bits set")
+    run.add_argument("--allow-vlan", action="store_true", help="carry 802.1Q-tagged frames")
+    run.add_argument("--no-uvloop", action="store_true", help="use the plain asyncio loop")
+    run.add_argument(
+        "--no-offload", action="store_true", help="no TAP checksum/TSO offloads (IFF_VNET_HDR)"
+    )
+    run.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="no C forwarding cache: the Python engine handles every frame (slower)",
+    )
+    run.add_argument(
+        "--no-send-thread",
+        action="store_true",
+        help="send TCP super-frames from the event loop's thread instead of a C sender "
+        "thread (one core instead of two)",
+    )
+    run.add_argument(
+        "--no-gro",
+        action="store_true",
+        help="no UDP_GRO on the receiving socket: every datagram is received and written to "
+        "the TAP on its own",
+    )
+    run.add_argument(
+        "--busy-poll",
+        type=int,
+        default=0,
+        metavar="USEC",
+        help="after traffic, poll up to USEC microseconds for the next packet instead of "
+        "sleeping (lower latency, burns CPU; 0 = off)",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="log every event")
+
+
+# run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
+# and the --no-* switches of SWITCHES, apply to both forms)
+SWITCHES = ("offload", "fast_path", "send_thread", "gro")  # --no-* flags of VtepConfig fields
+_NOT_CONFIG = {"command", "func", "config", "control", "no_uvloop", "verbose"} | {
+    "no_" + key for key in SWITCHES
+}
+_RUN_DEFAULTS: dict[str, object] = {}
+
+
+def _config_flags(a: argparse.Namespace) -> list[str]:
+    if not _RUN_DEFAULTS:
+        from . import build_parser
+
+        d = build_parser().parse_args(["run", "--vni", "0"])
+        _RUN_DEFAULTS.update(vars(d))
+        _RUN_DEFAULTS["vni"] = None
+    return [f for f in vars(a) if f not in _NOT_CONFIG]
+
+
+def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
+    """The VTEP configuration the ``run`` flags (or ``--config FILE``) describe, and the
+    control-socket path to use (None: the default). Raises ConfigError or UsageError."""
+    if a.config:
+        given = [f for f in _config_flags(a) if getattr(a, f) != _RUN_DEFAULTS[f]]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise ConfigError(f"{flags}: put it in the config file (--config takes no VTEP flags)")
+        cfg, control = load_config(a.config)
+        for key in SWITCHES:  # --no-KEY turns off what the file may have on
+            if getattr(a, "no_" + key):
+                setattr(cfg, key, False)
+        return cfg, a.control or control
+    if a.vni is None:
+        raise UsageError("run needs --vni (or --config FILE)")
+    seg = SegmentSpec(
+        vni=a.vni,
+        tap=a.tap,
+        address=a.address,
+        mtu=a.mtu,
+        bridge=a.bridge,
+        mac=a.mac,
+        remotes=list(a.remote),
+        group=a.group,
+        learning=not a.no_learning,
+        ageing=a.ageing,
+        max_addresses=a.max_address,
+        proxy=a.proxy,
+        allow_vlan=a.allow_vlan,
+        fdb=list(a.fdb),
+        neigh=list(a.neigh),
+    )
+    cfg = VtepConfig(
+        segments=[seg],
+        local=a.local,
+        dstport=a.dstport,
+        srcport=parse_srcport(a.srcport),
+        ttl=a.ttl,
+        tos=a.tos,
+        df=a.df,
+        dev=a.dev,
+        strict=a.strict,
+        offload=not a.no_offload,
+        fast_path=not a.no_fast_path,
+        busy_poll=a.busy_poll,
+        send_thread=not a.no_send_thread,
+        gro=not a.no_gro,
+    ).validate()
+    return cfg, a.control
+
+
+async def run_vtep(
+    cfg: VtepConfig, control: str | None, loop_name: str, verbose: bool = False
+) -> int:
+    """Run a VTEP and its control socket until SIGINT/SIGTERM or a failure; the exit code."""
+    vtep = Vtep(cfg)
+    try:
+        await vtep.start()
+    except VtepError as exc:
+        err(str(exc))
+        return 1
+    path = control or default_path(cfg.segments[0].tap_name)
+    server = ControlServer(vtep, path)
+    try:
+        await server.start()
+    except ControlError as exc:
+        await vtep.close()
+        err(str(exc))
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"{PROG}: {vtep.describe()}; control {path}; backend {kernels.BACKEND}, loop {loop_name}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    async def log_events() -> None:
+        async for ev in vtep.events():
+            log.info("%s", ev.to_dict())
+
+    logger = asyncio.ensure_future(log_events()) if verbose else None
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(vtep.wait_stopped())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    await server.close()
+    await vtep.close()
+    if logger is not None:
+        logger.cancel()
+    print(f"{PROG}: stats {json.dumps(vtep.stats(), sort_keys=True)}", file=sys.stderr, flush=True)
+    if vtep.failure is not None:
+        err(str(vtep.failure))
+        return 1
+    return 0
+
+
+def main(a: argparse.Namespace) -> int:
+    cfg, control = config_from_args(a)
+    loop_name = "asyncio" if a.no_uvloop else install_uvloop()
+    return asyncio.run(run_vtep(cfg, control, loop_name, a.verbose))

@@ -1,0 +1,58 @@
+"""Text forms of control-socket answers, shared by ``vxlanpy-tunnel`` and the lab.
+
+Each function takes the JSON-friendly dict the control socket returns (``fdb show`` rows,
+``neigh show`` rows, ``stats``, events) and gives the line(s) a person reads, in iproute2's
+vocabulary where there is one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["fdb_line", "neigh_line", "stats_text", "event_line"]
+
+
+def fdb_line(r: dict[str, Any]) -> str:
+    """One ``fdb show`` row as ``bridge fdb show`` prints it."""
+    s = f"{r['mac']} dev {r['dev']} dst {r['dst']}"
+    if r.get("port"):
+        s += f" port {r['port']}"
+    s += f" vni {r['vni']} self"
+    return s + (" permanent" if r["permanent"] else f" age {r['age']:.0f}s")
+
+
+def neigh_line(r: dict[str, Any]) -> str:
+    """One ``neigh show`` row as ``ip neigh show`` prints it."""
+    return f"{r['ip']} dev {r['dev']} lladdr {r['lladdr']} {r['state']}"
+
+
+def stats_text(st: dict[str, Any]) -> str:
+    """The ``stats`` answer as a few lines per segment, then the VTEP-wide counters."""
+    lines = []
+    for vni, c in st["segments"].items():
+        lines.append(
+            f"vni {vni}: rx {c['rx_packets']} packets {c['rx_bytes']} bytes, "
+            f"tx {c['tx_packets']} packets {c['tx_bytes']} bytes, dropped {c['dropped']}"
+        )
+        lines.append(
+            f"  floods {c['floods']}  l2-misses {c['l2_misses']}  l3-misses {c['l3_misses']}  "
+            f"arp-proxied {c['arp_proxied']}  learned {c['learned']}  moved {c['moved']}  "
+            f"aged {c['aged']}  learn-refused {c['learn_refused']}"
+        )
+        if c["drops"]:
+            lines.append("  drops: " + ", ".join(f"{k} {n}" for k, n in c["drops"].items()))
+    un = st["unattributed"]["drops"]
+    lines.append(
+        "before a VNI was known: " + (", ".join(f"{k} {n}" for k, n in un.items()) or "no drops")
+    )
+    if st.get("socket_errors"):
+        lines.append(
+            "socket errors: " + ", ".join(f"{k} {n}" for k, n in st["socket_errors"].items())
+        )
+    lines.append(f"checksums completed: {st.get('checksums_completed', 0)}")
+    return "\n".join(lines)
+
+
+def event_line(ev: dict[str, Any]) -> str:
+    """One event as ``NAME key value key value ...``."""
+    return str(ev["event"]) + "".join(f" {k} {v}" for k, v in ev.items() if k != "event")
