@@ -26,7 +26,7 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml setup.py $(wildcard vxlanpy/*.c vxlanpy/*.h) vxlanpy/_build_fastpath.py
+$(STAMP): pyproject.toml setup.py $(wildcard vxlanpy/csrc/*.c vxlanpy/csrc/*.h) vxlanpy/_build_native.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'
@@ -59,4 +59,4 @@ bench: setup
 	$(PY) -m benchmarks e2e $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info vxlanpy/_fastpath_c.* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info vxlanpy/_native.* vxlanpy/_native.c .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,5 @@
 # Thin shim: setuptools reads everything from pyproject.toml; this only hooks in
-# the cffi out-of-line build of vxlanpy/_fastpath.c.
+# the cffi out-of-line build of the C fast path (vxlanpy/_build_native.py).
 from setuptools import setup
 
-setup(cffi_modules=["vxlanpy/_build_fastpath.py:ffibuilder"])
+setup(cffi_modules=["vxlanpy/_build_native.py:ffibuilder"])

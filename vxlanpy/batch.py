@@ -19,6 +19,7 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
+from .abi import ADDR_LEN
 from .wire import VXLAN_HLEN
 
 __all__ = ["FrameBatch", "DEFAULT_HEADROOM", "DEFAULT_MAX_FRAME", "DEFAULT_BATCH"]
@@ -45,7 +46,7 @@ class FrameBatch:
         "sport",
         "gso_type",
         "gso_size",
-        "vnet_flags",
+        "offload",
         "action",
         "addrs",
         "order",
@@ -75,16 +76,17 @@ class FrameBatch:
         self.vni = array("I", bytes(4 * capacity))
         self.status = array("i", bytes(4 * capacity))  # 0 ok, else a wire.STATUS_REASONS key
         self.sport = array("H", bytes(2 * capacity))  # outer UDP source port
-        # from the TAP's virtio-net header (IFF_VNET_HDR): GSO type/size and flags per frame
+        # offloads: a TAP's super-frame GSO type and size (virtio-net), a UDP GRO receive's
+        # segment size, and abi.Offload flags (partial checksum, checksum verified, coalesced)
         self.gso_type = array("B", bytes(capacity))
         self.gso_size = array("H", bytes(2 * capacity))
-        self.vnet_flags = array("B", bytes(capacity))
-        # the C datapath's verdict per slot (fastcache.py) and each datagram's source sockaddr
+        self.offload = array("B", bytes(capacity))
+        # the C datapath's verdict per slot (datapath.py) and each datagram's source sockaddr
         self.action = array("i", bytes(4 * capacity))
-        self.addrs = bytearray(28 * capacity)
+        self.addrs = bytearray(ADDR_LEN * capacity)
         # the C receive pump's slots in wire order (its split UDP GRO receives use spare slots)
         self.order = array("I", bytes(4 * capacity))
-        self.views: dict[str, Any] = {}  # per-backend cached views (cffi pointers)
+        self.views: dict[str, Any] = {}  # cached cffi views (kernels.py: the vx_batch struct)
 
     def frame_offset(self, i: int) -> int:
         return i * self.slot + self.headroom

@@ -81,7 +81,7 @@ class VtepConfig:
     dev: str | None = None
     strict: bool = False
     offload: bool = True  # TAP checksum/TSO offloads (IFF_VNET_HDR), segmented in the fast path
-    fast_path: bool = True  # the C forwarding cache (cffi backend); False: every frame in Python
+    fast_path: bool = True  # the C datapath (cffi backend); False: every frame in Python
     busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments

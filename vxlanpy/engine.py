@@ -11,12 +11,17 @@ what the engine wants written. One call per batch, in the style of aioquic's con
 - ``get_timer()`` / ``handle_timer(now)``: FDB ageing.
 - ``next_event()``: learned / moved / aged / L2 miss / L3 miss / dropped.
 
-Fast path / slow path (``attach_fastpath``): the C datapath (``fastcache.py``) keeps a mirror of
-every FDB and forwards what the mirror decides alone; the engine gets the rest as upcalls
-(``handle_frames(..., slots=)``, ``handle_datagrams(..., slots=)``). The engine stays the source
-of truth: call ``sync_fastpath()`` before each C call so that FDB changes (learning, moves,
-ageing, admin changes) reach the mirror; ``forward_frames`` / ``forward_datagrams`` do the whole
-round (C, then upcalls) without I/O. Forwarding results are the same with or without the mirror.
+Fast path / slow path (``attach_datapath``), as in Open vSwitch: **the C datapath executes
+what this engine decided and installed; it holds no policy of its own.** For each segment the
+engine installs a rule (which match fields send a frame up, what to do with an unknown source,
+the flood action) and, for each MAC its FDB knows, an entry: the action (the remotes to
+encapsulate to, with their port and VNI) and what C may do with it (encapsulate frames to the
+MAC; deliver frames from it if they came from one of its remotes, or from anywhere; refresh it).
+C matches and executes; whatever matches nothing comes back here as an upcall
+(``handle_frames(..., slots=)``, ``handle_upcalls``). ``sync_datapath()`` (before each C call)
+installs what changed: the FDB's change log, segment settings, engine settings. A new rule here
+needs no C change unless it needs a new match field or action. Forwarding results are the
+same with or without the datapath (tests/test_datapath.py holds the two to it).
 
 Outputs may be views into the batch the caller passed: drain them before reusing that batch.
 
@@ -37,23 +42,25 @@ Rules, wire -> device (``handle_datagrams``):
   4. learning on: learn source MAC -> outer source IP; a static MAC from another VTEP is a
      spoof: drop (spoofed-static); past max_addresses: deliver, count the refusal;
   5. deliver the inner frame to the segment's device.
+What C may do alone (``_rule``, ``_entry``) follows from these rules: see those methods.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
 from . import kernels
+from .abi import EntryFlag, Miss, RxMatch, TxMatch, Verdict
 from .batch import FrameBatch
+from .datapath import Datapath, Rule, Target
 from .events import Dropped, Event, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
-from .fastcache import REMOTE_NONE, UPCALL, FastPath
-from .fdb import Fdb, LearnResult, Remote
-from .neigh import NeighTable, arp_reply
+from .fdb import LearnResult, Remote
+from .neigh import arp_reply
+from .packets import Datagram, DeviceFrame
+from .segment import Counters, Segment, SegmentConfig
 from .wire import (
     ARP_REQUEST,
     DEFAULT_SRCPORT_RANGE,
@@ -66,125 +73,11 @@ from .wire import (
     VXLAN_PORT,
     ZERO_MAC,
     DropReason,
-    check_vni,
     encode_header,
     parse_arp,
 )
 
-__all__ = [
-    "Engine",
-    "SegmentConfig",
-    "Segment",
-    "Counters",
-    "Datagram",
-    "DeviceFrame",
-]
-
-
-class Datagram(NamedTuple):
-    """A UDP datagram to send: ``payload`` (VXLAN header + frame) to ``host:port`` from
-    source port ``sport``. ``slot`` is the batch slot it was made from (-1: a copy)."""
-
-    payload: bytes | memoryview
-    host: str
-    port: int
-    sport: int
-    vni: int
-    slot: int = -1
-
-
-class DeviceFrame(NamedTuple):
-    """An Ethernet frame to write to the device of segment ``vni`` (``slot``: as Datagram)."""
-
-    vni: int
-    frame: bytes | memoryview
-    slot: int = -1
-
-
-@dataclass(slots=True)
-class Counters:
-    """Per-segment counters (the engine-wide ones count drops not attributable to a VNI).
-
-    tx counts datagrams sent (a flooded frame counts once per copy) and their inner bytes;
-    rx counts frames delivered to the device.
-    """
-
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    tx_packets: int = 0
-    tx_bytes: int = 0
-    floods: int = 0
-    l2_misses: int = 0
-    l3_misses: int = 0
-    arp_proxied: int = 0
-    learned: int = 0
-    moved: int = 0
-    aged: int = 0
-    learn_refused: int = 0
-    drops: Counter[DropReason] = field(default_factory=Counter)
-
-    @property
-    def dropped(self) -> int:
-        return sum(self.drops.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k) for k in self.__slots__ if k != "drops"}
-        out["dropped"] = self.dropped
-        out["drops"] = {r.value: n for r, n in sorted(self.drops.items())}
-        return out
-
-
-@dataclass
-class SegmentConfig:
-    """One VXLAN segment (VNI) of the VTEP.
-
-    ``remotes`` seed the flood list (head-end replication); ``group`` puts a multicast group
-    there instead (or as well). ``local_mac`` is the device's own MAC, for loop detection.
-    """
-
-    vni: int
-    remotes: Sequence[str] = ()
-    group: str | None = None
-    learning: bool = True
-    ageing: float = 300.0
-    max_addresses: int = 0
-    proxy: bool = False
-    allow_vlan: bool = False
-    local_mac: bytes | None = None
-    fdb: Sequence[tuple[bytes, Remote]] = ()
-    neigh: Sequence[tuple[str, bytes]] = ()
-
-    def __post_init__(self) -> None:
-        check_vni(self.vni)
-        if self.group is not None and not ipaddress.ip_address(self.group).is_multicast:
-            raise ValueError(f"group {self.group} is not a multicast address")
-
-
-class Segment:
-    """Runtime state of one VNI: its FDB, neighbour table and counters."""
-
-    __slots__ = ("vni", "config", "fdb", "neigh", "counters", "proxy", "allow_vlan", "local_mac")
-
-    def __init__(self, config: SegmentConfig) -> None:
-        self.vni = config.vni
-        self.config = config
-        self.fdb = Fdb(
-            learning=config.learning, ageing=config.ageing, max_addresses=config.max_addresses
-        )
-        self.neigh = NeighTable()
-        self.counters = Counters()
-        self.proxy = config.proxy
-        self.allow_vlan = config.allow_vlan
-        self.local_mac = config.local_mac
-        for ip in config.remotes:
-            self.fdb.append(ZERO_MAC, Remote.make(ip))
-        if config.group is not None:
-            self.fdb.append(ZERO_MAC, Remote.make(config.group))
-        for mac, remote in config.fdb:
-            self.fdb.append(mac, remote)
-        for ip, mac in config.neigh:
-            self.neigh.replace(ip, mac)
-
+__all__ = ["Engine", "SegmentConfig", "Segment", "Counters", "Datagram", "DeviceFrame"]
 
 _VLAN_TYPES = (ETH_P_8021Q, ETH_P_8021AD)
 _FRESH = frozenset((LearnResult.NEW, LearnResult.REFRESHED, LearnResult.MOVED, LearnResult.STATIC))
@@ -216,7 +109,7 @@ class Engine:
         # (offload over veth): a TAP's stack would drop them. Wrong checksums stay wrong.
         self.complete_checksums = complete_checksums
         self.checksums_completed = 0
-        self.fast = kernels.load(backend) if backend else kernels.backend
+        self.kernels = kernels.load(backend) if backend else kernels.backend
         self.counters = Counters()  # drops before a VNI is known
         self.events_lost = 0
         self._segments: dict[int, Segment] = {}
@@ -224,8 +117,10 @@ class Engine:
         self._max_events = max_events
         self._to_send: list[Datagram] = []
         self._to_device: list[DeviceFrame] = []
-        self.fastpath: FastPath | None = None
-        self._fp_flags: dict[int, tuple[bool, bool, bool, bytes | None]] = {}
+        self.datapath: Datapath | None = None
+        self._changed: set[int] = set()  # VNIs with something to install
+        self._installed: dict[int, Rule] = {}  # each segment's rule as installed
+        self._settings: tuple[tuple[int, int], bool, bool] | None = None
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -235,160 +130,20 @@ class Engine:
             raise ValueError(f"VNI {config.vni} is configured already")
         seg = Segment(config)
         self._segments[config.vni] = seg
-        if self.fastpath is not None:
-            self._mirror_segment(seg)
+        if self.datapath is not None:
+            self._watch(seg)
+            self.sync_datapath()  # served at once: its device can be set next
         return seg
 
     def remove_segment(self, vni: int) -> None:
-        del self._segments[vni]
-        if self.fastpath is not None:
-            self.fastpath.remove_segment(vni)
-            self._fp_flags.pop(vni, None)
-
-    # --- the C fast path ----------------------------------------------------------------------
-
-    def attach_fastpath(self, fp: FastPath) -> None:
-        """Mirror every segment's FDB into ``fp`` from now on (see the module docstring)."""
-        self.fastpath = fp
-        for seg in self._segments.values():
-            self._mirror_segment(seg)
-
-    def _mirror_segment(self, seg: Segment) -> None:
-        assert self.fastpath is not None
-        self._fp_flags.pop(seg.vni, None)
-        self._push_flags(seg)
-        self.fastpath.clear(seg.vni)  # a new FDB object: nothing of the old one may stay
-        fdb = seg.fdb
-        fdb.dirty = set()
-        for mac, _r in fdb.static_items():
-            self._push_entry(seg, mac)
-        for mac, _ip, _t in fdb.learned_items():
-            self._push_entry(seg, mac)
-
-    def _push_flags(self, seg: Segment) -> None:
-        fp = self.fastpath
-        assert fp is not None
-        flags = (seg.fdb.learning, seg.allow_vlan, seg.proxy, seg.local_mac)
-        if self._fp_flags.get(seg.vni) != flags:
-            fp.set_segment(
-                seg.vni,
-                learning=flags[0],
-                allow_vlan=flags[1],
-                proxy=flags[2],
-                local_mac=flags[3],
-            )
-            self._fp_flags[seg.vni] = flags
-
-    def _push_entry(self, seg: Segment, mac: bytes) -> None:
-        """Make the mirror's entry for ``mac`` what the FDB says now."""
-        fp = self.fastpath
-        assert fp is not None
-        fdb = seg.fdb
-        remotes = fdb.lookup(mac)
-        if remotes is None:
-            fp.delete(seg.vni, mac)
-            return
-        rid = REMOTE_NONE
-        if len(remotes) == 1 and remotes[0].vni in (None, seg.vni):
-            r = remotes[0]
-            rid = fp.remote_id(r.ip, r.port or self.dstport)
-        fp.put(seg.vni, mac, rid, fdb.is_static(mac), fdb.last_seen_ms(mac) or 0)
-
-    def sync_fastpath(self) -> None:
-        """Push FDB changes and segment settings to the C mirror. Call before each C call."""
-        if self.fastpath is None:
-            return
-        for seg in self._segments.values():
-            dirty = seg.fdb.dirty
-            if dirty is None:  # the FDB object was replaced: mirror it afresh
-                self._mirror_segment(seg)
-                continue
-            while dirty:  # one at a time: a failed push leaves the rest (and itself) to redo
-                mac = dirty.pop()
-                try:
-                    self._push_entry(seg, mac)
-                except BaseException:
-                    dirty.add(mac)
-                    raise
-            self._push_flags(seg)
-
-    def refresh_from_fastpath(self, vni: int) -> None:
-        """Copy the last-seen times the C path recorded into the FDB of ``vni`` (before showing
-        ages)."""
-        if self.fastpath is None:
-            return
-        fdb = self._segments[vni].fdb
-        for mac, e in self.fastpath.dump(vni).items():
-            if not e.static:
-                fdb.touch(mac, round(e.seen * 1000))
-
-    def segment_stats(self, vni: int) -> dict[str, Any]:
-        """The counters of ``vni``: the engine's plus the C fast path's (rx/tx packets and bytes;
-        its TAP write errors and GSO frames are device counters, see ``FastPath.counters``)."""
-        out = self._segments[vni].counters.to_dict()
-        if self.fastpath is not None:
-            for k, v in self.fastpath.counters(vni).items():
-                if k in out:
-                    out[k] += v
-        return out
-
-    def forward_frames(self, vni: int, batch: FrameBatch, now: float) -> None:
-        """``handle_frames`` through the C mirror: hits are decided in C, the rest here. The
-        same outputs as ``handle_frames`` (without a fast path, it is ``handle_frames``)."""
-        fp = self.fastpath
-        if fp is None:
-            self.handle_frames(vni, batch, now)
-            return
-        self.sync_fastpath()
-        fp.tx_classify(vni, batch)
-        c = self._segments[vni].counters
-        act = batch.action
-        up: list[int] = []
-        mv = memoryview(batch.buf)
-        for i in range(batch.count):
-            a = act[i]
-            if a < 0:
-                up.append(i)
-                continue
-            host, port = fp.remote(a)
-            off, plen = batch.header_offset(i), batch.payload_len[i]
-            self._to_send.append(Datagram(mv[off : off + plen], host, port, batch.sport[i], vni, i))
-            c.tx_packets += 1
-            c.tx_bytes += plen - VXLAN_HLEN
-        if up:
-            self.handle_frames(vni, batch, now, slots=up)
-
-    def forward_datagrams(self, batch: FrameBatch, now: float) -> None:
-        """``handle_datagrams`` through the C mirror, sources taken from ``batch.addrs``."""
-        fp = self.fastpath
-        if fp is None:
-            raise RuntimeError("no fast path attached")
-        self.sync_fastpath()
-        fp.rx_classify(batch, now)
-        self._deliver_hits(batch)
-        self.handle_upcalls(batch, now)
-
-    def _deliver_hits(self, batch: FrameBatch) -> None:
-        mv = memoryview(batch.buf)
-        for i in range(batch.count):
-            if batch.action[i] >= 0:
-                off = batch.frame_offset(i)
-                self._to_device.append(
-                    DeviceFrame(batch.vni[i], mv[off : off + batch.frame_len[i]], i)
-                )
-
-    def handle_upcalls(self, batch: FrameBatch, now: float) -> None:
-        """The datagrams of ``batch`` the C path sent up (already decapsulated by it)."""
-        fp = self.fastpath
-        assert fp is not None
-        # batch.order: the slots in wire order (the receive pump puts split GRO datagrams in
-        # spare slots); rx_classify leaves it 0..count-1
-        slots = [i for i in batch.order[: batch.count] if batch.action[i] == UPCALL]
-        if slots:
-            sources = [""] * batch.capacity
-            for i in slots:
-                sources[i] = fp.source(batch, i)
-            self.handle_datagrams(batch, sources, now, slots=slots, prepared=True)
+        seg = self._segments.pop(vni)
+        seg.watch(None)
+        self._changed.discard(vni)
+        rule = self._installed.pop(vni, None)
+        if self.datapath is not None:
+            self.datapath.remove_segment(vni)
+            if rule is not None:
+                self.datapath.release(rule.group_action)
 
     def segment(self, vni: int) -> Segment:
         """The segment of ``vni``; KeyError if it is not configured."""
@@ -398,13 +153,212 @@ class Engine:
     def segments(self) -> dict[int, Segment]:
         return dict(self._segments)
 
+    # --- the C datapath: what it may do on its own --------------------------------------------
+
+    def attach_datapath(self, dp: Datapath) -> None:
+        """Install every segment into ``dp``, now and from now on (see the module docstring)."""
+        self.datapath = dp
+        for seg in self._segments.values():
+            self._watch(seg)
+        self.sync_datapath()
+
+    def _watch(self, seg: Segment) -> None:
+        vni = seg.vni
+        seg.watch(functools.partial(self._changed.add, vni))
+
+    def _rule(self, seg: Segment, flood: int) -> Rule:
+        """What C may do for a whole segment (``flood``: the action for the flood list):
+        - device -> wire: VLAN-tagged frames go up when the segment refuses them (rule 2), ARP
+          when the proxy answers it (rule 3); group destinations take the flood action (rule 4);
+        - wire -> device: bad source MACs go up (rule 3), and tagged frames when refused; a
+          source MAC without an entry is delivered as it is when learning is off (rule 4:
+          nothing to learn), else it goes up to be learned."""
+        tx_up = (0 if seg.allow_vlan else TxMatch.VLAN) | (TxMatch.ARP if seg.proxy else 0)
+        rx_up = RxMatch.GROUP_SRC | RxMatch.ZERO_SRC | (0 if seg.allow_vlan else RxMatch.VLAN)
+        miss = Miss.UPCALL if seg.fdb.learning else Miss.DELIVER
+        return Rule(int(tx_up), int(rx_up), int(miss), flood)
+
+    def _targets(self, seg: Segment, remotes: tuple[Remote, ...]) -> tuple[Target, ...]:
+        dstport, vni = self.dstport, seg.vni
+        return tuple(
+            Target(r.ip, r.port or dstport, vni if r.vni is None else r.vni) for r in remotes
+        )
+
+    def _entry(self, seg: Segment, mac: bytes) -> tuple[tuple[Target, ...], int] | None:
+        """What C may do for ``mac`` in ``seg`` (None: nothing to install):
+        - device -> wire: frames to a MAC the FDB knows are encapsulated to its remotes (rule 5);
+        - wire -> device, learning on: frames from a static MAC are delivered when they come
+          from one of its remotes (else a spoof), from a learned MAC when they come from its
+          remote, refreshing it (else a move); learning off: delivered from anywhere (nothing
+          is learned or checked); never for the device's own MAC (looped, rule 3)."""
+        fdb = seg.fdb
+        remotes = fdb.lookup(mac)
+        own = mac == seg.local_mac
+        if remotes is None:
+            return ((), 0) if own else None  # an entry with nothing allowed sends it up
+        flags = EntryFlag.ENCAP
+        if fdb.is_static(mac):
+            flags |= EntryFlag.STATIC
+        if own:
+            pass
+        elif not fdb.learning:
+            flags |= EntryFlag.DELIVER_ANY
+        elif fdb.is_static(mac):
+            flags |= EntryFlag.DELIVER
+        else:
+            flags |= EntryFlag.DELIVER | EntryFlag.REFRESH
+        return self._targets(seg, remotes), int(flags)
+
+    def _install_entry(self, seg: Segment, mac: bytes) -> None:
+        dp = self.datapath
+        assert dp is not None
+        want = self._entry(seg, mac)
+        if want is None:
+            dp.delete(seg.vni, mac)
+            return
+        targets, flags = want
+        aid = dp.action(targets) if targets else 0
+        if not aid:  # nothing C can send to, or no room: only what needs no action stays
+            flags &= EntryFlag.DELIVER_ANY | EntryFlag.STATIC
+        dp.put(seg.vni, mac, aid, flags, seg.fdb.last_seen_ms(mac) or 0)
+
+    def _install_segment(self, seg: Segment) -> None:
+        """The segment's rule, and its flood action, as they should be now."""
+        dp = self.datapath
+        assert dp is not None
+        flood = seg.fdb.flood_list()
+        aid = dp.action(self._targets(seg, flood)) if flood else 0
+        rule = self._rule(seg, aid)
+        old = self._installed.get(seg.vni)
+        if rule == old:
+            dp.release(aid)  # the same action: drop the reference taken just now
+            return
+        dp.set_segment(seg.vni, rule)
+        self._installed[seg.vni] = rule
+        if old is not None:
+            dp.release(old.group_action)
+
+    def sync_datapath(self) -> None:
+        """Install what changed since the last call (FDB entries, segment settings, engine
+        settings) into the C datapath. Call it before each C call."""
+        dp = self.datapath
+        if dp is None:
+            return
+        settings = (self.srcport, self.strict, self.complete_checksums)
+        if settings != self._settings:
+            dp.configure(*settings)
+            self._settings = settings
+        while self._changed:
+            vni = self._changed.pop()
+            seg = self._segments.get(vni)
+            if seg is None:
+                continue
+            everything, macs = seg.fdb.changes.drain()
+            try:
+                self._install_segment(seg)
+                if everything:
+                    dp.clear(vni)  # a new FDB object or a new watcher: nothing old may stay
+                    macs = self._all_macs(seg) | macs
+                while macs:  # one at a time: a failed push leaves the rest (and itself) to redo
+                    mac = macs.pop()
+                    try:
+                        self._install_entry(seg, mac)
+                    except BaseException:
+                        macs.add(mac)
+                        raise
+            except BaseException:
+                seg.fdb.changes.put_back(False, macs)
+                self._changed.add(vni)
+                raise
+
+    def _all_macs(self, seg: Segment) -> set[bytes]:
+        fdb = seg.fdb
+        macs = {mac for mac, _r in fdb.static_items()} | {m for m, _ip, _t in fdb.learned_items()}
+        if seg.local_mac is not None:
+            macs.add(seg.local_mac)
+        return macs
+
+    def refresh_from_datapath(self, vni: int) -> None:
+        """Copy the last-seen times C recorded into the FDB of ``vni`` (before showing ages)."""
+        if self.datapath is None:
+            return
+        fdb = self._segments[vni].fdb
+        for mac, e in self.datapath.dump(vni).items():
+            if e.flags & EntryFlag.REFRESH:
+                fdb.touch(mac, round(e.seen * 1000))
+
+    def forward_frames(self, vni: int, batch: FrameBatch, now: float) -> None:
+        """``handle_frames`` through the C datapath: what is installed is done in C, the rest
+        here. The same outputs as ``handle_frames`` (without a datapath, it is that)."""
+        dp = self.datapath
+        if dp is None:
+            self.handle_frames(vni, batch, now)
+            return
+        self.sync_datapath()
+        dp.tx_classify(vni, batch)
+        self.datagrams_of_hits(vni, batch)
+        up = [i for i in range(batch.count) if batch.action[i] < 0]
+        if up:
+            self.handle_frames(vni, batch, now, slots=up)
+
+    def datagrams_of_hits(self, vni: int, batch: FrameBatch) -> None:
+        """The datagrams C would send for the slots it classified as hits (``tx_classify``
+        encapsulated them for their action's first target), for callers doing their own I/O;
+        counted here as C counts what it sends."""
+        dp = self.datapath
+        assert dp is not None
+        c = self._segments[vni].counters
+        mv = memoryview(batch.buf)
+        for i in range(batch.count):
+            a = batch.action[i]
+            if a <= 0:
+                continue
+            off, plen = batch.header_offset(i), batch.payload_len[i]
+            payload = mv[off : off + plen]
+            targets = dp.targets(a)
+            if batch.buf[batch.frame_offset(i)] & 1:
+                c.floods += 1
+            for t in targets:
+                data = payload if t.vni == targets[0].vni else encode_header(t.vni) + payload[8:]
+                self._to_send.append(Datagram(data, t.ip, t.port, batch.sport[i], t.vni, i))
+                c.tx_packets += 1
+                c.tx_bytes += plen - VXLAN_HLEN
+
+    def forward_datagrams(self, batch: FrameBatch, now: float) -> None:
+        """``handle_datagrams`` through the C datapath, sources taken from ``batch.addrs``."""
+        dp = self.datapath
+        if dp is None:
+            raise RuntimeError("no datapath attached")
+        self.sync_datapath()
+        dp.rx_classify(batch, now)
+        mv = memoryview(batch.buf)
+        for i in range(batch.count):
+            if batch.action[i] >= 0:
+                off = batch.frame_offset(i)
+                frame = mv[off : off + batch.frame_len[i]]
+                self._to_device.append(DeviceFrame(batch.vni[i], frame, i))
+        self.handle_upcalls(batch, now)
+
+    def handle_upcalls(self, batch: FrameBatch, now: float) -> None:
+        """The datagrams of ``batch`` C sent up (already decapsulated by it)."""
+        dp = self.datapath
+        assert dp is not None
+        # batch.order: the slots in wire order (the receive pump puts split GRO datagrams in
+        # spare slots); rx_classify leaves it 0..count-1
+        slots = [i for i in batch.order[: batch.count] if batch.action[i] == Verdict.UPCALL]
+        if slots:
+            sources = [""] * batch.capacity
+            for i in slots:
+                sources[i] = dp.source(batch, i)
+            self.handle_datagrams(batch, sources, now, slots=slots, prepared=True)
+
     # --- device -> wire -----------------------------------------------------------------------
 
     def handle_frames(
         self, vni: int, batch: FrameBatch, now: float, slots: Iterable[int] | None = None
     ) -> None:
         """Forward the frames in ``batch`` (read from the device of ``vni``); only those in
-        ``slots`` if given (the C path's upcalls).
+        ``slots`` if given (the C datapath's upcalls).
 
         Next: send ``datagrams_to_send()`` and write ``frames_to_device()``, then reuse the batch.
         """
@@ -448,7 +402,7 @@ class Engine:
         if not plan:
             return
         lo, hi = self.srcport
-        self.fast.encap_batch(batch, lo, hi)
+        self.kernels.encap_batch(batch, lo, hi)
         mv = memoryview(buf)
         out = self._to_send
         dstport = self.dstport
@@ -470,12 +424,12 @@ class Engine:
         """One frame from the device (a copy is taken; outputs are bytes). See handle_frames."""
         batch = FrameBatch(1, max(len(frame), ETH_HLEN), VXLAN_HLEN)
         batch.append_frame(frame, vni)
-        fast, self.fast = self.fast, _PY
+        kern, self.kernels = self.kernels, _PY
         start_send, start_dev = len(self._to_send), len(self._to_device)
         try:
             self.handle_frames(vni, batch, now)
         finally:
-            self.fast = fast
+            self.kernels = kern
         self._detach(start_send, start_dev)
 
     def _proxy_arp(self, seg: Segment, batch: FrameBatch, i: int) -> bool:
@@ -507,14 +461,14 @@ class Engine:
     ) -> None:
         """Process received UDP payloads (slot ``i`` came from the underlay IP ``sources[i]``);
         only those in ``slots`` if given; ``prepared``: already decapsulated (and checksums
-        completed) by the C path.
+        completed) by the C datapath.
 
         Next: write ``frames_to_device()`` to each segment's device, then reuse the batch.
         """
         if not prepared:
-            self.fast.decap_batch(batch, self.strict)
+            self.kernels.decap_batch(batch, self.strict)
             if self.complete_checksums:
-                self.checksums_completed += self.fast.complete_checksums(batch)
+                self.checksums_completed += self.kernels.complete_checksums(batch)
         fresh: tuple[bytes, str, int] = _NONE3
         buf = batch.buf
         mv = memoryview(buf)
@@ -570,12 +524,12 @@ class Engine:
         """One received UDP payload (a copy is taken; outputs are bytes)."""
         batch = FrameBatch(1, max(len(payload), ETH_HLEN), VXLAN_HLEN)
         batch.append_payload(payload)
-        fast, self.fast = self.fast, _PY
+        kern, self.kernels = self.kernels, _PY
         start_send, start_dev = len(self._to_send), len(self._to_device)
         try:
             self.handle_datagrams(batch, (source,), now)
         finally:
-            self.fast = fast
+            self.kernels = kern
         self._detach(start_send, start_dev)
 
     # --- outputs ------------------------------------------------------------------------------
@@ -608,11 +562,9 @@ class Engine:
 
     def handle_timer(self, now: float) -> None:
         """Age out learned entries; emits MacAged events."""
-        fp = self.fastpath
+        dp = self.datapath
         for seg in self._segments.values():
-            seen = None
-            if fp is not None:
-                seen = functools.partial(fp.seen_ms, seg.vni)
+            seen = None if dp is None else functools.partial(dp.seen_ms, seg.vni)
             for mac, remote in seg.fdb.expire(now, seen):
                 seg.counters.aged += 1
                 self._event(MacAged(seg.vni, mac, remote.ip))

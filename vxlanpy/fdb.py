@@ -16,6 +16,10 @@ Semantics follow the Linux vxlan driver driven by ``bridge fdb``:
 
 Learned entries are kept compact (the FDB must hold 10^6 of them): the value is one int packing
 the remote's index, the last-seen time in ms and the ageing-wheel slot it is filed under.
+
+Every change to what the FDB maps (an entry added, removed, moved, its remotes changed, the
+learning switch) goes into its :class:`ChangeLog`, for whoever mirrors the FDB (the engine,
+installing entries into the C datapath). Refreshing a learned entry's time is not a change.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from __future__ import annotations
 import enum
 import heapq
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .wire import ZERO_MAC, check_vni, format_mac
 
 __all__ = [
+    "ChangeLog",
     "Remote",
     "FdbEntry",
     "Fdb",
@@ -38,6 +43,61 @@ __all__ = [
     "FdbFull",
     "FdbNotFound",
 ]
+
+
+class ChangeLog:
+    """The MACs whose entry changed since the watcher last drained the log.
+
+    Nothing is kept until someone watches (``watch``); a watcher is called once each time the
+    log goes from empty to not empty, so that it need not look at logs with nothing in them.
+    ``everything``: the whole FDB must be read again (a new watcher, a setting that concerns
+    every entry)."""
+
+    __slots__ = ("_macs", "_everything", "_watcher")
+
+    def __init__(self) -> None:
+        self._macs: set[bytes] = set()
+        self._everything = False
+        self._watcher: Callable[[], None] | None = None
+
+    def watch(self, watcher: Callable[[], None] | None) -> None:
+        """Report changes to ``watcher`` from now on (None: nobody); the first drain will say
+        ``everything``."""
+        self._watcher = watcher
+        self._macs = set()
+        self._everything = watcher is not None
+        if watcher is not None:
+            watcher()
+
+    def note(self, mac: bytes) -> None:
+        """The entry of ``mac`` changed."""
+        if self._watcher is None:
+            return
+        if not self._macs and not self._everything:
+            self._watcher()
+        self._macs.add(mac)
+
+    def note_everything(self) -> None:
+        """Every entry must be read again."""
+        if self._watcher is None:
+            return
+        if not self._macs and not self._everything:
+            self._watcher()
+        self._everything = True
+
+    def drain(self) -> tuple[bool, set[bytes]]:
+        """(everything, MACs) changed since the last drain; the log is empty afterwards."""
+        out = (self._everything, self._macs)
+        self._everything = False
+        self._macs = set()
+        return out
+
+    def put_back(self, everything: bool, macs: Iterable[bytes]) -> None:
+        """Return what a drain gave and the watcher could not apply (it is tried again)."""
+        if everything:
+            self.note_everything()
+        for mac in macs:
+            self.note(mac)
 
 
 class FdbError(Exception):
@@ -137,7 +197,7 @@ class Fdb:
             raise ValueError("ageing must be >= 0 seconds (0 = never age)")
         if max_addresses < 0:
             raise ValueError("max_addresses must be >= 0 (0 = no limit)")
-        self.learning = learning
+        self._learning = learning
         self._ageing = float(ageing)
         self._ageing_ms = _ageing_ms(ageing)
         self.max_addresses = max_addresses
@@ -152,12 +212,20 @@ class Fdb:
         # ageing wheel: whole second -> MACs filed there; a heap of the seconds in use
         self._wheel: dict[int, list[bytes]] = {}
         self._heap: list[int] = []
-        # MACs whose entry changed (added, removed, moved, remotes changed) since the owner last
-        # drained the set; None until someone mirrors this FDB (the engine's C cache). Refreshing
-        # a learned entry's time is not a change.
-        self.dirty: set[bytes] | None = None
+        self.changes = ChangeLog()
 
     # --- sizes and settings -------------------------------------------------------------------
+
+    @property
+    def learning(self) -> bool:
+        """Learn source MACs from received frames (``bridge link set ... learning``)."""
+        return self._learning
+
+    @learning.setter
+    def learning(self, on: bool) -> None:
+        if on != self._learning:
+            self._learning = on
+            self.changes.note_everything()  # what an entry lets the datapath do depends on it
 
     @property
     def ageing(self) -> float:
@@ -400,8 +468,7 @@ class Fdb:
     # --- internals ----------------------------------------------------------------------------
 
     def _changed(self, mac: bytes) -> None:
-        if self.dirty is not None:
-            self.dirty.add(mac)
+        self.changes.note(mac)
 
     def _pack(self, mac: bytes, rid: int, last_ms: int) -> int:
         sched = 0

@@ -1,24 +1,26 @@
-"""Choose the fast-path backend: the cffi extension (``"cffi"``) or its pure-Python twin.
+"""Choose the batch kernels' backend: the C extension (``"cffi"``) or its pure-Python twin.
 
 ``VXLANPY_PURE_PYTHON=1`` forces the twin; ``VXLANPY_REQUIRE_C=1`` turns a missing extension into
 an ``ImportError`` (CI sets it, so a broken build cannot hide behind the twin). Both backends
-expose the same six functions with the same signatures:
+expose the same functions with the same signatures:
 
 - ``encap_batch(batch, lo, hi)``: headers in place, ``payload_len`` and ``sport`` set;
 - ``decap_batch(batch, strict)``: ``status``, ``vni`` and ``frame_len`` set per slot;
 - ``complete_checksums(batch) -> int``: receive path, after ``decap_batch``: inner TCP/UDP
   checksums a checksum-offloading sender left partial (the field holds only the folded
   pseudo-header sum) are completed in place, so the frames can be written to a TAP; correct and
-  otherwise wrong checksums are left alone. Returns how many frames were rewritten;
+  otherwise wrong checksums are left alone. Frames whose checksum verifies afterwards are marked
+  ``abi.Offload.CSUM_OK`` (only those may be handed to a TAP as GSO frames); frames marked
+  ``COALESCED`` are skipped. Returns how many frames were rewritten;
 - ``tso_segment(batch, src, gso_size, out) -> int``: transmit path, for a frame a TAP with
   TSO offload handed over with a TCP GSO type: cuts the TCP super-frame in slot ``src`` into
-  segments of at most ``gso_size`` payload bytes, appended to ``out`` from slot ``out.count``
+  chunks of at most ``gso_size`` payload bytes, appended to ``out`` from slot ``out.count``
   (``frame_len`` set, ``vni`` copied from ``batch.vni[src]``, ``count`` advanced), each with
   IPv4 total length / IPv6 payload length set, IPv4 id + k and header checksum, TCP seq + k *
-  gso_size, FIN and PSH only on the last segment, CWR only on the first, and a full TCP checksum
-  (the input's checksum field is ignored). Returns the number of segments; then encapsulate
+  gso_size, FIN and PSH only on the last chunk, CWR only on the first, and a full TCP checksum
+  (the input's checksum field is ignored). Returns the number of chunks; then encapsulate
   ``out``. Returns 0 and writes nothing when the frame is not untagged Ethernet + IPv4 (not a
-  fragment) or IPv6 (next header TCP) + TCP with a payload, ``gso_size`` is 0, or the segments
+  fragment) or IPv6 (next header TCP) + TCP with a payload, ``gso_size`` is 0, or the chunks
   do not fit in ``out`` (slots or ``max_frame``): send such a frame as it is, or drop it;
 - ``gro_coalesce(buf, length, seg) -> int``: receive path, for a socket with UDP_GRO:
   ``buf[:length]`` holds VXLAN datagrams of ``seg`` bytes each back to back (the last
@@ -32,6 +34,12 @@ expose the same six functions with the same signatures:
   datagram, the first's headers followed by every payload in order, with the IP length, IPv4
   header checksum, TCP flags (the last segment's) and a full TCP checksum set, and returns its
   length. Otherwise returns 0 and leaves ``buf`` untouched;
+- ``vnet_gso(buf, off, length, mtu, hoff) -> bool``: the virtio-net GSO header (at ``hoff``) a
+  TAP needs to take the verified TCP frame ``buf[off:off+length]`` larger than ``mtu`` + 14 as
+  a super-frame (the TCP checksum field set to the pseudo-header sum); False, nothing written,
+  for any other frame;
+- ``parse(frame) -> headers.L3L4``: where the network headers are (the one parse every kernel
+  uses);
 - ``flow_hash(frame)``: the 32-bit inner-flow hash.
 
 The batch kernels raise ``ValueError`` for a ``count`` outside ``0..capacity`` and ``encap_batch``
@@ -46,20 +54,27 @@ import os
 from types import ModuleType
 from typing import Any
 
-from . import _fastpath_py
-from ._fastpath_py import check_batch, check_gro, check_port_range, check_tso
+from . import _codec_py, _offload_py
+from ._codec_py import check_batch, check_port_range
+from ._offload_py import check_gro, check_tso
 from .batch import FrameBatch
+from .headers import L3L4
+from .wire import flow_hash as _py_flow_hash
 
 __all__ = [
     "BACKEND",
     "Backend",
     "backend",
     "load",
+    "native",
+    "cbatch",
     "encap_batch",
     "decap_batch",
     "complete_checksums",
     "tso_segment",
     "gro_coalesce",
+    "vnet_gso",
+    "parse",
     "flow_hash",
 ]
 
@@ -68,76 +83,64 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def cbatch(mod: Any, batch: FrameBatch) -> Any:
+    """The ``vx_batch *`` describing ``batch`` for the extension ``mod`` (made once per batch:
+    cffi views of a buffer cost more than a kernel call)."""
+    v = batch.views.get("vx_batch")
+    if v is None:
+        ffi = mod.ffi
+        fb = ffi.from_buffer
+        keep = [
+            fb("uint8_t[]", batch.buf),
+            fb("uint32_t[]", batch.frame_len),
+            fb("uint32_t[]", batch.payload_len),
+            fb("uint32_t[]", batch.vni),
+            fb("int32_t[]", batch.status),
+            fb("uint16_t[]", batch.sport),
+            fb("uint8_t[]", batch.gso_type),
+            fb("uint16_t[]", batch.gso_size),
+            fb("uint8_t[]", batch.offload),
+            fb("int32_t[]", batch.action),
+            fb("uint8_t[]", batch.addrs),
+            fb("uint32_t[]", batch.order),
+        ]
+        s = ffi.new("vx_batch *")
+        s.buf, s.frame_len, s.payload_len, s.vni, s.status, s.sport = keep[:6]
+        s.gso_type, s.gso_size, s.offload, s.action, s.addrs, s.order = keep[6:]
+        s.slot, s.headroom = batch.slot, batch.headroom
+        s.capacity, s.max_frame = batch.capacity, batch.max_frame
+        v = (s, keep)
+        batch.views["vx_batch"] = v
+    return v[0]
+
+
 class _CffiBackend:
-    """Adapts the raw cffi functions to the FrameBatch signatures. Views are made once per batch."""
+    """Adapts the C kernels to the FrameBatch signatures."""
 
     name = "cffi"
 
     def __init__(self, mod: Any) -> None:
+        self.mod = mod
         self._ffi = mod.ffi
         self._lib = mod.lib
-
-    def views(self, batch: FrameBatch) -> tuple[Any, ...]:
-        """cffi views of buf, frame_len, payload_len, vni, status, sport (made once per batch)."""
-        v = batch.views.get("cffi")
-        if v is None:
-            fb = self._ffi.from_buffer
-            v = (
-                fb("uint8_t[]", batch.buf),
-                fb("uint32_t[]", batch.frame_len),
-                fb("uint32_t[]", batch.payload_len),
-                fb("uint32_t[]", batch.vni),
-                fb("int32_t[]", batch.status),
-                fb("uint16_t[]", batch.sport),
-            )
-            batch.views["cffi"] = v
-        return v
 
     def encap_batch(self, batch: FrameBatch, lo: int, hi: int) -> None:
         check_batch(batch)
         check_port_range(lo, hi)
-        buf, flen, plen, vni, _st, sport = self.views(batch)
-        self._lib.vx_encap_batch(
-            buf, batch.slot, batch.headroom, batch.count, flen, vni, plen, sport, lo, hi
-        )
+        self._lib.vx_encap(cbatch(self.mod, batch), 0, batch.count, lo, hi)
 
     def decap_batch(self, batch: FrameBatch, strict: bool) -> None:
         check_batch(batch)
-        buf, flen, plen, vni, st, _sport = self.views(batch)
-        self._lib.vx_decap_batch(
-            buf, batch.slot, batch.headroom, batch.count, plen, int(strict), vni, st, flen
-        )
+        self._lib.vx_decap(cbatch(self.mod, batch), 0, batch.count, int(strict))
 
     def complete_checksums(self, batch: FrameBatch) -> int:
         check_batch(batch)
-        buf, flen, _plen, _vni, _st, _sport = self.views(batch)
-        return int(
-            self._lib.vx_complete_checksums(buf, batch.slot, batch.headroom, batch.count, flen)
-        )
+        return int(self._lib.vx_complete_checksums(cbatch(self.mod, batch), 0, batch.count))
 
     def tso_segment(self, batch: FrameBatch, src: int, gso_size: int, out: FrameBatch) -> int:
         check_tso(batch, src, gso_size, out)
-        n = batch.frame_len[src]
-        if n > batch.slot - batch.headroom:  # a corrupt length: unreadable
-            return 0
-        sbuf = self.views(batch)[0]
-        obuf, oflen, _plen, ovni, _st, _sport = self.views(out)
-        count = int(
-            self._lib.vx_tso_segment(
-                sbuf + batch.frame_offset(src),
-                n,
-                gso_size,
-                batch.vni[src],
-                obuf,
-                out.slot,
-                out.headroom,
-                out.max_frame,
-                out.count,
-                out.capacity,
-                oflen,
-                ovni,
-            )
-        )
+        b, o = cbatch(self.mod, batch), cbatch(self.mod, out)
+        count = int(self._lib.vx_tso_cut(b, src, gso_size, o, out.count))
         out.count += count
         return count
 
@@ -145,37 +148,59 @@ class _CffiBackend:
         check_gro(buf, length, seg)
         return int(self._lib.vx_gro_coalesce(self._ffi.from_buffer("uint8_t[]", buf), length, seg))
 
+    def vnet_gso(self, buf: bytearray, off: int, length: int, mtu: int, hoff: int) -> bool:
+        if not (0 <= off and off + length <= len(buf) and 0 <= hoff <= len(buf) - 10):
+            raise ValueError("frame or header outside the buffer")
+        p = self._ffi.from_buffer("uint8_t[]", buf)
+        return bool(self._lib.vx_vnet_gso(p + off, length, mtu, p + hoff))
+
+    def parse(self, frame: bytes | bytearray | memoryview) -> L3L4:
+        h = self._ffi.new("vx_l3l4 *")
+        self._lib.vx_parse(self._ffi.from_buffer(frame), len(frame), h)
+        return L3L4(
+            h.ethertype, h.l3, h.ip, h.proto, bool(h.fragment), bool(h.ok), h.l4, h.l4_len, h.tags
+        )
+
     def flow_hash(self, frame: bytes | bytearray | memoryview) -> int:
         return int(self._lib.vx_flow_hash(self._ffi.from_buffer(frame), len(frame)))
 
 
 class _PyBackend:
     name = "python"
-    encap_batch = staticmethod(_fastpath_py.encap_batch)
-    decap_batch = staticmethod(_fastpath_py.decap_batch)
-    complete_checksums = staticmethod(_fastpath_py.complete_checksums)
-    tso_segment = staticmethod(_fastpath_py.tso_segment)
-    gro_coalesce = staticmethod(_fastpath_py.gro_coalesce)
-    flow_hash = staticmethod(_fastpath_py.flow_hash)
+    encap_batch = staticmethod(_codec_py.encap_batch)
+    decap_batch = staticmethod(_codec_py.decap_batch)
+    complete_checksums = staticmethod(_offload_py.complete_checksums)
+    tso_segment = staticmethod(_offload_py.tso_segment)
+    gro_coalesce = staticmethod(_offload_py.gro_coalesce)
+    vnet_gso = staticmethod(_offload_py.vnet_gso)
+    parse = staticmethod(_offload_py.parse)
+    flow_hash = staticmethod(_py_flow_hash)
 
 
 Backend = _CffiBackend | _PyBackend
 
 
-def load(name: str | None = None) -> Backend:
-    """Return a backend: ``"cffi"``, ``"python"``, or ``None`` for the environment's choice."""
+def native(name: str | None = None) -> ModuleType | None:
+    """The C extension module, or None for the pure-Python backend: ``"cffi"``, ``"python"``,
+    or ``None`` for the environment's choice."""
     if name == "python" or (name is None and _truthy("VXLANPY_PURE_PYTHON")):
-        return _PyBackend()
+        return None
     try:
-        from . import _fastpath_c  # type: ignore[attr-defined]
+        from . import _native  # type: ignore[attr-defined]
     except ImportError as exc:
         if name == "cffi" or _truthy("VXLANPY_REQUIRE_C"):
             raise ImportError(
                 "vxlanpy's C fast path is not built (pip install -e . builds it): " + str(exc)
             ) from exc
-        return _PyBackend()
-    mod: ModuleType = _fastpath_c
-    return _CffiBackend(mod)
+        return None
+    mod: ModuleType = _native
+    return mod
+
+
+def load(name: str | None = None) -> Backend:
+    """Return a backend: ``"cffi"``, ``"python"``, or ``None`` for the environment's choice."""
+    mod = native(name)
+    return _PyBackend() if mod is None else _CffiBackend(mod)
 
 
 backend: Backend = load()
@@ -185,4 +210,6 @@ decap_batch = backend.decap_batch
 complete_checksums = backend.complete_checksums
 tso_segment = backend.tso_segment
 gro_coalesce = backend.gro_coalesce
+vnet_gso = backend.vnet_gso
+parse = backend.parse
 flow_hash = backend.flow_hash

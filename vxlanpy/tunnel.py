@@ -25,19 +25,21 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import fastcache
+from . import datapath as datapath_mod
+from . import stats as stats_mod
+from .abi import MAX_BATCH
 from .batch import DEFAULT_BATCH, FrameBatch
 from .config import VtepConfig
-from .engine import Datagram, Engine, Segment
+from .datapath import Datapath
+from .engine import Engine, Segment
 from .events import Event
 from .fdb import FdbEntry, Remote
-from .io.netlink import has_net_admin, underlay_mtu
-from .io.tap import Tap, TapError, TapGone
+from .io.tap import Device, Devices, KernelTaps, TapError, TapGone
 from .io.udp import TransportError, UdpTransport
+from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps
 from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
 
 __all__ = ["Vtep", "VtepError", "install_uvloop"]
@@ -48,7 +50,6 @@ _READ_BUDGET = 8
 _PUMP_ROUNDS = 16  # batches one C pump call may move before it returns to the loop
 MAX_UDP_PAYLOAD = 65535 - VXLAN_HLEN
 MAX_GSO_FRAME = 65535 + ETH_HLEN + 4
-MAX_SEGMENTS = 160  # segments of one TSO super-frame (64 KiB at an MSS of 410+)
 GRO_SPILL = 128  # receive slots for the datagrams of a split UDP GRO receive (UDP_MAX_SEGMENTS)
 
 
@@ -72,10 +73,15 @@ class Vtep:
     Use as ``async with Vtep(config) as vtep:``. Table changes take effect on the next frame.
     """
 
-    def __init__(self, config: VtepConfig, *, batch: int = DEFAULT_BATCH) -> None:
+    def __init__(
+        self, config: VtepConfig, *, batch: int = DEFAULT_BATCH, devices: Devices | None = None
+    ) -> None:
+        """``devices``: where the TAPs come from (default: the kernel's; io/memory.py has
+        in-memory doubles for tests without root)."""
         self.config = config.validate()
         self.engine = Engine(dstport=config.dstport, srcport=config.srcport, strict=config.strict)
-        self.taps: dict[int, Tap] = {}
+        self.devices: Devices = devices or KernelTaps()
+        self.taps: dict[int, Device] = {}
         self.transport: UdpTransport | None = None
         self.failure: BaseException | None = None
         self.events_lost = 0
@@ -87,11 +93,8 @@ class Vtep:
         self._stopped = asyncio.Event()
         self._tx_batch: FrameBatch | None = None
         self._rx_batch: FrameBatch | None = None
-        self._seg_batch: FrameBatch | None = None
-        self.gso_errors = 0
-        self.gso_frames = 0  # TCP super-frames from the TAP, cut into segments
         self._rx_sources: list[str] = []
-        self.fast: fastcache.FastPath | None = None
+        self.pumps: Pumps | None = None  # the C datapath's pumps, when it forwards
         self._poll_fds: list[int] = []
         self._rx_spill = 0  # receive slots kept for split UDP GRO receives (0: no UDP_GRO)
 
@@ -106,27 +109,22 @@ class Vtep:
 
     async def start(self) -> None:
         """Create the TAPs and sockets and start forwarding. Raises VtepError."""
-        if not has_net_admin():
+        if not self.devices.privileged():
             raise VtepError("need root or CAP_NET_ADMIN + CAP_NET_RAW to create TAPs and sockets")
         self._loop = asyncio.get_running_loop()
         # netlink (pyroute2) runs its own loop: do the blocking set-up in a worker thread
         max_frame = await asyncio.to_thread(self._setup)
         assert self.transport is not None
-        # With offloads the TAP hands over TCP super-frames of up to 64 KiB; they are cut into
-        # MTU-sized segments (at most 64 KiB / 500-byte MSS of them) in _seg_batch.
+        # With offloads the TAP hands over TCP super-frames of up to 64 KiB; the transport cuts
+        # them into MTU-sized chunks (at most max_frame bytes each).
         tx_max = MAX_GSO_FRAME if self.config.offload else max_frame
         self._tx_batch = FrameBatch(self._batch_size, tx_max)
-        self._seg_batch = FrameBatch(MAX_SEGMENTS, max_frame)
         # Receive slots hold any UDP datagram: a kernel peer over veth hands over tunnel-GSO
         # super-packets (up to 64 KiB) that the socket does not segment for us.
         # With UDP_GRO, the C pump splits the receives it cannot coalesce into GRO_SPILL more.
-        fast = (
-            self.config.fast_path
-            and fastcache.available()
-            and self._batch_size <= fastcache.MAX_BATCH
-        )
+        fast = self.config.fast_path and datapath_mod.available() and self._batch_size <= MAX_BATCH
         gro = self.config.gro and self.config.offload
-        if fast and gro and self._batch_size + GRO_SPILL <= fastcache.MAX_BATCH:
+        if fast and gro and self._batch_size + GRO_SPILL <= MAX_BATCH:
             if self.transport.enable_gro():
                 self._rx_spill = GRO_SPILL
             else:
@@ -135,29 +133,27 @@ class Vtep:
             log.info("batch of %d: no room for UDP GRO's spill slots, not used", self._batch_size)
         self._rx_batch = FrameBatch(self._batch_size + self._rx_spill, MAX_UDP_PAYLOAD)
         if fast:
-            self._attach_fastpath()
+            self._attach_datapath(max_frame)
         loop = self._loop
         for vni, tap in self.taps.items():
             loop.add_reader(tap.fd, self._on_tap, vni)
         loop.add_reader(self.transport.fileno(), self._on_udp)
 
-    def _attach_fastpath(self) -> None:
-        """Forward FDB hits in C (fast path); the engine gets the rest as upcalls."""
-        fp = fastcache.FastPath(
-            self.engine.srcport, self.config.strict, self.engine.complete_checksums
-        )
-        self.engine.attach_fastpath(fp)
+    def _attach_datapath(self, max_frame: int) -> None:
+        """Forward in C what the engine installs (fast path); the engine gets the rest."""
+        dp = Datapath(max_frame)
+        self.engine.attach_datapath(dp)
         for vni, tap in self.taps.items():
-            fp.set_device(vni, tap.fd, tap.vnet, tap.mtu)
+            dp.set_device(vni, tap.fd, tap.vnet, tap.mtu)  # after attach: the segment is served
         assert self.transport is not None
-        self.transport.on_port = fp.set_port_fd
+        self.transport.on_port = dp.set_port_fd
+        pumps = Pumps(dp)
         if self.config.send_thread:
-            assert self._seg_batch is not None
             try:
-                fp.start_sender(self._seg_batch)
+                pumps.start_sender()
             except OSError as e:
                 log.warning("%s; super-frames are sent from the event loop's thread", e)
-        self.fast = fp
+        self.pumps = pumps
         self._poll_fds = [self.transport.fileno(), *(t.fd for t in self.taps.values())][:16]
 
     def _setup(self) -> int:
@@ -167,7 +163,7 @@ class Vtep:
             (r for s in cfg.segments for r in [*s.remotes, s.group or ""] if r), None
         )
         try:
-            base = underlay_mtu(cfg.local, first_remote, cfg.dev) or 1500
+            base = self.devices.underlay_mtu(cfg.local, first_remote, cfg.dev) or 1500
             max_frame = ETH_HLEN + 4
             for spec in cfg.segments:
                 mtu = spec.mtu or base - cfg.overhead()
@@ -176,7 +172,7 @@ class Vtep:
                 max_frame = max(max_frame, mtu + ETH_HLEN + 4)
                 addr = ipaddress.ip_interface(spec.address) if spec.address else None
                 mac = parse_mac(spec.mac) if spec.mac else None
-                tap = Tap(
+                tap = self.devices.open(
                     spec.tap_name,
                     mtu=mtu,
                     address=addr,
@@ -198,6 +194,8 @@ class Vtep:
                 ttl=cfg.ttl,
                 tos=cfg.tos,
                 df=cfg.df,
+                srcport=cfg.srcport,
+                chunk_max_frame=max_frame,
             )
         except (TapError, TransportError, OSError, ValueError) as exc:
             self._teardown()
@@ -245,10 +243,10 @@ class Vtep:
         batch = self._tx_batch
         transport = self.transport
         assert batch is not None and transport is not None and self._loop is not None
-        engine = self.engine
-        if self.fast is not None:
+        if self.pumps is not None:
             self._pump_tap(vni, tap, batch)
             return
+        engine = self.engine
         for _ in range(_READ_BUDGET):
             batch.clear()
             try:
@@ -258,23 +256,21 @@ class Vtep:
                 return
             if n == 0:
                 break
-            if tap.vnet:
-                gso = self._prepare_offloaded(batch)
             engine.handle_frames(vni, batch, self._loop.time())
-            self._send(batch, engine.datagrams_to_send(), bool(tap.vnet and gso))
+            transport.send_datagrams(batch, engine.datagrams_to_send())
             self._write_device()
             if n < batch.capacity:
                 break
         self._after_work()
 
-    def _pump_tap(self, vni: int, tap: Tap, batch: FrameBatch) -> None:
-        """TAP -> wire through the C datapath; the engine handles the upcalls of each batch."""
-        fp, engine, seg = self.fast, self.engine, self._seg_batch
-        assert fp is not None and seg is not None and self._loop is not None
-        engine.sync_fastpath()
+    def _pump_tap(self, vni: int, tap: Device, batch: FrameBatch) -> None:
+        """TAP -> wire through the C pump; the engine handles the upcalls of each batch."""
+        pumps, engine, transport = self.pumps, self.engine, self.transport
+        assert pumps is not None and transport is not None and self._loop is not None
+        engine.sync_datapath()
         upcalls = False
         for _ in range(_READ_BUDGET):
-            n, up = fp.tx_pump(vni, batch, seg, _PUMP_ROUNDS)
+            n, up = pumps.tx(vni, batch, _PUMP_ROUNDS)
             if n < 0:
                 self._fail(tap.gone(-n))
                 return
@@ -283,12 +279,11 @@ class Vtep:
                 act = batch.action
                 slots = [i for i in range(n) if act[i] < 0]
                 engine.handle_frames(vni, batch, self._loop.time(), slots)
-                gso = any(batch.gso_type[i] for i in slots)
-                self._send(batch, engine.datagrams_to_send(), gso)
+                transport.send_datagrams(batch, engine.datagrams_to_send())
                 self._write_device()
                 if self._stopped.is_set():
                     return
-                engine.sync_fastpath()
+                engine.sync_datapath()
             if n < batch.capacity:
                 break
         self._settle(upcalls)
@@ -297,27 +292,26 @@ class Vtep:
         """After a pump: events and timers if the engine did anything; then busy-poll."""
         if upcalls:
             self._after_work()
-        fp = self.fast
-        if self.config.busy_poll and fp is not None and self._poll_fds:
-            fp.spin(self._poll_fds, self.config.busy_poll)
+        if self.config.busy_poll and self.pumps is not None and self._poll_fds:
+            self.pumps.spin(self._poll_fds, self.config.busy_poll)
 
     def _pump_udp(self, batch: FrameBatch) -> None:
-        """Wire -> TAP through the C datapath; the engine handles the upcalls of each batch."""
-        fp, engine, transport = self.fast, self.engine, self.transport
-        assert fp is not None and transport is not None and self._loop is not None
-        engine.sync_fastpath()
+        """Wire -> TAP through the C pump; the engine handles the upcalls of each batch."""
+        pumps, engine, transport = self.pumps, self.engine, self.transport
+        assert pumps is not None and transport is not None and self._loop is not None
+        engine.sync_datapath()
         fd = transport.fileno()
         upcalls = False
-        more = fastcache.RX_DRAINED
+        more = RX_DRAINED
         for _ in range(_READ_BUDGET):
             now = self._loop.time()
-            n, up, gone, more = fp.rx_pump(fd, batch, now, _PUMP_ROUNDS, self._rx_spill)
+            n, up, gone, more = pumps.rx(fd, batch, now, _PUMP_ROUNDS, self._rx_spill)
             if n < 0:
                 if gone >= 0:
                     self._fail(self.taps[gone].gone(-n))
                     return
                 transport.count_error(-n)  # an ICMP report surfaced on the socket
-                more = fastcache.RX_MORE
+                more = RX_MORE
                 continue
             if up:
                 upcalls = True
@@ -325,10 +319,10 @@ class Vtep:
                 self._write_device(batch)
                 if self._stopped.is_set():
                     return
-                engine.sync_fastpath()
-            if more == fastcache.RX_DRAINED:
+                engine.sync_datapath()
+            if more == RX_DRAINED:
                 break
-        if more == fastcache.RX_PENDING:
+        if more == RX_PENDING:
             # datagrams wait in the batch and the socket may never become readable again:
             # come back to them next, without busy-polling first
             self._loop.call_soon(self._resume_udp)
@@ -336,65 +330,6 @@ class Vtep:
                 self._after_work()
             return
         self._settle(upcalls)
-
-    def _send(self, batch: FrameBatch, datagrams: list[Datagram], gso: bool) -> None:
-        """Send what the engine decided. Runs of consecutive slots to one destination go out in
-        one batched syscall; GSO super-frames are cut first; copies go one by one."""
-        transport = self.transport
-        assert transport is not None
-        first = count = port = 0
-        host = ""
-        for d in datagrams:
-            if gso and d.slot >= 0 and batch.gso_type[d.slot] & 0x7F:
-                if count:
-                    transport.send_slots(batch, first, count, port, host)
-                    count = 0
-                self._send_segmented(batch, d)
-            elif d.slot < 0 or not isinstance(d.payload, memoryview):
-                transport.send(d)  # a per-remote VNI override made a copy
-            elif count and d.slot == first + count and d.host == host and d.port == port:
-                count += 1
-            else:
-                if count:
-                    transport.send_slots(batch, first, count, port, host)
-                first, count, host, port = d.slot, 1, d.host, d.port
-        if count:
-            transport.send_slots(batch, first, count, port, host)
-
-    def _prepare_offloaded(self, batch: FrameBatch) -> bool:
-        """Complete partial checksums of plain frames; True if any frame is a GSO super-frame.
-
-        Super-frames are skipped (their segments get fresh checksums when they are cut): their
-        lengths are hidden from the checksum kernel for the call, then put back."""
-        n = batch.count
-        gso_slots = [i for i in range(n) if batch.gso_type[i]]
-        if any(batch.vnet_flags[i] and not batch.gso_type[i] for i in range(n)):
-            saved = [batch.frame_len[i] for i in gso_slots]
-            for i in gso_slots:
-                batch.frame_len[i] = 0
-            self.engine.fast.complete_checksums(batch)
-            for i, length in zip(gso_slots, saved, strict=True):
-                batch.frame_len[i] = length
-        return bool(gso_slots)
-
-    def _send_segmented(self, batch: FrameBatch, d: Datagram) -> None:
-        """Cut the TCP super-frame behind ``d`` into MTU-sized frames and send each to d's
-        destination (the engine decided once for the whole super-frame)."""
-        seg = self._seg_batch
-        transport = self.transport
-        assert seg is not None and transport is not None
-        fast = self.engine.fast
-        seg.clear()
-        n = fast.tso_segment(batch, d.slot, batch.gso_size[d.slot], seg)
-        if n == 0:
-            self.gso_errors += 1
-            return
-        self.gso_frames += 1
-        for k in range(n):
-            seg.vni[k] = d.vni
-        lo, hi = self.engine.srcport
-        fast.encap_batch(seg, lo, hi)
-        transport.send_segments(seg, n, d.port, d.host)
 
     def _resume_udp(self) -> None:
         if not self._stopped.is_set() and self.transport is not None:
@@ -404,7 +339,7 @@ class Vtep:
         batch = self._rx_batch
         transport = self.transport
         assert batch is not None and transport is not None and self._loop is not None
-        if self.fast is not None:
+        if self.pumps is not None:
             self._pump_udp(batch)
             return
         sources = self._rx_sources
@@ -544,49 +479,20 @@ class Vtep:
     def fdb_entries(self, vni: int) -> list[FdbEntry]:
         assert self._loop is not None
         seg = self.segment(vni)
-        self.engine.refresh_from_fastpath(vni)
+        self.engine.refresh_from_datapath(vni)
         return seg.fdb.entries(self._loop.time())
 
     def neigh_entries(self, vni: int) -> list[tuple[str, bytes]]:
         return self.segment(vni).neigh.entries()
 
+    @property
+    def udp_gro(self) -> bool:
+        """True if the receiving socket has UDP_GRO on (the C receive pump coalesces)."""
+        return self._rx_spill > 0
+
     def stats(self) -> dict[str, Any]:
-        """Counters per VNI, drops before a VNI was known, socket and TAP errors."""
-        t = self.transport
-        fp = self.fast
-        segments = {vni: self.engine.segment_stats(vni) for vni in self.engine.segments}
-        socket_errors = Counter(t.errors if t else {})
-        tap_errors = {tap.name: tap.write_errors for tap in self.taps.values()}
-        checksums = self.engine.checksums_completed
-        gso_frames = self.gso_frames
-        sent = fp.sender_sent() if fp is not None else None
-        gro = dict.fromkeys(fastcache.GRO_COUNTERS, 0)
-        if fp is not None:
-            g = fp.global_counters()
-            gro = g["gro"]
-            socket_errors.update(g["send_errors"])
-            if g["truncated"]:
-                socket_errors["truncated"] += g["truncated"]
-            checksums += g["checksums_completed"]
-            for vni, tap in self.taps.items():
-                c = fp.counters(vni)
-                gso_frames += c["gso_frames"]
-                tap_errors[tap.name] += c["tap_write_errors"]
-        return {
-            "segments": segments,
-            "unattributed": self.engine.counters.to_dict(),
-            "socket_errors": dict(socket_errors),
-            "tap_write_errors": tap_errors,
-            "events_lost": self.events_lost + self.engine.events_lost,
-            "checksums_completed": checksums,
-            "gso_errors": self.gso_errors,
-            "gso_frames": gso_frames,
-            "fast_path": fp is not None,
-            "send_thread": sent is not None,
-            "send_thread_frames": sent or 0,
-            "udp_gro": self._rx_spill > 0,
-            "gro": gro,
-        }
+        """Counters per VNI, drops before a VNI was known, socket and TAP errors (stats.py)."""
+        return stats_mod.vtep_stats(self)
 
     def describe(self) -> str:
         """One line: what this VTEP listens on and serves."""

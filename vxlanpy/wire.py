@@ -13,6 +13,9 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .abi import Status
+from .headers import parse
+
 __all__ = [
     "VXLAN_PORT",
     "VXLAN_PORT_LINUX",
@@ -87,13 +90,13 @@ class DropReason(enum.StrEnum):
     LOOPED = "looped"  # frame received from the wire carries one of our own local MACs
 
 
-# Status codes of the batch parser (C and Python twin agree on these numbers).
-STATUS_OK = 0
+# What each status of the batch parser (abi.Status, from csrc/vx.h) is dropped for.
+STATUS_OK = Status.OK
 STATUS_REASONS: dict[int, DropReason] = {
-    1: DropReason.TOO_SHORT,
-    2: DropReason.NO_I_FLAG,
-    3: DropReason.RESERVED_BITS,
-    4: DropReason.INNER_TOO_SHORT,
+    Status.TOO_SHORT: DropReason.TOO_SHORT,
+    Status.NO_I_FLAG: DropReason.NO_I_FLAG,
+    Status.RESERVED: DropReason.RESERVED_BITS,
+    Status.INNER_TOO_SHORT: DropReason.INNER_TOO_SHORT,
 }
 
 
@@ -252,27 +255,18 @@ def flow_key(frame: bytes | bytearray | memoryview) -> bytes:
     n = len(frame)
     if n < ETH_HLEN:
         return b"\x00" + bytes(frame)
-    off = 12
-    et = (frame[12] << 8) | frame[13]
-    while et in (ETH_P_8021Q, ETH_P_8021AD) and n >= off + 6:
-        off += 4
-        et = (frame[off] << 8) | frame[off + 1]
-    l3 = off + 2
-    if et == ETH_P_IP and n >= l3 + 20 and frame[l3] >> 4 == 4:
-        ihl = (frame[l3] & 0x0F) * 4
-        proto = frame[l3 + 9]
-        key = bytes((4, proto)) + bytes(frame[l3 + 12 : l3 + 20])
-        frag = ((frame[l3 + 6] << 8) | frame[l3 + 7]) & 0x3FFF
-        if frag == 0 and proto in _L4_WITH_PORTS and ihl >= 20 and n >= l3 + ihl + 4:
-            key += bytes(frame[l3 + ihl : l3 + ihl + 4])
+    h = parse(frame)
+    if h.ip == 4:
+        key = bytes((4, h.proto)) + bytes(frame[h.l3 + 12 : h.l3 + 20])
+        if not h.fragment and h.proto in _L4_WITH_PORTS and h.l4 >= h.l3 + 20 and n >= h.l4 + 4:
+            key += bytes(frame[h.l4 : h.l4 + 4])
         return key
-    if et == ETH_P_IPV6 and n >= l3 + 40 and frame[l3] >> 4 == 6:
-        nh = frame[l3 + 6]
-        key = bytes((6, nh)) + bytes(frame[l3 + 8 : l3 + 40])
-        if nh in _L4_WITH_PORTS and n >= l3 + 44:
-            key += bytes(frame[l3 + 40 : l3 + 44])
+    if h.ip == 6:
+        key = bytes((6, h.proto)) + bytes(frame[h.l3 + 8 : h.l3 + 40])
+        if h.proto in _L4_WITH_PORTS and n >= h.l4 + 4:
+            key += bytes(frame[h.l4 : h.l4 + 4])
         return key
-    return b"\x00" + bytes(frame[0:12]) + bytes((et >> 8, et & 0xFF))
+    return b"\x00" + bytes(frame[0:12]) + bytes((h.ethertype >> 8, h.ethertype & 0xFF))
 
 
 def flow_hash(frame: bytes | bytearray | memoryview) -> int:

@@ -1,9 +1,9 @@
 """The C receive pump with UDP_GRO, against the real kernel, inside a namespace (``lo`` up).
 
 A helper script in the namespace sends VXLAN datagrams with ``UDP_SEGMENT`` (each ``sendmsg`` is
-one GSO packet, handed whole to a socket with ``UDP_GRO`` on), runs ``FastPath.rx_pump`` on the
+one GSO packet, handed whole to a socket with ``UDP_GRO`` on), runs ``Pumps.rx`` on the
 receiving socket the way ``Vtep`` does (upcalls to an engine, its frames written with
-``fastio.tap_write``) and records what reached the "TAP": one end of a datagram socket pair, so
+``batchio.tap_write``) and records what reached the "TAP": one end of a datagram socket pair, so
 each write is one message. The inner frames and the expected results are built here with scapy,
 independently of the code under test.
 """
@@ -22,10 +22,11 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import checksum
 
-from vxlanpy import fastcache
+from vxlanpy import datapath
 from vxlanpy.netns import Host, Topology
+from vxlanpy.pumps import RX_DRAINED, RX_PENDING
 
-if not fastcache.available():
+if not datapath.available():
     pytest.skip("the C receive pump needs the cffi backend", allow_module_level=True)
 
 VNI = 4242
@@ -36,9 +37,12 @@ LOCAL = "02:00:00:00:00:aa"
 HELPER = r"""
 import json, select, socket, sys, threading, time
 
-from vxlanpy import fastcache, fastio
+from vxlanpy import pumps as pumps_mod
 from vxlanpy.batch import FrameBatch
+from vxlanpy.datapath import Datapath
 from vxlanpy.engine import Engine, SegmentConfig
+from vxlanpy.io import batchio
+from vxlanpy.stats import GRO_KEYS
 
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 UDP_SEGMENT, UDP_GRO = 103, 104
@@ -68,10 +72,12 @@ t.start()
 e = Engine(backend="cffi")
 e.add_segment(SegmentConfig(vni=args["vni"], remotes=[lo], learning=args["learning"],
                             local_mac=bytes.fromhex(args["local"])))
-fp = fastcache.FastPath(e.srcport)
-e.attach_fastpath(fp)
-fp.set_device(args["vni"], w.fileno(), args["vnet"], args["mtu"])
-io = fastio.load("cffi")
+dp = Datapath()
+e.attach_datapath(dp)
+e.sync_datapath()
+dp.set_device(args["vni"], w.fileno(), args["vnet"], args["mtu"])
+pumps = pumps_mod.Pumps(dp)
+io = batchio.load("cffi")
 
 batch = FrameBatch(args["capacity"], 65535 - 8)
 calls = []
@@ -85,25 +91,26 @@ for sends in args["phases"]:  # each: send every run, then pump until drained
     select.select([rx], [], [], 2)
     time.sleep(0.1)
     for _ in range(1000):  # bounded: ends when the pump says the socket is drained
-        e.sync_fastpath()
-        res = fp.rx_pump(rx.fileno(), batch, now, 16, args["spill"])
+        e.sync_datapath()
+        res = pumps.rx(rx.fileno(), batch, now, 16, args["spill"])
         calls.append(list(res))
         if res.n < 0:
             break
         if res.upcalls:
             e.handle_upcalls(batch, now)
             slots = [f.slot for f in e.frames_to_device() if f.slot >= 0]
-            io.tap_write(w.fileno(), batch, slots, args["vnet"], args["mtu"])
-        if res.more == fastcache.RX_DRAINED:
+            io.tap_write(w.fileno(), args["vnet"], args["mtu"], batch, slots)
+        if res.more == pumps_mod.RX_DRAINED:
             break
-        if res.more == fastcache.RX_PENDING and args.get("switch"):
+        if res.more == pumps_mod.RX_PENDING and args.get("switch"):
             batch = FrameBatch(args["capacity"], 65535 - 8)  # what waited in the old one is lost
             args["switch"] = False
 w.send(b"end")
 t.join(10)
-g = fp.global_counters()
-print(json.dumps({"calls": calls, "got": [m.hex() for m in got], "gro": g["gro"],
-                  "truncated": g["truncated"], "counters": fp.counters(args["vni"]),
+g = dp.counters()
+print(json.dumps({"calls": calls, "got": [m.hex() for m in got],
+                  "gro": {k: g[f] for k, f in GRO_KEYS.items()},
+                  "truncated": g["truncated"], "counters": dp.segment_counters(args["vni"]),
                   "drops": e.segment(args["vni"]).counters.to_dict()}))
 """
 
@@ -246,8 +253,8 @@ def test_splits_past_the_spill_slots_wait_for_the_next_round(ns: Host, tmp_path:
     out = _run(ns, tmp_path, runs, capacity=8 + 60, spill=60)
     assert out["gro"]["split"] == 4 and out["gro"]["pending_dropped"] == 0
     assert _plain_frames(out) == [f for r in runs for f in r]
-    assert any(c[3] == fastcache.RX_PENDING for c in out["calls"]), out["calls"]
-    assert out["calls"][-1][3] == fastcache.RX_DRAINED
+    assert any(c[3] == RX_PENDING for c in out["calls"]), out["calls"]
+    assert out["calls"][-1][3] == RX_DRAINED
 
 
 def test_a_receive_larger_than_the_spill_slots_is_a_counted_drop(ns: Host, tmp_path: Path) -> None:
@@ -266,4 +273,4 @@ def test_pending_receives_in_a_batch_not_handed_back_are_counted(ns: Host, tmp_p
     out = _run(ns, tmp_path, runs, capacity=8 + 60, spill=60, switch=True)
     assert out["gro"]["pending_dropped"] == 3  # receives 2..4 waited when the batch changed
     assert _plain_frames(out) == runs[0]
-    assert out["calls"][-1][3] == fastcache.RX_DRAINED
+    assert out["calls"][-1][3] == RX_DRAINED

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import venv
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from vxlanpy.netns import Topology
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPACKAGES = ("vxlanpy", "vxlanpy.io", "vxlanpy.cli")
+CSRC = tuple(
+    f"vxlanpy/{p.relative_to(REPO / 'vxlanpy')}" for p in (REPO / "vxlanpy/csrc").iterdir()
+)
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = 600) -> str:
@@ -49,15 +53,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (sdist,) = dist.glob("vxlanpy-*.tar.gz")
     with tarfile.open(sdist) as t:
         names = t.getnames()
-    for want in ("vxlanpy/io/udp.py", "vxlanpy/cli/__init__.py", "vxlanpy/py.typed"):
+    for want in ("vxlanpy/io/udp.py", "vxlanpy/cli/__init__.py", "vxlanpy/py.typed", *CSRC):
         assert any(n.endswith(want) for n in names), (want, names)
-    assert sum(n.endswith(".c") for n in names) >= 1 and any(n.endswith(".h") for n in names)
     # the wheel is built from the sdist: what a user of `pip install vxlanpy` builds
     _run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(sdist)],
         cwd=tmp,
     )
     (wheel,) = dist.glob("vxlanpy-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        inside = z.namelist()
+    assert "vxlanpy/csrc/vx.h" in inside  # the pure-Python backend reads its constants there
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=True)
     _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=tmp)
@@ -81,6 +87,13 @@ def test_installed_wheel_imports_and_has_a_cli(installed: Path, tmp_path: Path) 
     backend, where = out.stdout.split()
     assert backend == "cffi"
     assert str(REPO) not in where  # the installed copy, not the checkout
+    pure = {**env, "VXLANPY_PURE_PYTHON": "1"}
+    pure.pop("VXLANPY_REQUIRE_C")
+    out = subprocess.run(
+        [py, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=pure, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "python"  # the twin, reading csrc/vx.h from the install
     helptext = _run([str(installed / "vxlanpy-tunnel"), "--help"], cwd=tmp_path)
     for command in ("run", "fdb", "neigh", "stats", "events", "export", "lab"):
         assert command in helptext

@@ -1,4 +1,11 @@
-"""A TAP device (python-pytun, IFF_TAP | IFF_NO_PI) read and written in batches."""
+"""A TAP device (python-pytun, IFF_TAP | IFF_NO_PI) read and written in batches.
+
+With offloads (IFF_VNET_HDR) the kernel hands over TCP super-frames and partial checksums; the
+virtio-net header that says so is read and written below this class (io/batchio.py): a read
+gives frames whose offload state is in the batch (``gso_type``, ``gso_size``, ``offload``;
+partial checksums of plain frames already completed), a write gives an oversized, verified TCP
+frame the GSO header the kernel needs. As wireguard-go's ``tun.Device`` hides its offloads.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +13,29 @@ import errno
 import fcntl
 import ipaddress
 import os
-import struct
+from typing import Protocol
 
 import pytun
 
-from .. import fastio
+from ..abi import VNET_HLEN
 from ..batch import FrameBatch
-from .netlink import NetlinkError, configure_link, link_exists, link_mac
+from . import batchio
+from .netlink import (
+    NetlinkError,
+    configure_link,
+    has_net_admin,
+    link_exists,
+    link_mac,
+    underlay_mtu,
+)
 
-__all__ = ["Tap", "TapError", "TapGone", "VNET_HDR_LEN", "GSO_TCPV4", "GSO_TCPV6", "NEEDS_CSUM"]
+__all__ = ["Tap", "TapError", "TapGone", "gone_error", "Device", "Devices", "KernelTaps"]
 
 # virtio-net header (IFF_VNET_HDR): what the kernel tells us about each frame it hands over
 IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
-VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_off
-VNET_HDR_LEN = VNET_HDR.size
-NEEDS_CSUM = 0x01
-GSO_TCPV4, GSO_TCPV6, GSO_ECN = 1, 4, 0x80
-_ZERO_HDR = bytes(VNET_HDR_LEN)
+_ZERO_HDR = bytes(VNET_HLEN)
 
 # errnos that mean the device is gone (deleted under us, or the fd was detached)
 _GONE = {errno.EBADFD, errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF}
@@ -65,7 +76,7 @@ class Tap:
         self.closed = False
         # With offloads the kernel hands over TCP super-frames (TSO) and leaves checksums partial;
         # every frame, read or written, starts with a virtio-net header.
-        self.vnet = VNET_HDR_LEN if offload else 0
+        self.vnet = VNET_HLEN if offload else 0
         try:
             os.set_blocking(self.fd, False)
             if offload:
@@ -78,40 +89,19 @@ class Tap:
             self.close()
             raise TapError(str(exc)) from exc
         self.mtu = mtu
-        self.write_errors = 0
+        self.write_errors = 0  # frames the device refused
+        self.checksums_completed = 0  # partial checksums of frames read, completed
 
     def read_batch(self, batch: FrameBatch) -> int:
         """Read frames into ``batch`` (from slot ``batch.count``) until EAGAIN or full.
 
         Returns the number read. Raises TapGone if the device went away.
         """
-        got = 0
-        readv = os.readv
-        fd = self.fd
-        vnet = self.vnet
-        mv = memoryview(batch.buf)
-        while batch.count < batch.capacity:
-            i = batch.count
-            off = batch.frame_offset(i) - vnet
-            try:
-                n = readv(fd, [mv[off : off + vnet + batch.max_frame]])
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno in _GONE:
-                    raise self.gone(exc.errno) from exc
-                raise
-            if n <= vnet:
-                break
-            if vnet:
-                flags, gso_type, _h, gso_size, _cs, _co = VNET_HDR.unpack_from(batch.buf, off)
-                batch.vnet_flags[i] = flags
-                batch.gso_type[i] = gso_type
-                batch.gso_size[i] = gso_size
-            batch.frame_len[i] = n - vnet
-            batch.count += 1
-            got += 1
-        return got
+        n, completed = batchio.tap_read(self.fd, self.vnet, batch)
+        self.checksums_completed += completed
+        if n < 0:
+            raise self.gone(-n)
+        return n
 
     def write(self, frame: bytes | memoryview) -> bool:
         """Write one frame; False (and counted) if the device refused it."""
@@ -135,7 +125,7 @@ class Tap:
 
         With offloads, a TCP super-frame larger than the MTU (a kernel peer's tunnel-GSO packet
         arrives whole) goes in as a GSO frame, so the kernel can still forward it (bridge)."""
-        written, refused = fastio.tap_write(self.fd, batch, slots, self.vnet, self.mtu)
+        written, refused = batchio.tap_write(self.fd, self.vnet, self.mtu, batch, slots)
         self.write_errors += refused
         if written < 0:
             raise self.gone(-written)
@@ -143,7 +133,7 @@ class Tap:
 
     def gone(self, err: int | None) -> TapGone:
         """The error for an I/O call on the device that failed with ``err`` (one of _GONE)."""
-        return TapGone(f"TAP {self.name} is gone ({os.strerror(err or errno.EIO)})")
+        return gone_error(self.name, err)
 
     def close(self) -> None:
         """Close the fd; a non-persistent TAP disappears with it."""
@@ -153,3 +143,72 @@ class Tap:
                 self._dev.close()
             except Exception:
                 pass
+
+
+def gone_error(name: str, err: int | None) -> TapGone:
+    """The error for an I/O call on the TAP ``name`` that failed with ``err``."""
+    return TapGone(f"TAP {name} is gone ({os.strerror(err or errno.EIO)})")
+
+
+class Device(Protocol):
+    """What the driver needs of a segment's device (a :class:`Tap`, or io/memory.py's double)."""
+
+    name: str
+    fd: int
+    vnet: int
+    mtu: int
+    mac: bytes
+    closed: bool
+    write_errors: int
+    checksums_completed: int
+
+    def read_batch(self, batch: FrameBatch) -> int: ...
+    def write(self, frame: bytes | memoryview) -> bool: ...
+    def write_slots(self, batch: FrameBatch, slots: list[int]) -> int: ...
+    def gone(self, err: int | None) -> TapGone: ...
+    def close(self) -> None: ...
+
+
+class Devices(Protocol):
+    """Where a VTEP gets its devices and the underlay's MTU from."""
+
+    def privileged(self) -> bool:
+        """True if this process may create the devices (else the VTEP refuses to start)."""
+        ...
+
+    def underlay_mtu(
+        self, local: str | None, remote: str | None, dev: str | None
+    ) -> int | None: ...
+
+    def open(
+        self,
+        name: str,
+        *,
+        mtu: int,
+        address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
+        bridge: str | None,
+        mac: bytes | None,
+        offload: bool,
+    ) -> Device: ...
+
+
+class KernelTaps:
+    """Real TAP devices of the kernel (needs CAP_NET_ADMIN)."""
+
+    def privileged(self) -> bool:
+        return has_net_admin()
+
+    def underlay_mtu(self, local: str | None, remote: str | None, dev: str | None) -> int | None:
+        return underlay_mtu(local, remote, dev)
+
+    def open(
+        self,
+        name: str,
+        *,
+        mtu: int,
+        address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
+        bridge: str | None,
+        mac: bytes | None,
+        offload: bool,
+    ) -> Device:
+        return Tap(name, mtu=mtu, address=address, bridge=bridge, mac=mac, offload=offload)

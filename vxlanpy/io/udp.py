@@ -6,9 +6,11 @@ one). Sending must put each inner flow on its own outer source port (the inner-f
 the kernel's vxlan does, so that ECMP and RSS spread flows). A UDP socket is bound to each
 source port in use, opened on first use and kept in an LRU of ``max_ports`` sockets; a port that
 cannot be bound (taken by someone else) falls back to one shared socket with an ephemeral port.
-Being ordinary UDP sockets, they can send a TSO super-frame's segments as one UDP GSO send
-(``UDP_SEGMENT``). The kernel builds the IP header (routing, TTL, TOS, DF) and computes the
-outer UDP checksum (offloaded on most devices).
+Being ordinary UDP sockets, they send runs of equal-sized datagrams as one UDP GSO send
+(``UDP_SEGMENT``), and a TCP super-frame from the TAP is cut into MTU-sized chunks here, below
+the engine, which decided once where the whole super-frame goes (io/batchio.py does the I/O).
+The kernel builds the IP header (routing, TTL, TOS, DF) and computes the outer UDP checksum
+(offloaded on most devices).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import ipaddress
 import socket
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
-from .. import fastio
+from ..abi import MAX_CHUNKS
 from ..batch import FrameBatch
-from ..engine import Datagram
+from ..packets import Datagram
+from ..wire import DEFAULT_SRCPORT_RANGE
+from . import batchio
 
 __all__ = ["UdpTransport", "TransportError", "DfPolicy"]
 
@@ -76,7 +80,11 @@ class UdpTransport:
         df: DfPolicy = "unset",
         bufsize: int = 8 << 20,
         max_ports: int = 256,
+        srcport: tuple[int, int] = DEFAULT_SRCPORT_RANGE,
+        chunk_max_frame: int = 1518,
     ) -> None:
+        """``srcport``: the range chunks of a cut super-frame take their source ports from (the
+        engine's); ``chunk_max_frame``: the largest chunk (the TAPs' MTU + 18)."""
         if local is not None:
             family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else family
         elif group is not None:
@@ -86,7 +94,11 @@ class UdpTransport:
         self.local = local
         self.group = group
         self.errors: Counter[str] = Counter()
-        self.tx_packets = 0
+        self.tx_packets = 0  # datagrams the kernel took
+        self.gso_frames = 0  # TCP super-frames cut into chunks and sent
+        self.gso_errors = 0  # super-frames that could not be cut (dropped)
+        self._srcport = srcport
+        self._chunks = FrameBatch(MAX_CHUNKS, chunk_max_frame)
         self._v6 = family == socket.AF_INET6
         self._ifindex = socket.if_nametoindex(dev) if dev else 0
         self._ttl, self._tos, self._df = ttl, tos, df
@@ -214,7 +226,7 @@ class UdpTransport:
         got = 0
         while batch.count < batch.capacity:
             try:
-                n, truncated = fastio.recv_batch(self.rx, batch, sources)
+                n, truncated = batchio.udp_recv(self.rx, batch, sources)
             except OSError as exc:  # ICMP errors surface here (ECONNREFUSED, ...): count them
                 self._count(exc.errno)
                 continue
@@ -237,6 +249,29 @@ class UdpTransport:
         self.tx_packets += 1
         return True
 
+    def send_datagrams(self, batch: FrameBatch, datagrams: Iterable[Datagram]) -> None:
+        """Send what the engine decided for ``batch``: runs of consecutive slots to one
+        destination in one batched send per source port, TCP super-frames cut into chunks and
+        sent as UDP GSO, copies (a per-remote VNI override) one by one."""
+        first = count = port = 0
+        host = ""
+        for d in datagrams:
+            if d.slot >= 0 and batch.gso_type[d.slot] & 0x7F:
+                if count:
+                    self.send_slots(batch, first, count, port, host)
+                    count = 0
+                self._send_super(batch, d)
+            elif d.slot < 0 or not isinstance(d.payload, memoryview):
+                self.send(d)
+            elif count and d.slot == first + count and d.host == host and d.port == port:
+                count += 1
+            else:
+                if count:
+                    self.send_slots(batch, first, count, port, host)
+                first, count, host, port = d.slot, 1, d.host, d.port
+        if count:
+            self.send_slots(batch, first, count, port, host)
+
     def send_slots(self, batch: FrameBatch, first: int, n: int, port: int, host: str) -> int:
         """Send slots ``first..first+n-1`` of ``batch`` (as ``encap_batch`` left them) to
         ``host:port``, each from its ``batch.sport``: a batched syscall per run of one port."""
@@ -248,19 +283,24 @@ class UdpTransport:
             j = i + 1
             while j < end and sport[j] == sport[i]:
                 j += 1
-            sent += self._done(
-                fastio.send_batch(self.socket_for(sport[i]), batch, i, j - i, port, host), j - i
-            )
+            sock = self.socket_for(sport[i])
+            sent += self._done(batchio.udp_send(sock, batch, i, j - i, host, port), j - i)
             i = j
         return sent
 
-    def send_segments(self, batch: FrameBatch, n: int, port: int, host: str) -> int:
-        """Send the ``n`` equal-sized segments of one super-frame (slots 0..n-1, one flow) as
-        UDP GSO sends from the flow's source port."""
-        if n == 0:
-            return 0
-        sock = self.socket_for(batch.sport[0])
-        return self._done(fastio.send_gso(sock, batch, 0, n, port, host), n)
+    def _send_super(self, batch: FrameBatch, d: Datagram) -> None:
+        """Cut the TCP super-frame behind ``d`` into MTU-sized chunks and send them to d's
+        destination from the flow's source port (the engine decided once for all of them)."""
+        lo, hi = self._srcport
+        sock = self.socket_for(d.sport)
+        sent, k = batchio.send_super(
+            sock, batch, d.slot, d.vni, self._chunks, d.host, d.port, lo, hi
+        )
+        if k == 0:
+            self.gso_errors += 1
+            return
+        self.gso_frames += 1
+        self._done(sent, k)
 
     def _done(self, sent: int, n: int) -> int:
         if sent < 0:

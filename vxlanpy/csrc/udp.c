@@ -1,0 +1,256 @@
+/*
+ * UDP socket I/O in batches: recvmmsg (with UDP GRO's segment size), sendmmsg, UDP GSO sends
+ * (UDP_SEGMENT), and the preparation of a TCP super-frame's chunks for one GSO send. Both the
+ * C pumps and the Python transport (io/udp.py, through io/batchio.py) send through here; the
+ * pure-Python twin is io/batchio.py. Also the busy poll over the pump's descriptors.
+ */
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "vx_internal.h"
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+/*
+ * Receive up to min(cap - first, VX_RECV_CHUNK) datagrams into slots first.. (payload at
+ * headroom - 8, room for max_frame + 8 bytes), each source address into addrs. A datagram
+ * larger than its slot is marked payload_len VX_LEN_TRUNCATED and counted in *truncated. With
+ * gro, gso_size[i] is the segment size of a UDP GRO receive (several datagrams of gso_size
+ * bytes, the last possibly shorter, back to back), else 0. Returns datagrams received (0 when
+ * none is waiting), or -errno.
+ */
+int vx_udp_recv(int fd, vx_batch *b, uint32_t first, uint32_t cap, int gro, uint32_t *truncated)
+{
+    struct mmsghdr msgs[VX_RECV_CHUNK];
+    struct iovec iov[VX_RECV_CHUNK];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctrl[VX_RECV_CHUNK];
+    if (b->headroom < VX_HLEN || first >= cap || cap > b->capacity)
+        return 0;
+    uint32_t k = cap - first < VX_RECV_CHUNK ? cap - first : VX_RECV_CHUNK;
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t i = first + j;
+        iov[j].iov_base = vx_payload(b, i);
+        iov[j].iov_len = b->max_frame + VX_HLEN;
+        memset(&msgs[j], 0, sizeof(msgs[j]));
+        msgs[j].msg_hdr.msg_name = b->addrs + (size_t)i * VX_ADDR_LEN;
+        msgs[j].msg_hdr.msg_namelen = VX_ADDR_LEN;
+        msgs[j].msg_hdr.msg_iov = &iov[j];
+        msgs[j].msg_hdr.msg_iovlen = 1;
+        if (gro) {
+            msgs[j].msg_hdr.msg_control = ctrl[j].buf;
+            msgs[j].msg_hdr.msg_controllen = sizeof(ctrl[j].buf);
+        }
+    }
+    int r = recvmmsg(fd, msgs, k, MSG_DONTWAIT, NULL);
+    if (r < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    for (int j = 0; j < r; j++) {
+        uint32_t i = first + (uint32_t)j;
+        struct msghdr *h = &msgs[j].msg_hdr;
+        b->gso_size[i] = 0;
+        b->offload[i] = 0;
+        if (gro)
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm != NULL; cm = CMSG_NXTHDR(h, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                    int size;
+                    memcpy(&size, CMSG_DATA(cm), sizeof(size));
+                    b->gso_size[i] = size > 0 && size <= 0xFFFF ? (uint16_t)size : 0;
+                }
+        /* a GRO receive whose size did not come through cannot be cut: drop it as truncated */
+        if ((h->msg_flags & MSG_TRUNC) || (gro && (h->msg_flags & MSG_CTRUNC))) {
+            b->payload_len[i] = VX_LEN_TRUNCATED;
+            (*truncated)++;
+        } else {
+            b->payload_len[i] = msgs[j].msg_len;
+        }
+    }
+    return r;
+}
+
+/* sendmmsg of slots first..first+n-1 to addr: datagrams taken, or -errno if none. */
+static int send_mmsg(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uint8_t *addr,
+                     uint32_t addrlen)
+{
+    struct mmsghdr msgs[VX_RECV_CHUNK];
+    struct iovec iov[VX_RECV_CHUNK];
+    uint32_t done = 0;
+    while (done < n) {
+        uint32_t k = n - done < VX_RECV_CHUNK ? n - done : VX_RECV_CHUNK;
+        for (uint32_t j = 0; j < k; j++) {
+            uint32_t i = first + done + j;
+            iov[j].iov_base = vx_payload(b, i);
+            iov[j].iov_len = b->payload_len[i];
+            memset(&msgs[j], 0, sizeof(msgs[j]));
+            msgs[j].msg_hdr.msg_name = (void *)addr;
+            msgs[j].msg_hdr.msg_namelen = addrlen;
+            msgs[j].msg_hdr.msg_iov = &iov[j];
+            msgs[j].msg_hdr.msg_iovlen = 1;
+        }
+        int r = sendmmsg(fd, msgs, k, MSG_DONTWAIT);
+        if (r < 0)
+            return done ? (int)done : -errno;
+        done += (uint32_t)r;
+        if ((uint32_t)r < k)
+            break;
+    }
+    return (int)done;
+}
+
+/* One UDP GSO send of slots first..first+n-1 (every payload seg bytes but possibly the last,
+ * n <= VX_GSO_MAX_SEGS, at most VX_GSO_MAX_BYTES): n, or -errno. */
+static int send_gso(int fd, const vx_batch *b, uint32_t first, uint32_t n, uint32_t seg,
+                    const uint8_t *addr, uint32_t addrlen)
+{
+    struct iovec iov[VX_GSO_MAX_SEGS];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } ctrl;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    memset(&ctrl, 0, sizeof(ctrl));
+    for (uint32_t k = 0; k < n; k++) {
+        iov[k].iov_base = vx_payload(b, first + k);
+        iov[k].iov_len = b->payload_len[first + k];
+    }
+    msg.msg_name = (void *)addr;
+    msg.msg_namelen = addrlen;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    msg.msg_control = ctrl.buf;
+    msg.msg_controllen = sizeof(ctrl.buf);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t gso = (uint16_t)seg;
+    memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
+    return sendmsg(fd, &msg, MSG_DONTWAIT) < 0 ? -errno : (int)n;
+}
+
+/* How many of slots first..first+n-1 form one GSO send: payloads of the first one's length
+ * (a shorter one ends it), within the segment and byte limits of UDP GSO. */
+static uint32_t gso_run(const vx_batch *b, uint32_t first, uint32_t n)
+{
+    uint32_t seg = b->payload_len[first], k = 0, bytes = 0;
+    while (k < n && k < VX_GSO_MAX_SEGS) {
+        uint32_t len = b->payload_len[first + k];
+        if (len > seg || bytes + len > VX_GSO_MAX_BYTES)
+            break;
+        bytes += len;
+        k++;
+        if (len < seg)
+            break;
+    }
+    return k;
+}
+
+/*
+ * Send the encapsulated payloads of slots first..first+n-1 to addr from the socket fd. Runs of
+ * equal-sized datagrams (and a shorter last one) leave as one UDP GSO send each, the kernel
+ * building one skb per run; lone datagrams go by sendmmsg. If the route cannot take GSO
+ * (EMSGSIZE: datagrams past the device MTU that must be fragmented; EINVAL, EIO, ENOPROTOOPT:
+ * no UDP_SEGMENT), that run goes by sendmmsg, and for the latter *no_gso is set so later ones
+ * do too. Returns datagrams the kernel took (the rest were refused: a full socket buffer), or
+ * -errno if it took none.
+ */
+int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uint8_t *addr,
+                uint32_t addrlen, int32_t *no_gso)
+{
+    uint32_t done = 0, lone = 0; /* lone: datagrams from first+done not sent yet, for mmsg */
+    while (done + lone < n) {
+        uint32_t at = first + done + lone;
+        uint32_t k = 1;
+        if (!__atomic_load_n(no_gso, __ATOMIC_RELAXED))
+            k = gso_run(b, at, n - done - lone);
+        if (k < 2) {
+            lone++;
+            continue;
+        }
+        if (lone) {
+            int r = send_mmsg(fd, b, first + done, lone, addr, addrlen);
+            if (r < 0)
+                return done ? (int)done : r;
+            done += (uint32_t)r;
+            if ((uint32_t)r < lone)
+                return (int)done; /* the socket buffer is full */
+            lone = 0;
+        }
+        int r = send_gso(fd, b, at, k, b->payload_len[at], addr, addrlen);
+        if (r == -EMSGSIZE || r == -EINVAL || r == -EIO || r == -ENOPROTOOPT) {
+            if (r != -EMSGSIZE)
+                __atomic_store_n(no_gso, 1, __ATOMIC_RELAXED);
+            lone = k; /* this run by sendmmsg */
+            continue;
+        }
+        if (r < 0)
+            return done ? (int)done : r;
+        done += k;
+    }
+    if (lone) {
+        int r = send_mmsg(fd, b, first + done, lone, addr, addrlen);
+        if (r < 0)
+            return done ? (int)done : r;
+        done += (uint32_t)r;
+    }
+    return (int)done;
+}
+
+/*
+ * The chunks of the TCP super-frame in slot i of b (gso_size[i] payload bytes each), ready to
+ * send: cut into slots 0.. of out (vx_tso_cut) and encapsulated for vni with source ports from
+ * lo..hi. Returns how many, or 0 if it cannot be cut.
+ */
+uint32_t vx_super_prepare(const vx_batch *b, uint32_t i, uint32_t vni, vx_batch *out,
+                          uint32_t lo, uint32_t hi)
+{
+    uint32_t k = vx_tso_cut(b, i, b->gso_size[i], out, 0);
+    for (uint32_t j = 0; j < k; j++)
+        out->vni[j] = vni;
+    vx_encap(out, 0, k, lo, hi);
+    return k;
+}
+
+/*
+ * Busy polling: wait for one of fds[0..n) to become readable by polling without sleeping, for
+ * at most usec microseconds (sched_yield between polls lets other runnable tasks on this CPU
+ * go first). Returns 1 if one is readable, 0 on timeout, -errno on error. Sleeping in epoll
+ * costs a wake-up (tens of microseconds on a VM) on the next packet; this trades CPU for it.
+ */
+int vx_spin(const int *fds, uint32_t n, uint32_t usec)
+{
+    struct pollfd p[16];
+    struct timespec t0, t;
+    if (n == 0 || n > 16)
+        return -EINVAL;
+    for (uint32_t k = 0; k < n; k++) {
+        p[k].fd = fds[k];
+        p[k].events = POLLIN;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        int r = poll(p, n, 0);
+        if (r != 0)
+            return r > 0 ? 1 : -errno;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        int64_t us = (int64_t)(t.tv_sec - t0.tv_sec) * 1000000 + (t.tv_nsec - t0.tv_nsec) / 1000;
+        if (us >= (int64_t)usec)
+            return 0;
+        sched_yield();
+    }
+}

@@ -1,0 +1,343 @@
+"""Batched device and socket I/O: the C version (csrc/tap.c, csrc/udp.c) or its Python twin.
+
+The backend follows :mod:`vxlanpy.kernels` (``VXLANPY_PURE_PYTHON`` / ``VXLANPY_REQUIRE_C``).
+The TAP (io/tap.py) and the UDP transport (io/udp.py) do their I/O through these, so that the
+virtio-net header and UDP GSO stay below them:
+
+- ``tap_read(fd, vnet, batch) -> (n, completed)``: frames into ``batch`` from slot
+  ``batch.count`` until the device would block or the batch is full (``count`` advanced), each
+  with its offload state from the virtio-net header; partial checksums of plain frames are
+  completed (``completed`` of them). ``n`` is ``-errno`` if the device is gone;
+- ``tap_write(fd, vnet, mtu, batch, slots) -> (written, refused)``: frames to the device, a
+  verified oversized TCP frame with a GSO header (``written`` is ``-errno`` if it is gone);
+- ``udp_recv(sock, batch, sources) -> (received, truncated)``: datagrams into ``batch`` from
+  ``batch.count`` (one ``recvmmsg`` per 64), each source IP appended to ``sources``; a
+  datagram larger than its slot is not kept. Socket errors (ICMP reports) raise OSError;
+- ``udp_send(sock, batch, first, n, host, port) -> int``: the payloads of slots
+  ``first..first+n-1`` to ``host:port`` (runs of equal size as UDP GSO sends); how many the
+  kernel took, ``-errno`` if none. The twin sends them one by one: the same reaches the wire;
+- ``send_super(sock, batch, i, vni, scratch, host, port, lo, hi) -> (sent, chunks)``: the TCP
+  super-frame in slot ``i`` cut into ``chunks`` chunks (in ``scratch``; 0: it cannot be cut),
+  encapsulated for ``vni`` and sent as ``udp_send`` does (``sent`` as it returns).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from array import array
+from typing import Any
+
+from .. import kernels
+from .._offload_py import CSUM_COMPLETED, complete_frame
+from ..abi import ADDR_LEN, LEN_TRUNCATED, VNET_HLEN, Offload
+from ..batch import FrameBatch
+
+__all__ = [
+    "tap_read",
+    "tap_write",
+    "udp_recv",
+    "udp_send",
+    "send_super",
+    "raw_sockaddr",
+    "source_name",
+    "BACKEND",
+    "load",
+]
+
+_GONE = {errno.EBADFD, errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF}
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_VXLAN_HLEN = 8
+_VNET = struct.Struct("=BBH")  # flags, gso_type, hdr_len: what a read takes of the header
+_VERIFIED = Offload.CSUM_OK | Offload.COALESCED
+
+
+def raw_sockaddr(family: int, host: str, port: int) -> bytes:
+    """The C sockaddr_in / sockaddr_in6 of ``host:port`` (a ``%scope`` suffix is ignored)."""
+    p = struct.pack("!H", port)
+    if family == socket.AF_INET6:
+        ip = socket.inet_pton(socket.AF_INET6, host.split("%")[0])
+        return struct.pack("=H", family) + p + bytes(4) + ip + bytes(4)
+    return struct.pack("=H", family) + p + socket.inet_aton(host) + bytes(8)
+
+
+def source_name(addrs: bytearray, i: int, names: dict[bytes, str]) -> str:
+    """The IP of the sockaddr recorded for slot ``i`` in ``addrs``, as text; ``names`` caches
+    the conversions (cleared past 4096)."""
+    off = i * ADDR_LEN
+    fam = struct.unpack_from("=H", addrs, off)[0]
+    if fam == socket.AF_INET6:
+        raw = bytes(addrs[off + 8 : off + 24])
+    else:
+        raw = bytes(addrs[off + 4 : off + 8])
+    name = names.get(raw)
+    if name is None:
+        name = socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
+        if len(names) > 4096:
+            names.clear()
+        names[raw] = name
+    return name
+
+
+def _check(batch: FrameBatch, first: int, n: int) -> None:
+    if first < 0 or n < 0 or first + n > batch.capacity:
+        raise ValueError(f"slots {first}..{first + n - 1} outside the batch")
+
+
+# --- the Python twin ----------------------------------------------------------------------
+
+
+class _PyIO:
+    name = "python"
+
+    def __init__(self) -> None:
+        self._kernels = kernels.load("python")
+
+    def tap_read(self, fd: int, vnet: int, batch: FrameBatch) -> tuple[int, int]:
+        got = completed = 0
+        mv = memoryview(batch.buf)
+        while batch.count < batch.capacity:
+            i = batch.count
+            off = batch.frame_offset(i) - vnet
+            try:
+                n = os.readv(fd, [mv[off : off + vnet + batch.max_frame]])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    return -(exc.errno or errno.EIO), completed
+                break
+            if n <= vnet:
+                break
+            batch.offload[i] = batch.gso_type[i] = batch.gso_size[i] = 0
+            batch.frame_len[i] = n - vnet
+            batch.count += 1
+            got += 1
+            if vnet:
+                flags, gso_type, _h = _VNET.unpack_from(batch.buf, off)
+                batch.gso_type[i] = gso_type
+                batch.gso_size[i] = struct.unpack_from("=H", batch.buf, off + 4)[0]
+                if flags & 1:
+                    batch.offload[i] = Offload.NEEDS_CSUM
+                    if not gso_type:
+                        completed += complete_frame(batch.frame(i)) == CSUM_COMPLETED
+        return got, completed
+
+    def tap_write(
+        self, fd: int, vnet: int, mtu: int, batch: FrameBatch, slots: list[int]
+    ) -> tuple[int, int]:
+        mv = memoryview(batch.buf)
+        written = refused = 0
+        zero = bytes(vnet)
+        for i in slots:
+            off = batch.frame_offset(i) - vnet
+            length = batch.frame_len[i]
+            if vnet:
+                batch.buf[off : off + vnet] = zero
+                if mtu and length > mtu + 14 and batch.offload[i] & _VERIFIED:
+                    self._kernels.vnet_gso(batch.buf, off + vnet, length, mtu, off)
+            try:
+                os.write(fd, mv[off : off + vnet + length])
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    return -(exc.errno or errno.EIO), refused
+                refused += 1
+                continue
+            written += 1
+        return written, refused
+
+    def udp_recv(
+        self, sock: socket.socket, batch: FrameBatch, sources: list[str]
+    ) -> tuple[int, int]:
+        got = truncated = 0
+        while batch.count < batch.capacity:
+            i = batch.count
+            try:
+                n, _anc, flags, addr = sock.recvmsg_into([batch.payload_buffer(i)])
+            except BlockingIOError:
+                break
+            if flags & _MSG_TRUNC:
+                truncated += 1
+                continue
+            batch.payload_len[i] = n
+            batch.offload[i] = 0
+            batch.count += 1
+            sources.append(addr[0])
+            got += 1
+        return got, truncated
+
+    def udp_send(
+        self, sock: socket.socket, batch: FrameBatch, first: int, n: int, host: str, port: int
+    ) -> int:
+        _check(batch, first, n)
+        mv = memoryview(batch.buf)
+        sent = 0
+        for i in range(first, first + n):
+            off = batch.header_offset(i)
+            try:
+                sock.sendto(mv[off : off + batch.payload_len[i]], socket.MSG_DONTWAIT, (host, port))
+            except OSError as exc:
+                return sent if sent else -(exc.errno or errno.EIO)
+            sent += 1
+        return sent
+
+    def send_super(
+        self,
+        sock: socket.socket,
+        batch: FrameBatch,
+        i: int,
+        vni: int,
+        scratch: FrameBatch,
+        host: str,
+        port: int,
+        lo: int,
+        hi: int,
+    ) -> tuple[int, int]:
+        scratch.clear()
+        k = self._kernels.tso_segment(batch, i, batch.gso_size[i], scratch)
+        if k == 0:
+            return 0, 0
+        for j in range(k):
+            scratch.vni[j] = vni
+        self._kernels.encap_batch(scratch, lo, hi)
+        return self.udp_send(sock, scratch, 0, k, host, port), k
+
+
+# --- the C version ------------------------------------------------------------------------
+
+
+class _CffiIO:
+    name = "cffi"
+
+    def __init__(self, mod: Any) -> None:
+        self._mod = mod
+        self._ffi = mod.ffi
+        self._lib = mod.lib
+        self._addrs: dict[tuple[int, str, int], Any] = {}
+        self._names: dict[bytes, str] = {}
+        self._u32 = self._ffi.new("uint32_t[2]")
+        self._no_gso = self._ffi.new("int32_t *")
+
+    def _b(self, batch: FrameBatch) -> Any:
+        return kernels.cbatch(self._mod, batch)
+
+    def _addr(self, family: int, host: str, port: int) -> Any:
+        key = (family, host, port)
+        a = self._addrs.get(key)
+        if a is None:
+            raw = raw_sockaddr(family, host, port)
+            if len(self._addrs) > 4096:
+                self._addrs.clear()
+            a = self._ffi.new(f"uint8_t[{len(raw)}]", raw)  # exact sockaddr length
+            self._addrs[key] = a
+        return a
+
+    def tap_read(self, fd: int, vnet: int, batch: FrameBatch) -> tuple[int, int]:
+        if vnet and vnet < VNET_HLEN:
+            raise ValueError(f"a virtio-net header is at least {VNET_HLEN} bytes")
+        self._u32[0] = 0
+        n = int(self._lib.vx_tap_read(fd, vnet, self._b(batch), batch.count, self._u32))
+        if n > 0:
+            batch.count += n
+        return n, int(self._u32[0])
+
+    def tap_write(
+        self, fd: int, vnet: int, mtu: int, batch: FrameBatch, slots: list[int]
+    ) -> tuple[int, int]:
+        if len(slots) > batch.capacity:
+            raise ValueError("more slots than the batch holds")
+        ex = batch.views.get("tap_write")
+        if ex is None:
+            arr = array("I", bytes(4 * batch.capacity))
+            ex = (arr, self._ffi.from_buffer("uint32_t[]", arr))
+            batch.views["tap_write"] = ex
+        arr, carr = ex
+        for k, i in enumerate(slots):
+            if not 0 <= i < batch.capacity:
+                raise ValueError(f"slot {i} outside the batch")
+            arr[k] = i
+        self._u32[0] = 0
+        n = int(self._lib.vx_tap_write(fd, vnet, mtu, self._b(batch), carr, len(slots), self._u32))
+        return n, int(self._u32[0])
+
+    def udp_recv(
+        self, sock: socket.socket, batch: FrameBatch, sources: list[str]
+    ) -> tuple[int, int]:
+        self._u32[0] = 0
+        first = batch.count
+        r = int(
+            self._lib.vx_udp_recv(
+                sock.fileno(), self._b(batch), first, batch.capacity, 0, self._u32
+            )
+        )
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        kept = 0
+        for j in range(r):
+            i = first + j
+            if batch.payload_len[i] == LEN_TRUNCATED:
+                batch.payload_len[i] = 0
+                continue  # too large for its slot: dropped, counted by the caller
+            name = source_name(batch.addrs, i, self._names)
+            if first + kept != i:  # close the gap a dropped datagram left
+                self._move(batch, i, first + kept)
+            sources.append(name)
+            kept += 1
+        batch.count = first + kept
+        return kept, int(self._u32[0])
+
+    @staticmethod
+    def _move(batch: FrameBatch, src: int, dst: int) -> None:
+        n = batch.payload_len[src]
+        so, do = batch.header_offset(src), batch.header_offset(dst)
+        batch.buf[do : do + n] = batch.buf[so : so + n]
+        batch.payload_len[dst] = n
+        batch.addrs[dst * ADDR_LEN : (dst + 1) * ADDR_LEN] = batch.addrs[
+            src * ADDR_LEN : (src + 1) * ADDR_LEN
+        ]
+
+    def udp_send(
+        self, sock: socket.socket, batch: FrameBatch, first: int, n: int, host: str, port: int
+    ) -> int:
+        _check(batch, first, n)
+        addr = self._addr(sock.family, host, port)
+        return int(
+            self._lib.vx_udp_send(
+                sock.fileno(), self._b(batch), first, n, addr, len(addr), self._no_gso
+            )
+        )
+
+    def send_super(
+        self,
+        sock: socket.socket,
+        batch: FrameBatch,
+        i: int,
+        vni: int,
+        scratch: FrameBatch,
+        host: str,
+        port: int,
+        lo: int,
+        hi: int,
+    ) -> tuple[int, int]:
+        _check(batch, i, 1)
+        k = int(self._lib.vx_super_prepare(self._b(batch), i, vni, self._b(scratch), lo, hi))
+        if k == 0:
+            return 0, 0
+        return self.udp_send(sock, scratch, 0, k, host, port), k
+
+
+def load(name: str | None = None) -> _CffiIO | _PyIO:
+    """The backend matching :func:`vxlanpy.kernels.load` for the same ``name``."""
+    mod = kernels.native(name)
+    return _PyIO() if mod is None else _CffiIO(mod)
+
+
+backend = load()
+BACKEND = backend.name
+tap_read = backend.tap_read
+tap_write = backend.tap_write
+udp_recv = backend.udp_recv
+udp_send = backend.udp_send
+send_super = backend.send_super

@@ -1,0 +1,172 @@
+"""One VXLAN segment (VNI) of a VTEP: its configuration, tables, settings and counters. Pure.
+
+The engine (engine.py) decides with this state; whoever mirrors it (the engine, installing
+into the C datapath) watches it: ``Segment.watch`` reports every change to a setting, to the
+FDB object or to an FDB entry (through the FDB's own change log).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .fdb import Fdb, Remote
+from .neigh import NeighTable
+from .wire import ZERO_MAC, DropReason, check_vni
+
+__all__ = ["SegmentConfig", "Segment", "Counters"]
+
+
+@dataclass(slots=True)
+class Counters:
+    """Per-segment counters of the engine's decisions (the engine-wide ones count drops not
+    attributable to a VNI). The C datapath counts what it forwards itself (abi.SEG_COUNTERS);
+    stats.py adds the two.
+
+    tx counts datagrams sent (a flooded frame counts once per copy) and their inner bytes;
+    rx counts frames delivered to the device.
+    """
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    floods: int = 0
+    l2_misses: int = 0
+    l3_misses: int = 0
+    arp_proxied: int = 0
+    learned: int = 0
+    moved: int = 0
+    aged: int = 0
+    learn_refused: int = 0
+    drops: Counter[DropReason] = field(default_factory=Counter)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in self.__slots__ if k != "drops"}
+        out["dropped"] = self.dropped
+        out["drops"] = {r.value: n for r, n in sorted(self.drops.items())}
+        return out
+
+
+@dataclass
+class SegmentConfig:
+    """One VXLAN segment (VNI) of the VTEP.
+
+    ``remotes`` seed the flood list (head-end replication); ``group`` puts a multicast group
+    there instead (or as well). ``local_mac`` is the device's own MAC, for loop detection.
+    """
+
+    vni: int
+    remotes: Sequence[str] = ()
+    group: str | None = None
+    learning: bool = True
+    ageing: float = 300.0
+    max_addresses: int = 0
+    proxy: bool = False
+    allow_vlan: bool = False
+    local_mac: bytes | None = None
+    fdb: Sequence[tuple[bytes, Remote]] = ()
+    neigh: Sequence[tuple[str, bytes]] = ()
+
+    def __post_init__(self) -> None:
+        check_vni(self.vni)
+        if self.group is not None and not ipaddress.ip_address(self.group).is_multicast:
+            raise ValueError(f"group {self.group} is not a multicast address")
+
+
+class Segment:
+    """Runtime state of one VNI: its FDB, neighbour table, settings and counters."""
+
+    __slots__ = (
+        "vni",
+        "config",
+        "_fdb",
+        "neigh",
+        "counters",
+        "_proxy",
+        "_allow_vlan",
+        "_local_mac",
+        "_watcher",
+    )
+
+    def __init__(self, config: SegmentConfig) -> None:
+        self.vni = config.vni
+        self.config = config
+        self._watcher: Callable[[], None] | None = None
+        self._fdb = Fdb(
+            learning=config.learning, ageing=config.ageing, max_addresses=config.max_addresses
+        )
+        self.neigh = NeighTable()
+        self.counters = Counters()
+        self._proxy = config.proxy
+        self._allow_vlan = config.allow_vlan
+        self._local_mac = config.local_mac
+        for ip in config.remotes:
+            self._fdb.append(ZERO_MAC, Remote.make(ip))
+        if config.group is not None:
+            self._fdb.append(ZERO_MAC, Remote.make(config.group))
+        for mac, remote in config.fdb:
+            self._fdb.append(mac, remote)
+        for ip, mac in config.neigh:
+            self.neigh.replace(ip, mac)
+
+    def watch(self, watcher: Callable[[], None] | None) -> None:
+        """Call ``watcher`` when something the datapath mirrors changes (a setting, the FDB
+        object, an FDB entry); then drain ``fdb.changes``. None: stop."""
+        self._watcher = watcher
+        self._fdb.changes.watch(watcher)
+
+    def _changed(self) -> None:
+        if self._watcher is not None:
+            self._watcher()
+
+    @property
+    def fdb(self) -> Fdb:
+        return self._fdb
+
+    @fdb.setter
+    def fdb(self, fdb: Fdb) -> None:
+        self._fdb.changes.watch(None)
+        self._fdb = fdb
+        fdb.changes.watch(self._watcher)  # the new FDB is mirrored from scratch
+
+    @property
+    def proxy(self) -> bool:
+        """Answer ARP requests from the neighbour table (the kernel's ``proxy``)."""
+        return self._proxy
+
+    @proxy.setter
+    def proxy(self, on: bool) -> None:
+        self._proxy = on
+        self._changed()
+
+    @property
+    def allow_vlan(self) -> bool:
+        """Carry 802.1Q/802.1ad tagged frames (RFC 7348 section 6.1 says drop them)."""
+        return self._allow_vlan
+
+    @allow_vlan.setter
+    def allow_vlan(self, on: bool) -> None:
+        self._allow_vlan = on
+        self._changed()
+
+    @property
+    def local_mac(self) -> bytes | None:
+        """The device's own MAC: a frame from the wire with it as source has looped."""
+        return self._local_mac
+
+    @local_mac.setter
+    def local_mac(self, mac: bytes | None) -> None:
+        old = self._local_mac
+        self._local_mac = mac
+        for m in (old, mac):
+            if m is not None:
+                self._fdb.changes.note(m)  # its entry's rules change
+        self._changed()
