@@ -102,11 +102,10 @@ def rx(e: Engine, items: list[tuple[str, bytes]], now: float, fast: bool) -> lis
     else:
         e.handle_datagrams(b, [s for s, _ in items], now)
     # the same frames; the C path writes its hits before the upcalls, so the order is only
-    # kept per source MAC
-    out = [(f.vni, bytes(f.frame)) for f in e.frames_to_device()]
-    by_mac: dict[bytes, list[Any]] = {}
-    for vni, f in out:
-        by_mac.setdefault(f[6:12], []).append((vni, f))
+    # kept per device (VNI) and source MAC
+    by_mac: dict[tuple[int, bytes], list[bytes]] = {}
+    for f in e.frames_to_device():
+        by_mac.setdefault((f.vni, bytes(f.frame[6:12])), []).append(bytes(f.frame))
     return sorted(by_mac.items())
 
 

@@ -52,19 +52,23 @@ class SegmentSpec:
 
     def segment_config(self, local_mac: bytes | None = None) -> SegmentConfig:
         """The engine's view of this segment (its device's MAC for loop detection)."""
+        same = {k: getattr(self, k) for k in _ENGINE_FIELDS}
         return SegmentConfig(
-            vni=self.vni,
-            remotes=self.remotes,
-            group=self.group,
-            learning=self.learning,
-            ageing=self.ageing,
-            max_addresses=self.max_addresses,
-            proxy=self.proxy,
-            allow_vlan=self.allow_vlan,
-            local_mac=local_mac,
-            fdb=self.fdb_entries(),
-            neigh=self.neigh_entries(),
+            **same, local_mac=local_mac, fdb=self.fdb_entries(), neigh=self.neigh_entries()
         )
+
+
+# SegmentSpec fields the engine's SegmentConfig takes as they are
+_ENGINE_FIELDS = (
+    "vni",
+    "remotes",
+    "group",
+    "learning",
+    "ageing",
+    "max_addresses",
+    "proxy",
+    "allow_vlan",
+)
 
 
 @dataclass

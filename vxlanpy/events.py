@@ -37,31 +37,29 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class MacLearned(Event):
+class _MacAt(Event):
+    """What the MAC events have in common: ``mac`` on ``vni``, behind the VTEP ``remote``."""
+
+    vni: int
+    mac: bytes
+    remote: str
+
+
+@dataclass(frozen=True, slots=True)
+class MacLearned(_MacAt):
     """``mac`` on ``vni`` is behind the VTEP ``remote`` (learned from a received frame)."""
 
-    vni: int
-    mac: bytes
-    remote: str
-
 
 @dataclass(frozen=True, slots=True)
-class MacMoved(Event):
+class MacMoved(_MacAt):
     """A learned ``mac`` now arrives from ``remote`` instead of ``old_remote``."""
 
-    vni: int
-    mac: bytes
     old_remote: str
-    remote: str
 
 
 @dataclass(frozen=True, slots=True)
-class MacAged(Event):
+class MacAged(_MacAt):
     """A learned entry was not refreshed within the ageing time and was removed."""
-
-    vni: int
-    mac: bytes
-    remote: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,30 @@ from typing import Any
 
 __all__ = ["export_commands"]
 
+# ip link add ... words for VTEP ([vtep]) and segment settings that are set, before and after
+# srcport (the kernel's order)
+_LINK_VALUES = (("local", "vtep", "local"), ("group", "seg", "group"), ("dev", "vtep", "dev"))
+_LINK_VALUES_2 = (("ttl", "vtep", "ttl"), ("tos", "vtep", "tos"))
+# commands after the link exists, for segment settings that are set
+_SET_COMMANDS = (
+    ("ip link set {name} mtu {v}", "seg", "mtu"),
+    ("ip link set {name} address {v}", "seg", "mac"),
+    ("ip addr add {v} dev {name}", "seg", "address"),
+    ("ip link set {name} master {v}", "seg", "bridge"),
+)
+
+
+def _present(
+    cfg: dict[str, Any], seg: dict[str, Any], table: tuple[tuple[str, str, str], ...]
+) -> list[tuple[str, Any]]:
+    """(word, value) for each setting of ``table`` that is set (not None, not empty)."""
+    out = []
+    for word, where, key in table:
+        v = (cfg if where == "vtep" else seg).get(key)
+        if v is not None and v != "":
+            out.append((word, v))
+    return out
+
 
 def export_commands(cfg: dict[str, Any]) -> list[str]:
     """Commands for ``cfg`` (``dataclasses.asdict(VtepConfig)`` or a running VTEP's config)."""
@@ -19,18 +43,10 @@ def export_commands(cfg: dict[str, Any]) -> list[str]:
     for seg in cfg["segments"]:
         name = seg.get("tap") or f"vxlan{seg['vni']}"
         link = [f"ip link add {name} type vxlan id {seg['vni']} dstport {cfg['dstport']}"]
-        if cfg.get("local"):
-            link.append(f"local {cfg['local']}")
-        if seg.get("group"):
-            link.append(f"group {seg['group']}")
-        if cfg.get("dev"):
-            link.append(f"dev {cfg['dev']}")
+        link += [f"{word} {v}" for word, v in _present(cfg, seg, _LINK_VALUES)]
         lo, hi = cfg.get("srcport", (49152, 65535))
         link.append(f"srcport {lo} {hi}")
-        if cfg.get("ttl") is not None:
-            link.append(f"ttl {cfg['ttl']}")
-        if cfg.get("tos") is not None:
-            link.append(f"tos {cfg['tos']}")
+        link += [f"{word} {v}" for word, v in _present(cfg, seg, _LINK_VALUES_2)]
         if cfg.get("df") == "set":
             link.append("df set")
         if not seg.get("learning", True):
@@ -41,14 +57,7 @@ def export_commands(cfg: dict[str, Any]) -> list[str]:
         if seg.get("max_addresses"):
             link.append(f"maxaddress {seg['max_addresses']}")
         out.append(" ".join(link))
-        if seg.get("mtu"):
-            out.append(f"ip link set {name} mtu {seg['mtu']}")
-        if seg.get("mac"):
-            out.append(f"ip link set {name} address {seg['mac']}")
-        if seg.get("address"):
-            out.append(f"ip addr add {seg['address']} dev {name}")
-        if seg.get("bridge"):
-            out.append(f"ip link set {name} master {seg['bridge']}")
+        out += [cmd.format(name=name, v=v) for cmd, v in _present(cfg, seg, _SET_COMMANDS)]
         out.append(f"ip link set {name} up")
         # fdb entries: (MAC, IP) from a config file, (MAC, IP, port, vni) from a running VTEP
         flood = [("00:00:00:00:00:00", ip) for ip in seg.get("remotes", [])]

@@ -83,30 +83,33 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# the FrameBatch columns vx_batch points at, with their C element types
+_COLUMNS = (
+    ("buf", "uint8_t[]"),
+    ("frame_len", "uint32_t[]"),
+    ("payload_len", "uint32_t[]"),
+    ("vni", "uint32_t[]"),
+    ("status", "int32_t[]"),
+    ("sport", "uint16_t[]"),
+    ("gso_type", "uint8_t[]"),
+    ("gso_size", "uint16_t[]"),
+    ("offload", "uint8_t[]"),
+    ("action", "int32_t[]"),
+    ("addrs", "uint8_t[]"),
+    ("order", "uint32_t[]"),
+)
+
+
 def cbatch(mod: Any, batch: FrameBatch) -> Any:
     """The ``vx_batch *`` describing ``batch`` for the extension ``mod`` (made once per batch:
     cffi views of a buffer cost more than a kernel call)."""
     v = batch.views.get("vx_batch")
     if v is None:
         ffi = mod.ffi
-        fb = ffi.from_buffer
-        keep = [
-            fb("uint8_t[]", batch.buf),
-            fb("uint32_t[]", batch.frame_len),
-            fb("uint32_t[]", batch.payload_len),
-            fb("uint32_t[]", batch.vni),
-            fb("int32_t[]", batch.status),
-            fb("uint16_t[]", batch.sport),
-            fb("uint8_t[]", batch.gso_type),
-            fb("uint16_t[]", batch.gso_size),
-            fb("uint8_t[]", batch.offload),
-            fb("int32_t[]", batch.action),
-            fb("uint8_t[]", batch.addrs),
-            fb("uint32_t[]", batch.order),
-        ]
         s = ffi.new("vx_batch *")
-        s.buf, s.frame_len, s.payload_len, s.vni, s.status, s.sport = keep[:6]
-        s.gso_type, s.gso_size, s.offload, s.action, s.addrs, s.order = keep[6:]
+        keep = [ffi.from_buffer(ctype, getattr(batch, name)) for name, ctype in _COLUMNS]
+        for (name, _ctype), view in zip(_COLUMNS, keep, strict=True):
+            setattr(s, name, view)
         s.slot, s.headroom = batch.slot, batch.headroom
         s.capacity, s.max_frame = batch.capacity, batch.max_frame
         v = (s, keep)
@@ -114,15 +117,19 @@ def cbatch(mod: Any, batch: FrameBatch) -> Any:
     return v[0]
 
 
-class _CffiBackend:
-    """Adapts the C kernels to the FrameBatch signatures."""
-
-    name = "cffi"
+class Native:
+    """Base of the adapters of the C extension: its module, ffi and lib."""
 
     def __init__(self, mod: Any) -> None:
         self.mod = mod
         self._ffi = mod.ffi
         self._lib = mod.lib
+
+
+class _CffiBackend(Native):
+    """Adapts the C kernels to the FrameBatch signatures."""
+
+    name = "cffi"
 
     def encap_batch(self, batch: FrameBatch, lo: int, hi: int) -> None:
         check_batch(batch)

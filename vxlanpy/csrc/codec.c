@@ -64,16 +64,6 @@ static uint32_t crc32_buf(const uint8_t *p, size_t n)
     return c ^ 0xFFFFFFFFu;
 }
 
-static uint32_t fmix32(uint32_t h)
-{
-    h ^= h >> 16;
-    h *= 0x85EBCA6Bu;
-    h ^= h >> 13;
-    h *= 0xC2B2AE35u;
-    h ^= h >> 16;
-    return h;
-}
-
 static int l4_has_ports(uint8_t proto)
 {
     return proto == 6 || proto == 17 || proto == 132 || proto == 136;
@@ -123,7 +113,7 @@ static size_t flow_key(const uint8_t *f, uint32_t n, uint8_t *key)
 uint32_t vx_flow_hash(const uint8_t *frame, uint32_t len)
 {
     uint8_t key[64];
-    return fmix32(crc32_buf(key, flow_key(frame, len, key)));
+    return vx_fmix32(crc32_buf(key, flow_key(frame, len, key)));
 }
 
 static uint16_t port_from_hash(uint32_t h, uint32_t lo, uint32_t hi)

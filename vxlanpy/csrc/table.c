@@ -10,14 +10,11 @@
 
 #include "vx_internal.h"
 
+/* The slot a key hashes to: both halves of the 64-bit key through the 32-bit finaliser. */
 static uint64_t mix64(uint64_t k)
 {
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ULL;
-    k ^= k >> 33;
-    return k;
+    return ((uint64_t)vx_fmix32((uint32_t)(k >> 32) ^ 0x9E3779B9u) << 32)
+           ^ vx_fmix32((uint32_t)k ^ (uint32_t)(k >> 32));
 }
 
 static uint64_t key_of(uint32_t seg, const uint8_t *mac)

@@ -48,6 +48,17 @@ static inline uint64_t vx_mac48(const uint8_t *m)
            ((uint64_t)m[3] << 16) | ((uint64_t)m[4] << 8) | m[5];
 }
 
+/* MurmurHash3's 32-bit finaliser: spreads a hash's entropy over all bits. */
+static inline uint32_t vx_fmix32(uint32_t h)
+{
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
 /* Sum of the big-endian 16-bit words of p[0..n) (an odd last byte is the high half of a
  * word): for headers; payloads go through vx_csum16. */
 static inline uint64_t vx_sum16(const uint8_t *p, size_t n)

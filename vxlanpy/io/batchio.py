@@ -4,6 +4,8 @@ The backend follows :mod:`vxlanpy.kernels` (``VXLANPY_PURE_PYTHON`` / ``VXLANPY_
 The TAP (io/tap.py) and the UDP transport (io/udp.py) do their I/O through these, so that the
 virtio-net header and UDP GSO stay below them:
 
+``backend`` (or ``load(name)``) has these methods:
+
 - ``tap_read(fd, vnet, batch) -> (n, completed)``: frames into ``batch`` from slot
   ``batch.count`` until the device would block or the batch is full (``count`` advanced), each
   with its offload state from the virtio-net header; partial checksums of plain frames are
@@ -36,14 +38,10 @@ from ..abi import ADDR_LEN, LEN_TRUNCATED, VNET_HLEN, Offload
 from ..batch import FrameBatch
 
 __all__ = [
-    "tap_read",
-    "tap_write",
-    "udp_recv",
-    "udp_send",
-    "send_super",
     "raw_sockaddr",
     "source_name",
     "BACKEND",
+    "backend",
     "load",
 ]
 
@@ -86,10 +84,44 @@ def _check(batch: FrameBatch, first: int, n: int) -> None:
         raise ValueError(f"slots {first}..{first + n - 1} outside the batch")
 
 
+class _IO:
+    """What both backends share: a super-frame is sent as its chunks."""
+
+    def udp_send(
+        self, sock: socket.socket, batch: FrameBatch, first: int, n: int, host: str, port: int
+    ) -> int:
+        raise NotImplementedError
+
+    def prepare_super(
+        self, batch: FrameBatch, i: int, vni: int, scratch: FrameBatch, lo: int, hi: int
+    ) -> int:
+        """Cut the super-frame in slot ``i`` into ``scratch`` (slots 0..) and encapsulate the
+        chunks for ``vni``; how many (0: it cannot be cut)."""
+        raise NotImplementedError
+
+    def send_super(
+        self,
+        sock: socket.socket,
+        batch: FrameBatch,
+        i: int,
+        vni: int,
+        scratch: FrameBatch,
+        host: str,
+        port: int,
+        lo: int,
+        hi: int,
+    ) -> tuple[int, int]:
+        _check(batch, i, 1)
+        k = self.prepare_super(batch, i, vni, scratch, lo, hi)
+        if k == 0:
+            return 0, 0
+        return self.udp_send(sock, scratch, 0, k, host, port), k
+
+
 # --- the Python twin ----------------------------------------------------------------------
 
 
-class _PyIO:
+class _PyIO(_IO):
     name = "python"
 
     def __init__(self) -> None:
@@ -183,45 +215,33 @@ class _PyIO:
             sent += 1
         return sent
 
-    def send_super(
-        self,
-        sock: socket.socket,
-        batch: FrameBatch,
-        i: int,
-        vni: int,
-        scratch: FrameBatch,
-        host: str,
-        port: int,
-        lo: int,
-        hi: int,
-    ) -> tuple[int, int]:
+    def prepare_super(
+        self, batch: FrameBatch, i: int, vni: int, scratch: FrameBatch, lo: int, hi: int
+    ) -> int:
         scratch.clear()
         k = self._kernels.tso_segment(batch, i, batch.gso_size[i], scratch)
-        if k == 0:
-            return 0, 0
         for j in range(k):
             scratch.vni[j] = vni
-        self._kernels.encap_batch(scratch, lo, hi)
-        return self.udp_send(sock, scratch, 0, k, host, port), k
+        if k:
+            self._kernels.encap_batch(scratch, lo, hi)
+        return k
 
 
 # --- the C version ------------------------------------------------------------------------
 
 
-class _CffiIO:
+class _CffiIO(kernels.Native, _IO):
     name = "cffi"
 
     def __init__(self, mod: Any) -> None:
-        self._mod = mod
-        self._ffi = mod.ffi
-        self._lib = mod.lib
+        super().__init__(mod)
         self._addrs: dict[tuple[int, str, int], Any] = {}
         self._names: dict[bytes, str] = {}
         self._u32 = self._ffi.new("uint32_t[2]")
         self._no_gso = self._ffi.new("int32_t *")
 
     def _b(self, batch: FrameBatch) -> Any:
-        return kernels.cbatch(self._mod, batch)
+        return kernels.cbatch(self.mod, batch)
 
     def _addr(self, family: int, host: str, port: int) -> Any:
         key = (family, host, port)
@@ -309,23 +329,10 @@ class _CffiIO:
             )
         )
 
-    def send_super(
-        self,
-        sock: socket.socket,
-        batch: FrameBatch,
-        i: int,
-        vni: int,
-        scratch: FrameBatch,
-        host: str,
-        port: int,
-        lo: int,
-        hi: int,
-    ) -> tuple[int, int]:
-        _check(batch, i, 1)
-        k = int(self._lib.vx_super_prepare(self._b(batch), i, vni, self._b(scratch), lo, hi))
-        if k == 0:
-            return 0, 0
-        return self.udp_send(sock, scratch, 0, k, host, port), k
+    def prepare_super(
+        self, batch: FrameBatch, i: int, vni: int, scratch: FrameBatch, lo: int, hi: int
+    ) -> int:
+        return int(self._lib.vx_super_prepare(self._b(batch), i, vni, self._b(scratch), lo, hi))
 
 
 def load(name: str | None = None) -> _CffiIO | _PyIO:
@@ -334,10 +341,5 @@ def load(name: str | None = None) -> _CffiIO | _PyIO:
     return _PyIO() if mod is None else _CffiIO(mod)
 
 
-backend = load()
+backend = load()  # the environment's choice: io/tap.py and io/udp.py do their I/O through it
 BACKEND = backend.name
-tap_read = backend.tap_read
-tap_write = backend.tap_write
-udp_recv = backend.udp_recv
-udp_send = backend.udp_send
-send_super = backend.send_super

@@ -29,7 +29,16 @@ from .netlink import (
     underlay_mtu,
 )
 
-__all__ = ["Tap", "TapError", "TapGone", "gone_error", "Device", "Devices", "KernelTaps"]
+__all__ = [
+    "Tap",
+    "TapError",
+    "TapGone",
+    "gone_error",
+    "FdDevice",
+    "Device",
+    "Devices",
+    "KernelTaps",
+]
 
 # virtio-net header (IFF_VNET_HDR): what the kernel tells us about each frame it hands over
 IFF_VNET_HDR = 0x4000
@@ -49,7 +58,68 @@ class TapGone(TapError):
     """The TAP stopped working (deleted with ``ip link del``, say)."""
 
 
-class Tap:
+class FdDevice:
+    """Frame I/O on a device's file descriptor (a TAP's, or a test double's): one frame per
+    read or write, the virtio-net header handled by io/batchio.py when ``vnet`` is set.
+    Subclasses set ``name``, ``fd``, ``vnet``, ``mtu``, ``mac`` and ``closed``, and close."""
+
+    name: str
+    fd: int
+    vnet: int
+    mtu: int
+    mac: bytes
+    closed: bool
+    write_errors = 0  # frames the device refused
+    checksums_completed = 0  # partial checksums of frames read, completed
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def read_batch(self, batch: FrameBatch) -> int:
+        """Read frames into ``batch`` (from slot ``batch.count``) until EAGAIN or full.
+
+        Returns the number read. Raises TapGone if the device went away.
+        """
+        n, completed = batchio.backend.tap_read(self.fd, self.vnet, batch)
+        self.checksums_completed += completed
+        if n < 0:
+            raise self.gone(-n)
+        return n
+
+    def write(self, frame: bytes | memoryview) -> bool:
+        """Write one frame; False (and counted) if the device refused it."""
+        try:
+            if self.vnet:
+                os.writev(self.fd, (_ZERO_HDR, frame))  # no offload metadata: a plain frame
+            else:
+                os.write(self.fd, frame)
+            return True
+        except BlockingIOError:
+            self.write_errors += 1
+            return False
+        except OSError as exc:
+            if exc.errno in _GONE:
+                raise self.gone(exc.errno) from exc
+            self.write_errors += 1
+            return False
+
+    def write_slots(self, batch: FrameBatch, slots: list[int]) -> int:
+        """Write the frames in ``slots`` of ``batch`` in one C loop; refused ones are counted.
+
+        With offloads, a TCP super-frame larger than the MTU (a kernel peer's tunnel-GSO packet
+        arrives whole) goes in as a GSO frame, so the kernel can still forward it (bridge)."""
+        written, refused = batchio.backend.tap_write(self.fd, self.vnet, self.mtu, batch, slots)
+        self.write_errors += refused
+        if written < 0:
+            raise self.gone(-written)
+        return written
+
+    def gone(self, err: int | None) -> TapGone:
+        """The error for an I/O call on the device that failed with ``err`` (one of _GONE)."""
+        return gone_error(self.name, err)
+
+
+class Tap(FdDevice):
     """One TAP device. ``read_batch`` fills a FrameBatch until the device would block."""
 
     def __init__(
@@ -89,51 +159,6 @@ class Tap:
             self.close()
             raise TapError(str(exc)) from exc
         self.mtu = mtu
-        self.write_errors = 0  # frames the device refused
-        self.checksums_completed = 0  # partial checksums of frames read, completed
-
-    def read_batch(self, batch: FrameBatch) -> int:
-        """Read frames into ``batch`` (from slot ``batch.count``) until EAGAIN or full.
-
-        Returns the number read. Raises TapGone if the device went away.
-        """
-        n, completed = batchio.tap_read(self.fd, self.vnet, batch)
-        self.checksums_completed += completed
-        if n < 0:
-            raise self.gone(-n)
-        return n
-
-    def write(self, frame: bytes | memoryview) -> bool:
-        """Write one frame; False (and counted) if the device refused it."""
-        try:
-            if self.vnet:
-                os.writev(self.fd, (_ZERO_HDR, frame))  # no offload metadata: a plain frame
-            else:
-                os.write(self.fd, frame)
-            return True
-        except BlockingIOError:
-            self.write_errors += 1
-            return False
-        except OSError as exc:
-            if exc.errno in _GONE:
-                raise self.gone(exc.errno) from exc
-            self.write_errors += 1
-            return False
-
-    def write_slots(self, batch: FrameBatch, slots: list[int]) -> int:
-        """Write the frames in ``slots`` of ``batch`` in one C loop; refused ones are counted.
-
-        With offloads, a TCP super-frame larger than the MTU (a kernel peer's tunnel-GSO packet
-        arrives whole) goes in as a GSO frame, so the kernel can still forward it (bridge)."""
-        written, refused = batchio.tap_write(self.fd, self.vnet, self.mtu, batch, slots)
-        self.write_errors += refused
-        if written < 0:
-            raise self.gone(-written)
-        return written
-
-    def gone(self, err: int | None) -> TapGone:
-        """The error for an I/O call on the device that failed with ``err`` (one of _GONE)."""
-        return gone_error(self.name, err)
 
     def close(self) -> None:
         """Close the fd; a non-persistent TAP disappears with it."""
@@ -201,14 +226,4 @@ class KernelTaps:
     def underlay_mtu(self, local: str | None, remote: str | None, dev: str | None) -> int | None:
         return underlay_mtu(local, remote, dev)
 
-    def open(
-        self,
-        name: str,
-        *,
-        mtu: int,
-        address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
-        bridge: str | None,
-        mac: bytes | None,
-        offload: bool,
-    ) -> Device:
-        return Tap(name, mtu=mtu, address=address, bridge=bridge, mac=mac, offload=offload)
+    open = staticmethod(Tap)  # the Devices.open signature is Tap's

@@ -226,7 +226,7 @@ class UdpTransport:
         got = 0
         while batch.count < batch.capacity:
             try:
-                n, truncated = batchio.udp_recv(self.rx, batch, sources)
+                n, truncated = batchio.backend.udp_recv(self.rx, batch, sources)
             except OSError as exc:  # ICMP errors surface here (ECONNREFUSED, ...): count them
                 self._count(exc.errno)
                 continue
@@ -284,7 +284,7 @@ class UdpTransport:
             while j < end and sport[j] == sport[i]:
                 j += 1
             sock = self.socket_for(sport[i])
-            sent += self._done(batchio.udp_send(sock, batch, i, j - i, host, port), j - i)
+            sent += self._done(batchio.backend.udp_send(sock, batch, i, j - i, host, port), j - i)
             i = j
         return sent
 
@@ -293,7 +293,7 @@ class UdpTransport:
         destination from the flow's source port (the engine decided once for all of them)."""
         lo, hi = self._srcport
         sock = self.socket_for(d.sport)
-        sent, k = batchio.send_super(
+        sent, k = batchio.backend.send_super(
             sock, batch, d.slot, d.vni, self._chunks, d.host, d.port, lo, hi
         )
         if k == 0:
