@@ -210,10 +210,15 @@ class FlannelAgent:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if tasks[t] == "dataplane":
+                what = tasks[t]
+                if what == "stop":
+                    continue
+                exc = None if t.cancelled() else t.exception()
+                if what == "dataplane" and exc is None:
                     raise AgentError(f"the dataplane failed: {t.result()}")
-                if tasks[t] != "stop":
-                    t.result()  # AgentError from the watch (our lease deleted)
+                if isinstance(exc, AgentError):
+                    raise exc  # from the watch: our lease was deleted
+                raise AgentError(f"internal error: the {what} task ended: {exc!r}")
         finally:
             for t in tasks:
                 t.cancel()
@@ -255,6 +260,7 @@ class FlannelAgent:
             raise EtcdError(f"etcd {self.etcd.endpoint}: the watch ended")
 
         reader = asyncio.ensure_future(pump())
+        get: asyncio.Future[WatchEvent] | None = None
         try:
             while True:
                 get = asyncio.ensure_future(queue.get())
@@ -276,8 +282,10 @@ class FlannelAgent:
                     self._revision = max(self._revision, ev.revision)
                 await self._reconcile()
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            pending = [f for f in (reader, get) if f is not None]
+            for f in pending:
+                f.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _on_event(self, ev: WatchEvent) -> None:
         own = self.own
@@ -390,7 +398,7 @@ class FlannelAgent:
         lease = own.lease
         return (
             f"flannel: lease {lease.subnet} PublicIP {lease.public_ip} VtepMAC {lease.vtep_mac};"
-            f" {self.cfg.backend} dataplane {dev.name} mtu {dev.mtu}; {len(self.peers)} peers;"
+            f" {self.cfg.backend} dataplane {dev.name} mtu {dev.mtu}; peers {len(self.peers)};"
             f" etcd {self.etcd.endpoint} prefix {self.cfg.etcd_prefix};"
             f" subnet file {self.cfg.subnet_file}"
         )

@@ -126,6 +126,9 @@ class EtcdClient:
             return await asyncio.wait_for(getattr(client, name)(*args, **kw), self.timeout + 1)
         except self._errors() as exc:
             raise EtcdError(f"etcd {self.endpoint}: {name}: {_reason(exc)}") from None
+        except asyncio.CancelledError:
+            _reraise_if_cancelled()
+            raise EtcdError(f"etcd {self.endpoint}: {name}: connection closed") from None
 
     async def connect_any(self, deadline: float) -> str:
         """Find a member that answers, trying each in turn until ``deadline`` (loop time).
@@ -208,11 +211,22 @@ class EtcdClient:
                 )
         except self._errors() as exc:
             raise EtcdError(f"etcd {self.endpoint}: watch: {_reason(exc)}") from None
+        except asyncio.CancelledError:
+            _reraise_if_cancelled()
+            raise EtcdError(f"etcd {self.endpoint}: watch: connection closed") from None
         finally:
             try:
                 await asyncio.wait_for(watch.cancel(), 1.0)
             except Exception:
                 pass
+
+
+def _reraise_if_cancelled() -> None:
+    """Re-raise a CancelledError meant for this task; return if gRPC raised it because the
+    channel was closed under the call (another task's failover)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _reason(exc: BaseException) -> str:
