@@ -105,11 +105,11 @@ def parse_network_config(text: str | bytes) -> NetworkConfig:
     try:
         raw = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise FlannelConfigError(f"config is not JSON: {exc}") from None
+        raise FlannelConfigError(f"not JSON: {exc}") from None
     try:
-        return _network_config(_fields(raw, "config"))
+        return _network_config(_fields(raw, "the config"))
     except ValueError as exc:
-        raise FlannelConfigError(f"config: {exc}") from None
+        raise FlannelConfigError(str(exc)) from None
 
 
 def _network_config(f: dict[str, Any]) -> NetworkConfig:
