@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from vxlanpy.flannel.etcd_cluster import EtcdCluster
+from vxlanpy.flannel.lab import add_container
 from vxlanpy.netns import Host, Topology, have_netns
 
 PREFIX = "/coreos.com/network"
@@ -112,8 +113,6 @@ class FlannelNet:
             h.name: Node(h.name, h, f"198.18.0.{i + 1}", be, os.path.join(tmp, f"{h.name}.env"))
             for i, (h, be) in enumerate(zip(hosts, backends, strict=True))
         }
-        for h in hosts:
-            h.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
 
     def start_etcd(self, config: dict[str, object] | None = None) -> None:
         self.etcd.start()
@@ -137,24 +136,9 @@ class FlannelNet:
     def add_container(self, name: str) -> Host:
         """A container namespace behind ``cni0`` on node ``name``, addressed from its lease."""
         n = self.nodes[name]
-        assert n.subnet is not None
-        env = dict(line.split("=", 1) for line in read(n.env_file).split())
-        mtu = env["FLANNEL_MTU"]
-        c = self.topo.add_host(f"c{name[1:]}")
-        h = n.host
-        h.ip("link", "add", "cni0", "type", "bridge")
-        h.ip("addr", "add", f"{n.subnet.network_address + 1}/{n.subnet.prefixlen}", "dev", "cni0")
-        h.ip("link", "set", "cni0", "up")
-        self.topo.run(
-            ["ip", "link", "add", "eth0", "netns", c.ns, "mtu", mtu, "type", "veth", "peer"]
-            + ["name", "veth0", "netns", h.ns, "mtu", mtu]
-        )
-        h.ip("link", "set", "veth0", "master", "cni0", "up")
-        c.ip("addr", "add", f"{n.container_ip}/{n.subnet.prefixlen}", "dev", "eth0")
-        c.ip("link", "set", "eth0", "up")
-        c.ip("route", "add", "default", "via", str(n.subnet.network_address + 1))
-        n.container = c
-        return c
+        n.container, ip = add_container(self.topo, n.host, n.env_file, f"c{name[1:]}")
+        assert ip == n.container_ip
+        return n.container
 
     # --- what etcd holds, and what each node programmed ------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -34,37 +35,42 @@ def simulated_lease(i: int, network: str = "198.19.128.0/17", subnet_len: int = 
     return Lease(subnet, public, mac)
 
 
-async def put_leases(
-    endpoints: str, leases: Sequence[Lease], prefix: str = DEFAULT_PREFIX, ttl: int = 86400
-) -> float:
-    """Write ``leases`` (bound to one etcd lease of ``ttl``) with up to 64 requests in flight;
-    the seconds it took."""
+async def _each(
+    endpoints: str, leases: Sequence[Lease], prefix: str, ttl: int | None
+) -> tuple[float, float]:
     client = EtcdClient(parse_endpoints(endpoints), timeout=10)
     try:
-        lease_id = await client.grant(ttl)
-        t0 = time.monotonic()
+        lease_id = await client.grant(ttl) if ttl else 0
         sem = asyncio.Semaphore(64)
 
         async def one(lease: Lease) -> None:
+            key = f"{prefix}/subnets/{subnet_key(lease.subnet)}"
             async with sem:
-                key = f"{prefix}/subnets/{subnet_key(lease.subnet)}"
-                await client.put(key, lease.encode(), lease_id)
+                if ttl:
+                    await client.put(key, lease.encode(), lease_id)
+                else:
+                    await client.delete(key)
 
+        t0 = time.monotonic()
         await asyncio.gather(*(one(lease) for lease in leases))
-        return time.monotonic() - t0
+        return t0, time.monotonic() - t0
     finally:
         await client.close()
+
+
+async def put_leases(
+    endpoints: str, leases: Sequence[Lease], prefix: str = DEFAULT_PREFIX, ttl: int = 86400
+) -> tuple[float, float]:
+    """Write ``leases`` (bound to one etcd lease of ``ttl``) with up to 64 requests in flight.
+    Returns when the first write started (``time.monotonic()``) and the seconds it took."""
+    return await _each(endpoints, leases, prefix, ttl)
 
 
 async def delete_leases(
     endpoints: str, leases: Sequence[Lease], prefix: str = DEFAULT_PREFIX
-) -> None:
-    client = EtcdClient(parse_endpoints(endpoints), timeout=10)
-    try:
-        for lease in leases:
-            await client.delete(f"{prefix}/subnets/{subnet_key(lease.subnet)}")
-    finally:
-        await client.close()
+) -> tuple[float, float]:
+    """Delete the keys of ``leases``, as ``put_leases``."""
+    return await _each(endpoints, leases, prefix, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,10 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     leases = [simulated_lease(a.first + i, a.network, a.subnet_len) for i in range(a.count)]
     if a.op == "put":
-        took = asyncio.run(put_leases(a.etcd_endpoints, leases, a.etcd_prefix))
-        print(f"{len(leases)} leases written in {took:.3f} s", file=sys.stderr)
+        start, took = asyncio.run(put_leases(a.etcd_endpoints, leases, a.etcd_prefix))
     else:
-        asyncio.run(delete_leases(a.etcd_endpoints, leases, a.etcd_prefix))
+        start, took = asyncio.run(delete_leases(a.etcd_endpoints, leases, a.etcd_prefix))
+    # CLOCK_MONOTONIC is the same in every network namespace: a caller can compare it
+    print(json.dumps({"op": a.op, "leases": len(leases), "start": start, "seconds": took}))
     return 0
 
 
