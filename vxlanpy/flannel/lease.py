@@ -239,7 +239,7 @@ def decode_lease(key: str, value: str | bytes) -> Lease:
         f = _fields(raw, "value")
         btype = f.get("backendtype", "")
         if btype != "vxlan":
-            raise ValueError(f"foreign backend type {btype!r} (not vxlan): ignored")
+            raise ValueError(f"foreign backend type {btype!r} (not vxlan)")
         public = _ipv4(f.get("publicip"), "PublicIP")
         if public.is_unspecified or public.is_multicast:
             raise ValueError(f"PublicIP {public} is not a unicast address")
