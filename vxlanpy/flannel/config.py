@@ -18,7 +18,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import ConfigError, VtepConfig, _check_table, parse_srcport
+from ..config import ConfigError, VtepConfig, _check_table, parse_srcport, read_toml
 from .etcd import parse_endpoints
 from .lease import DEFAULT_PREFIX
 
@@ -113,18 +113,7 @@ _VTEP_KEYS: dict[str, _T] = {
 def load_agent_config(path: str) -> AgentConfig:
     """Read a TOML file with ``[flannel]`` (and optionally ``[vtep]``); ConfigError naming the
     file and the key on any problem."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    unknown = set(data) - {"flannel", "vtep"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+    data = read_toml(path, {"flannel", "vtep"})
     if "flannel" not in data:
         raise ConfigError(f"{path}: a [flannel] table is needed")
     fl = dict(_check_table(path, "[flannel]", data["flannel"], _FLANNEL_KEYS))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from ..netns import Host, NetnsError, Topology
 from .etcd_cluster import EtcdCluster
@@ -182,11 +183,7 @@ class _FlannelLab:
 
 
 def _read(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
+    return Path(path).read_text(errors="replace")
 
 
 def run_flannel_lab(a: argparse.Namespace) -> int:
@@ -224,12 +221,6 @@ def run_flannel_lab(a: argparse.Namespace) -> int:
             return 130
         finally:
             lab.teardown()
-            left = [ns for ns in _namespaces() if ns.startswith(f"vxp-{lab.topo.tag}-")]
+            out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            left = [ns for ns in out.split() if ns.startswith(f"vxp-{lab.topo.tag}-")]
             _say(f"warning: namespaces left: {' '.join(left)}" if left else "      torn down")
-
-
-def _namespaces() -> list[str]:
-    try:
-        return sorted(os.listdir("/run/netns"))
-    except OSError:
-        return []
