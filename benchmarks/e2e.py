@@ -467,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     chart = "benchmarks.png" if plot(summary, out / "benchmarks.png") else None
     md = markdown(summary, mach, command, a.reps, a.seconds, chart)
-    (out / "benchmarks.md").write_text(md)
+    md_path = out / "benchmarks.md"
+    old = md_path.read_text() if md_path.exists() else ""
+    mark = "<!-- flannel_scale.py writes the section below -->"
+    tail = old[old.index(mark) :] if mark in old else ""  # other benchmarks' sections stay
+    md_path.write_text(md.rstrip("\n") + "\n\n" + tail if tail else md)
     print(md)
     return 0
 

@@ -276,9 +276,9 @@ def _pairs(path: str, where: str, items: list[object], a: str, b: str) -> list[t
     return out
 
 
-def load_config(path: str) -> tuple[VtepConfig, str | None]:
-    """Read a TOML config file: ``([vtep] + [[segment]] ...)``. Returns the validated config and
-    the control-socket path it names (or None). Every error names the file and the key."""
+def read_toml(path: str, sections: set[str]) -> dict[str, object]:
+    """A TOML file's tables; ConfigError naming the file if it cannot be read or parsed, or has
+    a section not in ``sections``."""
     import tomllib
 
     try:
@@ -288,9 +288,16 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    unknown = set(data) - {"vtep", "segment"}
+    unknown = set(data) - sections
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+    return data
+
+
+def load_config(path: str) -> tuple[VtepConfig, str | None]:
+    """Read a TOML config file: ``([vtep] + [[segment]] ...)``. Returns the validated config and
+    the control-socket path it names (or None). Every error names the file and the key."""
+    data = read_toml(path, {"vtep", "segment"})
     vt = _check_table(path, "[vtep]", data.get("vtep", {}), _VTEP_KEYS)
     segs = data.get("segment", [])
     if not isinstance(segs, list) or not segs:

@@ -310,4 +310,8 @@ def main(a: argparse.Namespace) -> int:
         return 1
     if a.stop:
         return stop_lab(a.stop)
+    if getattr(a, "control_plane", "static") == "etcd":
+        from .flannel.lab import run_flannel_lab
+
+        return run_flannel_lab(a)
     return run_lab(a)

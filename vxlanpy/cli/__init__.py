@@ -5,6 +5,7 @@
     vxlanpy-tunnel neigh show | add|replace IP lladdr MAC | del IP
     vxlanpy-tunnel stats | events | export (--config FILE | --control PATH)
     vxlanpy-tunnel lab [--hosts 2|3] [--peer kernel|vxlanpy] [--keep]
+    vxlanpy-tunnel flannel --etcd-endpoints URL[,URL...] [--iface IF | --public-ip IP] ...
 
 Exit codes: 0 success, 1 runtime error (privileges, TAP name taken, port in use, TAP vanished,
 VTEP unreachable, request refused), 2 bad command line or configuration. Errors are one line.
@@ -22,13 +23,13 @@ from collections.abc import Sequence
 
 from ..config import ConfigError
 from ..control import ControlError
-from . import client, export, lab, run
+from . import client, export, flannel, lab, run
 from .common import PROG, Parser, UsageError, err
 from .run import config_from_args
 
 __all__ = ["main", "build_parser", "config_from_args", "PROG"]
 
-_COMMANDS = (run, client, export, lab)
+_COMMANDS = (run, client, export, lab, flannel)
 
 
 def build_parser() -> argparse.ArgumentParser:
