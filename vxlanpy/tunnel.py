@@ -37,7 +37,7 @@ from .datapath import Datapath
 from .engine import Engine, Segment
 from .events import Event
 from .fdb import FdbEntry, Remote
-from .io.tap import Device, Devices, KernelTaps, TapError, TapGone
+from .io.tap import Device, Devices, DeviceSpec, KernelTaps, TapError, TapGone
 from .io.udp import TransportError, UdpTransport
 from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps
 from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
@@ -173,12 +173,7 @@ class Vtep:
                 addr = ipaddress.ip_interface(spec.address) if spec.address else None
                 mac = parse_mac(spec.mac) if spec.mac else None
                 tap = self.devices.open(
-                    spec.tap_name,
-                    mtu=mtu,
-                    address=addr,
-                    bridge=spec.bridge,
-                    mac=mac,
-                    offload=cfg.offload,
+                    DeviceSpec(spec.tap_name, mtu, addr, spec.bridge, mac, cfg.offload)
                 )
                 self.taps[spec.vni] = tap
                 self.engine.add_segment(spec.segment_config(local_mac=tap.mac))

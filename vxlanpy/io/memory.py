@@ -11,14 +11,13 @@ GSO type and size), ``received`` reads what the VTEP wrote. :class:`MemoryTaps` 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import select
 import socket
 import struct
 
 from ..abi import VNET_HLEN
-from .tap import FdDevice, TapError
+from .tap import DeviceSpec, FdDevice, TapError
 
 __all__ = ["MemoryTap", "MemoryTaps", "vnet_header"]
 
@@ -41,30 +40,21 @@ def vnet_header(
 class MemoryTap(FdDevice):
     """A device double (see the module docstring)."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        mtu: int,
-        address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None,
-        bridge: str | None = None,
-        mac: bytes | None = None,
-        offload: bool = False,
-    ) -> None:
-        if bridge is not None:
-            raise TapError(f"{name}: a memory device cannot join bridge {bridge}")
+    def __init__(self, spec: DeviceSpec) -> None:
+        if spec.bridge is not None:
+            raise TapError(f"{spec.name}: a memory device cannot join bridge {spec.bridge}")
         ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (ours, self.peer):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BUF)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUF)
         ours.setblocking(False)
         self._ours = ours
-        self.name = name
+        self.name = spec.name
         self.fd = ours.fileno()
-        self.vnet = VNET_HLEN if offload else 0
-        self.mtu = mtu
-        self.mac = mac or bytes([2]) + os.urandom(5)
-        self.address = address
+        self.vnet = VNET_HLEN if spec.offload else 0
+        self.mtu = spec.mtu
+        self.mac = spec.mac or bytes([2]) + os.urandom(5)
+        self.address = spec.address
         self.closed = False
 
     def inject(self, frame: bytes, header: bytes | None = None) -> None:
@@ -106,18 +96,9 @@ class MemoryTaps:
     def underlay_mtu(self, local: str | None, remote: str | None, dev: str | None) -> int | None:
         return self._mtu
 
-    def open(
-        self,
-        name: str,
-        *,
-        mtu: int,
-        address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
-        bridge: str | None,
-        mac: bytes | None,
-        offload: bool,
-    ) -> MemoryTap:
-        if name in self.taps and not self.taps[name].closed:
-            raise TapError(f"interface {name} exists already")
-        tap = MemoryTap(name, mtu=mtu, address=address, bridge=bridge, mac=mac, offload=offload)
-        self.taps[name] = tap
+    def open(self, spec: DeviceSpec) -> MemoryTap:
+        if spec.name in self.taps and not self.taps[spec.name].closed:
+            raise TapError(f"interface {spec.name} exists already")
+        tap = MemoryTap(spec)
+        self.taps[spec.name] = tap
         return tap

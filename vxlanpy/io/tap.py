@@ -13,6 +13,7 @@ import errno
 import fcntl
 import ipaddress
 import os
+from dataclasses import dataclass
 from typing import Protocol
 
 import pytun
@@ -36,6 +37,7 @@ __all__ = [
     "gone_error",
     "FdDevice",
     "Device",
+    "DeviceSpec",
     "Devices",
     "KernelTaps",
 ]
@@ -175,23 +177,19 @@ def gone_error(name: str, err: int | None) -> TapGone:
     return TapGone(f"TAP {name} is gone ({os.strerror(err or errno.EIO)})")
 
 
-class Device(Protocol):
-    """What the driver needs of a segment's device (a :class:`Tap`, or io/memory.py's double)."""
+Device = FdDevice  # what the driver needs of a segment's device: a Tap, or a test double
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A segment's device as the VTEP wants it."""
 
     name: str
-    fd: int
-    vnet: int
     mtu: int
-    mac: bytes
-    closed: bool
-    write_errors: int
-    checksums_completed: int
-
-    def read_batch(self, batch: FrameBatch) -> int: ...
-    def write(self, frame: bytes | memoryview) -> bool: ...
-    def write_slots(self, batch: FrameBatch, slots: list[int]) -> int: ...
-    def gone(self, err: int | None) -> TapGone: ...
-    def close(self) -> None: ...
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
+    bridge: str | None = None
+    mac: bytes | None = None
+    offload: bool = False
 
 
 class Devices(Protocol):
@@ -205,16 +203,9 @@ class Devices(Protocol):
         self, local: str | None, remote: str | None, dev: str | None
     ) -> int | None: ...
 
-    def open(
-        self,
-        name: str,
-        *,
-        mtu: int,
-        address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None,
-        bridge: str | None,
-        mac: bytes | None,
-        offload: bool,
-    ) -> Device: ...
+    def open(self, spec: DeviceSpec) -> FdDevice:
+        """The device ``spec`` describes, created and up; TapError if it cannot be."""
+        ...
 
 
 class KernelTaps:
@@ -226,4 +217,12 @@ class KernelTaps:
     def underlay_mtu(self, local: str | None, remote: str | None, dev: str | None) -> int | None:
         return underlay_mtu(local, remote, dev)
 
-    open = staticmethod(Tap)  # the Devices.open signature is Tap's
+    def open(self, spec: DeviceSpec) -> FdDevice:
+        return Tap(
+            spec.name,
+            mtu=spec.mtu,
+            address=spec.address,
+            bridge=spec.bridge,
+            mac=spec.mac,
+            offload=spec.offload,
+        )
