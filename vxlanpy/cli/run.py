@@ -72,7 +72,7 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--no-fast-path",
         action="store_true",
-        help="no C forwarding cache: the Python engine handles every frame (slower)",
+        help="no C datapath: the Python engine handles every frame (slower)",
     )
     run.add_argument(
         "--no-send-thread",
