@@ -5,6 +5,8 @@ Pairs (host a <-> host b over a veth underlay, overlay 198.19.0.1 <-> 198.19.0.2
   vxlanpy-kernel    vxlanpy on a, Linux vxlan on b (and vxlanpy variants: VARIANTS)
   vxlanpy-vxlanpy   vxlanpy on both sides (and without UDP GRO: vxlanpy_nogro)
   naive-naive       benchmarks/naive_forwarder.py on both sides (the per-packet baseline)
+  baseline-kernel   with --baseline DIR: vxlanpy from another checkout (its own .venv), e.g. the
+                    previous commit, against the kernel in the same run (old vs new)
 
 For each: TCP throughput a->b with 1 and 4 streams and b->a with 1 stream (iperf3), 64-byte UDP
 packet rate a->b (iperf3 -u -l 64 -b 0: received pps and loss), ping RTT p50/p99, and the CPU
@@ -63,6 +65,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
 }
 LOSS_FREE = 0.1  # % loss under which a rate counts as loss-free
 A_UL, B_UL, A_OL, B_OL = "198.18.0.1", "198.18.0.2", "198.19.0.1", "198.19.0.2"
+BASELINE: Path | None = None  # --baseline: a checkout whose .venv runs the "baseline" VTEP
 
 
 def log(msg: str) -> None:
@@ -93,9 +96,14 @@ class Pair:
                     address=f"{addr}/24",
                 )
             else:
-                if impl.startswith("vxlanpy"):
-                    argv = [sys.executable, "-m", "vxlanpy.cli", "run", "--vni", str(vni)]
-                    argv += VARIANTS[impl]
+                cwd = None
+                if impl.startswith("vxlanpy") or impl == "baseline":
+                    python = sys.executable
+                    if impl == "baseline":
+                        assert BASELINE is not None
+                        python, cwd = str(BASELINE / ".venv" / "bin" / "python"), str(BASELINE)
+                    argv = [python, "-m", "vxlanpy.cli", "run", "--vni", str(vni)]
+                    argv += VARIANTS.get(impl, [])
                     argv += ["--local", local, "--remote", remote, "--tap", "vx0"]
                     argv += [
                         "--address",
@@ -106,7 +114,7 @@ class Pair:
                 else:
                     argv = [sys.executable, NAIVE, "--vni", str(vni), "--local", local]
                     argv += ["--remote", remote, "--tap", "vx0", "--address", f"{addr}/24"]
-                p = host.popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+                p = host.popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=cwd)
                 assert p.stderr is not None
                 line = p.stderr.readline().decode()
                 if "listening on" not in line and "naive forwarder" not in line:
@@ -433,14 +441,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", default=",".join(PAIRS), help="comma-separated subset")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 1 s, 20 pings")
     ap.add_argument("--out", default=str(HERE.parent / "docs"), help="where results go")
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="a checkout with its own .venv (say, the previous commit): adds baseline-kernel",
+    )
     a = ap.parse_args(argv)
+    global BASELINE
+    if a.baseline:
+        BASELINE = Path(a.baseline).resolve()
+        if not (BASELINE / ".venv" / "bin" / "python").exists():
+            log(f"--baseline {a.baseline}: no .venv/bin/python there")
+            return 2
     if a.quick:
         a.reps, a.seconds, a.pings = 1, 1.0, 20
     if not have_netns():
         log("the end-to-end benchmark needs root, iproute2 and /dev/net/tun")
         return 1
     pairs = tuple(p for p in a.pairs.split(",") if p)
-    unknown = set(pairs) - set(PAIRS)
+    known = set(PAIRS) | ({"baseline-kernel"} if BASELINE else set())
+    if BASELINE and "baseline-kernel" not in pairs:
+        pairs += ("baseline-kernel",)
+    unknown = set(pairs) - known
     if unknown:
         log(f"unknown pair(s): {', '.join(sorted(unknown))}")
         return 2
