@@ -344,39 +344,46 @@ def _run_python(step: Step, path: Path) -> tuple[list[str], int | None, str]:
     return p.stdout.splitlines(), p.returncode, p.stderr
 
 
-def run_section(section: Section, seen: list[tuple[Step, list[str]]] | None = None) -> list[Failure]:
+def _check(step: Step, sh: Shell | None, path: Path) -> tuple[list[str], Failure | None]:
+    """Run one step; its output and what went wrong (None: as shown)."""
+    if step.kind == "python":
+        out, rc, err = _run_python(step, path)
+        if rc != 0:
+            what = "timed out" if rc is None else f"exited {rc}"
+            return out, Failure(path, step.line, f"python block {what}:\n{err}")
+    else:
+        assert sh is not None
+        out, rc = sh.run(step.code, TIMEOUT)
+        if rc is not None and not match(step.expected, out):
+            out = sh.more(out, step.expected, WAIT if step.background else 2.0)
+        if rc != 0:
+            what = "timed out" if rc is None else f"exit status {rc}"
+            return out, Failure(path, step.line, f"{what}: {step.code}\n" + "\n".join(out))
+    if not match(step.expected, out):
+        return out, Failure(path, step.out_line, "output differs:\n" + _diff(step, out))
+    return out, None
+
+
+def run_section(
+    section: Section, seen: list[tuple[Step, list[str]]] | None = None
+) -> list[Failure]:
     """Run every step of ``section``; what did not go as the document shows. ``seen`` gets
     each step and its actual output."""
     fails: list[Failure] = []
-    path = section.path
     sh = Shell() if section.needs_shell else None
     try:
         for step in section.steps:
-            if step.kind == "python":
-                out, rc, err = _run_python(step, path)
-                if rc != 0:
-                    what = "timed out" if rc is None else f"exited {rc}"
-                    fails.append(Failure(path, step.line, f"python block {what}:\n{err}"))
-                    continue
-            else:
-                assert sh is not None
-                out, rc = sh.run(step.code, TIMEOUT)
-                if rc is None:
-                    fails.append(Failure(path, step.line, f"timed out: {step.code}\n" + "\n".join(out)))
-                    break  # the shell is in an unknown state
-                if not match(step.expected, out):
-                    out = sh.more(out, step.expected, WAIT if step.background else 2.0)
-                if rc != 0:
-                    fails.append(
-                        Failure(path, step.line, f"exit status {rc}: {step.code}\n" + "\n".join(out))
-                    )
-                    continue
+            out, fail = _check(step, sh, section.path)
             if seen is not None:
                 seen.append((step, out))
-            if not match(step.expected, out):
-                fails.append(Failure(path, step.out_line, "output differs:\n" + _diff(step, out)))
+            if fail is not None:
+                fails.append(fail)
+                gone = sh is not None and sh.proc.poll() is not None
+                if gone or fail.message.startswith("timed out"):
+                    break  # the shell is gone or in an unknown state
         if sh is not None and sh.proc.poll() is None:
-            fails.extend(Failure(path, section.line, f"{section.title}: {x}") for x in _leftovers(sh))
+            left = _leftovers(sh)
+            fails.extend(Failure(section.path, section.line, f"{section.title}: {x}") for x in left)
     finally:
         if sh is not None:
             sh.close()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import fields
+from functools import cache
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ TUTORIAL = (REPO / "docs" / "tutorial.md").read_text()
 FLAG = re.compile(r"(?<![\w-])(--[a-z][\w-]*|-[a-z])\b")
 
 
+@cache
 def _cli(*args: str, ns: str | None = None) -> str:
     argv = [sys.executable, "-m", "vxlanpy.cli", *args]
     if ns:
@@ -93,7 +95,7 @@ def _synopsis() -> dict[str, set[str]]:
 
 def _config_flags() -> set[str]:
     """The run flags that apply with --config, from the parser and cli.run's own list."""
-    sub = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    sub = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr,index]
     keep = cli_run._NOT_CONFIG
     return {s for a in sub._actions if a.dest in keep for s in a.option_strings}
 
@@ -123,7 +125,9 @@ def test_flags_that_apply_with_config() -> None:
     want = _config_flags() - {"-h", "--help", "--verbose"}
     block = re.search(r"```\n(.*?)```", _section(REFERENCE, "Synopsis"), re.S)
     assert block
-    line = next(x for x in block.group(1).splitlines() if x.startswith("vxlanpy-tunnel run --config"))
+    line = next(
+        x for x in block.group(1).splitlines() if x.startswith("vxlanpy-tunnel run --config")
+    )
     assert set(FLAG.findall(line)) == want
     ref = re.search(r"With `--config`, (.*?) apply\.", REFERENCE, re.S)
     assert ref and set(FLAG.findall(ref.group(1))) | {"--config"} == want
@@ -143,7 +147,9 @@ def test_control_default_paths_are_documented() -> None:
 
 
 def test_drop_reasons_table_is_complete() -> None:
-    assert _unique(_first_column(_section(REFERENCE, "Drop reasons"))) == {r.value for r in DropReason}
+    assert _unique(_first_column(_section(REFERENCE, "Drop reasons"))) == {
+        r.value for r in DropReason
+    }
 
 
 def test_events_table_is_complete() -> None:
