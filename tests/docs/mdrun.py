@@ -184,11 +184,38 @@ def match(expected: list[str], actual: list[str]) -> bool:
     return go(0, 0)
 
 
+def _aligned(expected: list[str], actual: list[str]) -> list[str]:
+    """``actual`` with each line that an expected line matches written as that expected line
+    (and lines a ``[...]`` takes as one ``[...]``), so that a diff shows only real differences."""
+    rx = [None if _norm(e) == "[...]" else _line_regex(_norm(e)) for e in expected]
+    out: list[str] = []
+    i = 0
+    for line in actual:
+        a = _norm(line)
+        if i < len(rx) and rx[i] is None:  # in a gap: does this line start what follows it?
+            nxt = rx[i + 1] if i + 1 < len(rx) else None
+            if not out or out[-1] != expected[i]:
+                out.append(expected[i])
+            if nxt is not None and nxt.fullmatch(a):
+                out.append(expected[i + 1])
+                i += 2
+            continue
+        cur = rx[i] if i < len(rx) else None
+        if cur is not None and cur.fullmatch(a):
+            out.append(expected[i])
+            i += 1
+        else:
+            out.append(line)
+    if i < len(rx) and rx[i] is None and (not out or out[-1] != expected[i]):
+        out.append(expected[i])
+    return out
+
+
 def _diff(step: Step, actual: list[str]) -> str:
     return "\n".join(
         difflib.unified_diff(
             step.expected,
-            actual,
+            _aligned(step.expected, actual),
             f"shown (from line {step.out_line})",
             "actual",
             lineterm="",
@@ -216,6 +243,8 @@ def _env() -> dict[str, str]:
     env["PATH"] = scripts + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     env["VIRTUAL_ENV"] = sys.prefix
     env.pop("PYTHONPATH", None)
+    for var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):  # as in a fresh terminal,
+        env.pop(var, None)  # not inside the `make test` that runs the tests
     env["LC_ALL"] = "C.UTF-8"
     env["TERM"] = "dumb"
     return env
