@@ -258,8 +258,8 @@ class Shell:
         rfd, self._wfd = os.pipe()
         preamble = (
             f"exec {rfd}<&-\n"
-            "for d in /run/netns /run/vxlanpy /tmp; do mkdir -p $d && mount -t tmpfs tmpfs $d;"
-            " done\n"
+            "for d in /run/netns:0755 /run/vxlanpy:0700 /tmp:1777; do"
+            " mkdir -p -m ${d#*:} ${d%:*} && mount -t tmpfs -o mode=${d#*:} tmpfs ${d%:*}; done\n"
             f"cd {REPO}\n"
         )
         self.proc = subprocess.Popen(
