@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark ethtool:ethtool ip:iproute2 bridge:iproute2 nstat:iproute2 etcd:etcd-server etcdctl:etcd-client
 
-.PHONY: setup system-deps test lint typecheck pytest lab bench microbench clean
+.PHONY: setup system-deps test lint typecheck pytest docs lab bench microbench clean
 
 setup: system-deps $(STAMP)
 
@@ -43,6 +43,11 @@ pytest: setup
 	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q
 
 test: lint typecheck pytest
+
+# Only the documentation tests (tests/docs: the tutorial's and api.md's command blocks, reference
+# tables against the program); part of pytest above. DOCS_ARGS passes pytest options, e.g. -k lab.
+docs: setup
+	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q tests/docs $(DOCS_ARGS)
 
 # The main job: a two-host overlay lab (vxlanpy <-> the kernel's vxlan) in network namespaces.
 # LAB_ARGS passes options through, e.g. make lab LAB_ARGS="--hosts 3 --peer vxlanpy".

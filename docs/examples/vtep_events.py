@@ -4,11 +4,13 @@
 Needs root (or CAP_NET_ADMIN + CAP_NET_RAW): it creates a TAP device and raw/UDP sockets.
 Run it inside a network namespace of your own, e.g.:
 
-    ip netns exec vxd-ev1 .venv/bin/python docs/examples/vtep_events.py \
+    ip netns exec vxd-ev1 python docs/examples/vtep_events.py \
         --local 198.18.5.1 --remote 198.18.5.2 --vni 42 --address 198.19.5.1/24
 
-It stops on Ctrl-C / SIGTERM, after --count events or after --seconds, then prints the
-counters. Exit code 0, or 1 if the VTEP could not start or failed.
+The start-up line goes to stderr (as with ``vxlanpy-tunnel run``), the events (one JSON object a
+line) and the final counters to stdout. It stops on Ctrl-C / SIGTERM, after --count events or
+after --seconds, then prints the counters. Exit code 0, or 1 if the VTEP could not start or
+failed.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ async def main(a: argparse.Namespace) -> int:
 
     try:
         async with Vtep(cfg) as vtep:  # start(): TAP + sockets; close() on exit
-            print(vtep.describe(), flush=True)
+            print(vtep.describe(), file=sys.stderr, flush=True)
 
             async def show() -> None:
                 n = 0
