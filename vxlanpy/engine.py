@@ -508,7 +508,7 @@ class Engine:
                     self._event(MacLearned(vni, smac, src))
                 elif res is LearnResult.MOVED:
                     c.moved += 1
-                    self._event(MacMoved(vni, smac, src, old_remote=old or ""))
+                    self._event(MacMoved(vni, smac, old or "", src))
                 elif res is LearnResult.SPOOFED:
                     self._drop(DropReason.SPOOFED_STATIC, seg, src)
                     continue

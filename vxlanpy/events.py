@@ -51,10 +51,13 @@ class MacLearned(_MacAt):
 
 
 @dataclass(frozen=True, slots=True)
-class MacMoved(_MacAt):
+class MacMoved(Event):
     """A learned ``mac`` now arrives from ``remote`` instead of ``old_remote``."""
 
+    vni: int
+    mac: bytes
     old_remote: str
+    remote: str
 
 
 @dataclass(frozen=True, slots=True)
