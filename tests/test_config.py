@@ -32,6 +32,7 @@ busy_poll = 200
 send_thread = false
 gro = false
 control = "/run/vxlanpy/test-config.sock"
+allow = ["198.18.0.0/24"]
 
 [[segment]]
 vni = 10
@@ -51,6 +52,9 @@ fdb = [
     { mac = "00:00:00:00:00:00", dst = "198.18.0.4" },
 ]
 neigh = [{ ip = "198.19.10.2", lladdr = "02:00:00:00:0a:02" }]
+max_learned = 500
+learn_rate = 50
+allow = "configured"
 
 [[segment]]
 vni = 20
@@ -78,6 +82,9 @@ EXPECTED = VtepConfig(
             allow_vlan=True,
             fdb=[("02:00:00:00:0a:02", "198.18.0.2"), ("00:00:00:00:00:00", "198.18.0.4")],
             neigh=[("198.19.10.2", "02:00:00:00:0a:02")],
+            max_learned=500,
+            learn_rate=50,
+            allow="configured",
         ),
         SegmentSpec(
             vni=20,
@@ -100,6 +107,7 @@ EXPECTED = VtepConfig(
     busy_poll=200,
     send_thread=False,
     gro=False,
+    allow=["198.18.0.0/24"],
 )
 
 
@@ -333,6 +341,21 @@ BAD: list[object] = [
         ["[vtep].srcport", "[MIN, MAX] integers"],
         id="bool-in-srcport-list",
     ),
+    pytest.param(
+        SEG + "max_learned = -1\n", ["segment[0].max_learned", ">= 0"], id="neg-max-learned"
+    ),
+    pytest.param(SEG + "learn_rate = -5\n", ["segment[0].learn_rate", ">= 0"], id="neg-learn-rate"),
+    pytest.param(
+        SEG + 'allow = ["198.18.0.0/33"]\n',
+        ["segment[0].allow", "198.18.0.0/33", "neither a CIDR"],
+        id="bad-allow-cidr",
+    ),
+    pytest.param(
+        '[vtep]\nallow = "everyone"\n' + SEG,
+        ["allow", "everyone", "neither a CIDR"],
+        id="bad-allow",
+    ),
+    pytest.param(SEG + "allow = 5\n", ["segment[0].allow", "CIDR"], id="allow-not-a-list"),
 ]
 
 

@@ -23,7 +23,16 @@ from scapy.packet import Packet
 from vxlanpy import wire
 from vxlanpy.batch import FrameBatch
 from vxlanpy.engine import Counters, Datagram, Engine, Segment, SegmentConfig
-from vxlanpy.events import Dropped, Event, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
+from vxlanpy.events import (
+    Dropped,
+    Event,
+    L2Miss,
+    L3Miss,
+    LearnRefused,
+    MacAged,
+    MacLearned,
+    MacMoved,
+)
 from vxlanpy.fdb import Remote
 from vxlanpy.wire import VXLAN_PORT, DropReason, parse_mac
 
@@ -523,7 +532,9 @@ def test_max_addresses_refuses_learning_but_delivers(backend: str) -> None:
         b.engine.handle_datagram(vxlan_payload(frame, VNI), A_IP, 1.0)
     b.collect()
     assert len(b.take_device()) == 3  # all delivered
-    assert [type(e) for e in b.events()] == [MacLearned, MacLearned]
+    events = b.events()
+    assert [type(e) for e in events] == [MacLearned, MacLearned, LearnRefused]
+    assert events[2] == LearnRefused(VNI, A_IP, "full", 1)
     c = b.seg.counters
     assert (c.learned, c.learn_refused, c.rx_packets) == (2, 1, 3)
     assert b.seg.fdb.lookup(mac(hosts[2])) is None

@@ -23,6 +23,7 @@ __all__ = [
     "RxMatch",
     "EntryFlag",
     "Miss",
+    "From",
     "SEG_COUNTERS",
     "DP_COUNTERS",
 ]
@@ -59,6 +60,7 @@ for _name in (
     "vx_rx_match",
     "vx_entry_flags",
     "vx_miss",
+    "vx_from",
 ):
     _values.update({k: int(v) for k, v in ffi.typeof(f"enum {_name}").relements.items()})
 
@@ -82,6 +84,7 @@ GSO_MAX_SEGS = _v("VX_GSO_MAX_SEGS")
 GSO_MAX_BYTES = _v("VX_GSO_MAX_BYTES")
 NERRNO = _v("VX_NERRNO")
 RECV_CHUNK = _v("VX_RECV_CHUNK")
+ALLOW_PREFIXES = _v("VX_ALLOW_PREFIXES")
 
 
 class Status(enum.IntEnum):
@@ -150,6 +153,14 @@ class Miss(enum.IntEnum):
 
     UPCALL = _v("VX_MISS_UPCALL")
     DELIVER = _v("VX_MISS_DELIVER")
+
+
+class From(enum.IntEnum):
+    """Which outer sources the datapath may deliver from (``vx_rule.rx_from``)."""
+
+    ANY = _v("VX_FROM_ANY")
+    ALLOWED = _v("VX_FROM_ALLOWED")
+    NONE = _v("VX_FROM_NONE")
 
 
 #: the field names of the per-segment and datapath-wide counter structs, in order

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .engine import SegmentConfig
-from .fdb import Remote
+from .fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED, Remote
+from .limits import CONFIGURED
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
 
 __all__ = ["ConfigError", "SegmentSpec", "VtepConfig", "parse_srcport", "load_config"]
@@ -39,6 +40,9 @@ class SegmentSpec:
     allow_vlan: bool = False
     fdb: list[tuple[str, str]] = field(default_factory=list)  # (MAC, IP); 00:..:00 = flood
     neigh: list[tuple[str, str]] = field(default_factory=list)  # (IP, MAC)
+    max_learned: int = DEFAULT_MAX_LEARNED  # learned MACs at most (0: no limit)
+    learn_rate: float = DEFAULT_LEARN_RATE  # new MACs per second per remote VTEP (0: no limit)
+    allow: list[str] | str | None = None  # VTEPs accepted: CIDRs and/or "configured"; None: any
 
     @property
     def tap_name(self) -> str:
@@ -50,11 +54,18 @@ class SegmentSpec:
     def neigh_entries(self) -> list[tuple[str, bytes]]:
         return [(str(ipaddress.ip_address(ip)), parse_mac(mac)) for ip, mac in self.neigh]
 
-    def segment_config(self, local_mac: bytes | None = None) -> SegmentConfig:
-        """The engine's view of this segment (its device's MAC for loop detection)."""
+    def segment_config(
+        self, local_mac: bytes | None = None, allow: list[str] | str | None = None
+    ) -> SegmentConfig:
+        """The engine's view of this segment (its device's MAC for loop detection; ``allow``:
+        the VTEP's allowlist, for a segment without its own)."""
         same = {k: getattr(self, k) for k in _ENGINE_FIELDS}
         return SegmentConfig(
-            **same, local_mac=local_mac, fdb=self.fdb_entries(), neigh=self.neigh_entries()
+            **same,
+            local_mac=local_mac,
+            fdb=self.fdb_entries(),
+            neigh=self.neigh_entries(),
+            allow=self.allow if self.allow is not None else allow,
         )
 
 
@@ -68,6 +79,8 @@ _ENGINE_FIELDS = (
     "max_addresses",
     "proxy",
     "allow_vlan",
+    "max_learned",
+    "learn_rate",
 )
 
 
@@ -89,6 +102,7 @@ class VtepConfig:
     busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
+    allow: list[str] | str | None = None  # VTEPs accepted by segments without their own list
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -127,6 +141,7 @@ class VtepConfig:
             raise ConfigError(f"df must be 'unset' or 'set', got {self.df!r}")
         if self.local is not None and _ip("local", self.local).is_multicast:
             raise ConfigError(f"local {self.local} is multicast")
+        _check_allow("allow", self.allow)
         vnis: set[int] = set()
         taps: set[str] = set()
         for n, s in enumerate(self.segments):
@@ -172,6 +187,17 @@ def _check_segment(s: SegmentSpec, vnis: set[int], taps: set[str]) -> None:
         raise ConfigError(f"ageing must be >= 0 seconds, got {s.ageing}")
     if s.max_addresses < 0:
         raise ConfigError(f"max_addresses must be >= 0, got {s.max_addresses}")
+    if isinstance(s.max_learned, bool) or not isinstance(s.max_learned, int) or s.max_learned < 0:
+        raise ConfigError(
+            f"max_learned must be an integer >= 0 (0: no limit), got {s.max_learned!r}"
+        )
+    if (
+        isinstance(s.learn_rate, bool)
+        or not isinstance(s.learn_rate, int | float)
+        or (s.learn_rate < 0)
+    ):
+        raise ConfigError(f"learn_rate must be a number >= 0 (0: no limit), got {s.learn_rate!r}")
+    _check_allow("allow", s.allow)
     for mac, ip in s.fdb:
         _mac("fdb mac", mac)
         _ip("fdb dst", ip)
@@ -179,6 +205,24 @@ def _check_segment(s: SegmentSpec, vnis: set[int], taps: set[str]) -> None:
         _ip("neigh ip", ip)
         if _mac("neigh lladdr", mac)[0] & 1:
             raise ConfigError(f"neigh lladdr {mac} is not unicast")
+
+
+def _check_allow(name: str, allow: list[str] | str | None) -> None:
+    """An allowlist: CIDRs (or addresses) and/or "configured"."""
+    if allow is None:
+        return
+    items = [allow] if isinstance(allow, str) else allow
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{name} must be a list of CIDRs or {CONFIGURED!r}, got {allow!r}")
+    for item in items:
+        if item == CONFIGURED:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"{name}: {item!r} is neither a CIDR nor {CONFIGURED!r} (the configured remotes)"
+            ) from None
 
 
 def _port(name: str, value: int) -> None:
@@ -226,6 +270,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "send_thread": (bool, "true or false"),
     "gro": (bool, "true or false"),
     "control": (str, "a path"),
+    "allow": ((str, list), 'a list of CIDR strings and/or "configured"'),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "vni": (int, "an integer 0..16777215"),
@@ -243,6 +288,9 @@ _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "allow_vlan": (bool, "true or false"),
     "fdb": (list, 'a list of tables {mac = "...", dst = "..."}'),
     "neigh": (list, 'a list of tables {ip = "...", lladdr = "..."}'),
+    "max_learned": (int, "an integer (0: no limit)"),
+    "learn_rate": ((int, float), "a number of MACs per second (0: no limit)"),
+    "allow": ((str, list), 'a list of CIDR strings and/or "configured"'),
 }
 
 
@@ -349,6 +397,7 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
         send_thread=bool(vt.get("send_thread", True)),
         gro=bool(vt.get("gro", True)),
+        allow=vt.get("allow"),  # type: ignore[arg-type]
     )
     try:
         cfg.validate(in_file=True)

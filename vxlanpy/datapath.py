@@ -24,12 +24,14 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import kernels
 from .abi import (
     ACTION_REMOTES,
     ADDR_LEN,
+    ALLOW_PREFIXES,
     DP_COUNTERS,
     MAX_ACTIONS,
     MAX_BATCH,
@@ -40,7 +42,18 @@ from .abi import (
 from .batch import FrameBatch
 from .io.batchio import raw_sockaddr, source_name
 
-__all__ = ["Datapath", "Rule", "Target", "Entry", "available", "set_source", "sockaddr"]
+__all__ = [
+    "Datapath",
+    "Rule",
+    "Target",
+    "Entry",
+    "Network",
+    "available",
+    "set_source",
+    "sockaddr",
+]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Rule(NamedTuple):
@@ -50,6 +63,7 @@ class Rule(NamedTuple):
     rx_up: int = 0
     rx_miss: int = 0
     group_action: int = 0
+    rx_from: int = 0
 
 
 class Target(NamedTuple):
@@ -174,9 +188,24 @@ class Datapath:
     def set_segment(self, vni: int, rule: Rule) -> None:
         """Serve ``vni`` with ``rule`` (or replace its rule)."""
         r = self._rule
-        r.tx_up, r.rx_up, r.rx_miss, r.group_action = rule
+        r.tx_up, r.rx_up, r.rx_miss, r.group_action, r.rx_from = rule
         if self._lib.vx_dp_segment(self.dp, vni, r) < 0:
             raise OverflowError("too many segments for the C datapath")
+
+    def set_allow(self, vni: int, networks: Sequence[Network]) -> bool:
+        """The sources ``vni``'s rule admits with ``From.ALLOWED``; False (nothing installed) if
+        there are more than abi.ALLOW_PREFIXES."""
+        if len(networks) > ALLOW_PREFIXES:
+            return False
+        arr = self._ffi.new(f"vx_prefix[{max(1, len(networks))}]")
+        for k, n in enumerate(networks):
+            arr[k].family = socket.AF_INET6 if n.version == 6 else socket.AF_INET
+            arr[k].len = n.prefixlen
+            packed = n.network_address.packed
+            arr[k].addr[0 : len(packed)] = packed
+        if self._lib.vx_dp_allow(self.dp, vni, len(networks), arr) < 0:
+            raise KeyError(vni)
+        return True
 
     def set_device(self, vni: int, tap_fd: int, vnet: int, mtu: int) -> None:
         """The TAP of ``vni`` (served already): where the pumps read and write its frames."""

@@ -36,11 +36,13 @@ Rules, device -> wire (``handle_frames``):
 Rules, wire -> device (``handle_datagrams``):
   1. header invalid (too short, I flag clear, reserved bits in strict mode, inner frame too
      short): drop with that reason, not attributed to a VNI;
-  2. VNI not configured: drop (unknown-vni);
+  2. VNI not configured: drop (unknown-vni); the VTEP it came from is not in the segment's
+     allowlist: drop (source-not-allowed), nothing learned;
   3. inner source MAC multicast or zero: drop (bad-source-mac); equal to the device's own MAC:
      drop (looped); tagged frame with VLANs not allowed: drop (vlan-tagged);
   4. learning on: learn source MAC -> outer source IP; a static MAC from another VTEP is a
-     spoof: drop (spoofed-static); past max_addresses: deliver, count the refusal;
+     spoof: drop (spoofed-static); past max_addresses or max_learned, or faster than
+     learn_rate from one remote: deliver, count the refusal (a rate-limited event);
   5. deliver the inner frame to the segment's device.
 What C may do alone (``_rule``, ``_entry``) follows from these rules: see those methods.
 """
@@ -53,11 +55,12 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 from . import kernels
-from .abi import EntryFlag, Miss, RxMatch, TxMatch, Verdict
+from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, TxMatch, Verdict
 from .batch import FrameBatch
-from .datapath import Datapath, Rule, Target
-from .events import Dropped, Event, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
+from .datapath import Datapath, Network, Rule, Target
+from .events import Dropped, Event, L2Miss, L3Miss, LearnRefused, MacAged, MacLearned, MacMoved
 from .fdb import LearnResult, Remote
+from .mirror import Mirror
 from .neigh import arp_reply
 from .packets import Datagram, DeviceFrame
 from .segment import Counters, Segment, SegmentConfig
@@ -118,9 +121,8 @@ class Engine:
         self._to_send: list[Datagram] = []
         self._to_device: list[DeviceFrame] = []
         self.datapath: Datapath | None = None
-        self._changed: set[int] = set()  # VNIs with something to install
-        self._installed: dict[int, Rule] = {}  # each segment's rule as installed
-        self._settings: tuple[tuple[int, int], bool, bool] | None = None
+        self._mirror: Mirror | None = None  # what this engine installed in the datapath
+        self._refusals: dict[int, tuple[int, float]] = {}  # refused learnings not yet reported
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -130,20 +132,15 @@ class Engine:
             raise ValueError(f"VNI {config.vni} is configured already")
         seg = Segment(config)
         self._segments[config.vni] = seg
-        if self.datapath is not None:
-            self._watch(seg)
+        if self._mirror is not None:
+            self._mirror.watch(seg)
             self.sync_datapath()  # served at once: its device can be set next
         return seg
 
     def remove_segment(self, vni: int) -> None:
         seg = self._segments.pop(vni)
-        seg.watch(None)
-        self._changed.discard(vni)
-        rule = self._installed.pop(vni, None)
-        if self.datapath is not None:
-            self.datapath.remove_segment(vni)
-            if rule is not None:
-                self.datapath.release(rule.group_action)
+        if self._mirror is not None:
+            self._mirror.forget(seg)
 
     def segment(self, vni: int) -> Segment:
         """The segment of ``vni``; KeyError if it is not configured."""
@@ -158,25 +155,40 @@ class Engine:
     def attach_datapath(self, dp: Datapath) -> None:
         """Install every segment into ``dp``, now and from now on (see the module docstring)."""
         self.datapath = dp
+        self._mirror = Mirror(dp, self._rule, self._entry, self._targets)
         for seg in self._segments.values():
-            self._watch(seg)
+            self._mirror.watch(seg)
         self.sync_datapath()
 
-    def _watch(self, seg: Segment) -> None:
-        vni = seg.vni
-        seg.watch(functools.partial(self._changed.add, vni))
+    def sync_datapath(self) -> None:
+        """Install what changed since the last call (FDB entries, segment settings, engine
+        settings) into the C datapath (mirror.py). Call it before each C call."""
+        if self._mirror is not None:
+            settings = (self.srcport, self.strict, self.complete_checksums)
+            self._mirror.sync(self._segments, settings)
 
-    def _rule(self, seg: Segment, flood: int) -> Rule:
-        """What C may do for a whole segment (``flood``: the action for the flood list):
+    def _rule(self, seg: Segment, flood: int) -> tuple[Rule, list[Network]]:
+        """What C may do for a whole segment (``flood``: the action for the flood list), and
+        the source prefixes it admits:
         - device -> wire: VLAN-tagged frames go up when the segment refuses them (rule 2), ARP
           when the proxy answers it (rule 3); group destinations take the flood action (rule 4);
         - wire -> device: bad source MACs go up (rule 3), and tagged frames when refused; a
           source MAC without an entry is delivered as it is when learning is off (rule 4:
-          nothing to learn), else it goes up to be learned."""
+          nothing to learn), else it goes up to be learned; with an allowlist (rule 2), C
+          delivers only from the networks it names and the configured remotes (more prefixes
+          than C holds: nothing, everything goes up)."""
         tx_up = (0 if seg.allow_vlan else TxMatch.VLAN) | (TxMatch.ARP if seg.proxy else 0)
         rx_up = RxMatch.GROUP_SRC | RxMatch.ZERO_SRC | (0 if seg.allow_vlan else RxMatch.VLAN)
         miss = Miss.UPCALL if seg.fdb.learning else Miss.DELIVER
-        return Rule(int(tx_up), int(rx_up), int(miss), flood)
+        allow = seg.allow
+        nets: list[Network] = []
+        rx_from = From.ANY
+        if allow is not None:
+            nets = list(allow.networks)
+            if allow.configured:
+                nets += [ipaddress.ip_network(ip) for ip in sorted(seg.configured_remotes())]
+            rx_from = From.ALLOWED if len(nets) <= ALLOW_PREFIXES else From.NONE
+        return Rule(int(tx_up), int(rx_up), int(miss), flood, int(rx_from)), nets
 
     def _targets(self, seg: Segment, remotes: tuple[Remote, ...]) -> tuple[Target, ...]:
         dstport, vni = self.dstport, seg.vni
@@ -208,75 +220,6 @@ class Engine:
         else:
             flags |= EntryFlag.DELIVER | EntryFlag.REFRESH
         return self._targets(seg, remotes), int(flags)
-
-    def _install_entry(self, seg: Segment, mac: bytes) -> None:
-        dp = self.datapath
-        assert dp is not None
-        want = self._entry(seg, mac)
-        if want is None:
-            dp.delete(seg.vni, mac)
-            return
-        targets, flags = want
-        aid = dp.action(targets) if targets else 0
-        if not aid:  # nothing C can send to, or no room: only what needs no action stays
-            flags &= EntryFlag.DELIVER_ANY | EntryFlag.STATIC
-        dp.put(seg.vni, mac, aid, flags, seg.fdb.last_seen_ms(mac) or 0)
-
-    def _install_segment(self, seg: Segment) -> None:
-        """The segment's rule, and its flood action, as they should be now."""
-        dp = self.datapath
-        assert dp is not None
-        flood = seg.fdb.flood_list()
-        aid = dp.action(self._targets(seg, flood)) if flood else 0
-        rule = self._rule(seg, aid)
-        old = self._installed.get(seg.vni)
-        if rule == old:
-            dp.release(aid)  # the same action: drop the reference taken just now
-            return
-        dp.set_segment(seg.vni, rule)
-        self._installed[seg.vni] = rule
-        if old is not None:
-            dp.release(old.group_action)
-
-    def sync_datapath(self) -> None:
-        """Install what changed since the last call (FDB entries, segment settings, engine
-        settings) into the C datapath. Call it before each C call."""
-        dp = self.datapath
-        if dp is None:
-            return
-        settings = (self.srcport, self.strict, self.complete_checksums)
-        if settings != self._settings:
-            dp.configure(*settings)
-            self._settings = settings
-        while self._changed:
-            vni = self._changed.pop()
-            seg = self._segments.get(vni)
-            if seg is None:
-                continue
-            everything, macs = seg.fdb.changes.drain()
-            try:
-                self._install_segment(seg)
-                if everything:
-                    dp.clear(vni)  # a new FDB object or a new watcher: nothing old may stay
-                    macs = self._all_macs(seg) | macs
-                while macs:  # one at a time: a failed push leaves the rest (and itself) to redo
-                    mac = macs.pop()
-                    try:
-                        self._install_entry(seg, mac)
-                    except BaseException:
-                        macs.add(mac)
-                        raise
-            except BaseException:
-                seg.fdb.changes.put_back(False, macs)
-                self._changed.add(vni)
-                raise
-
-    def _all_macs(self, seg: Segment) -> set[bytes]:
-        fdb = seg.fdb
-        macs = {mac for mac, _r in fdb.static_items()} | {m for m, _ip, _t in fdb.learned_items()}
-        if seg.local_mac is not None:
-            macs.add(seg.local_mac)
-        return macs
 
     def refresh_from_datapath(self, vni: int) -> None:
         """Copy the last-seen times C recorded into the FDB of ``vni`` (before showing ages)."""
@@ -484,6 +427,9 @@ class Engine:
             if seg is None:
                 self._drop(DropReason.UNKNOWN_VNI, None, src)
                 continue
+            if seg.allow is not None and not seg.permits(src):
+                self._drop(DropReason.NOT_ALLOWED, seg, src)
+                continue
             off = batch.frame_offset(i)
             n = batch.frame_len[i]
             smac = bytes(buf[off + 6 : off + 12])
@@ -512,8 +458,9 @@ class Engine:
                 elif res is LearnResult.SPOOFED:
                     self._drop(DropReason.SPOOFED_STATIC, seg, src)
                     continue
-                elif res is LearnResult.REFUSED:
+                elif res is LearnResult.REFUSED or res is LearnResult.RATE_LIMITED:
                     c.learn_refused += 1
+                    self._refused(seg, src, res, now)
             out.append(DeviceFrame(vni, mv[off : off + n], i))
             c.rx_packets += 1
             c.rx_bytes += n
@@ -570,6 +517,16 @@ class Engine:
                 self._event(MacAged(seg.vni, mac, remote.ip))
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _refused(self, seg: Segment, src: str, res: LearnResult, now: float) -> None:
+        """Count a refused learning; an event at most once a second per segment."""
+        n, last = self._refusals.get(seg.vni, (0, -1.0))
+        n += 1
+        if last < 0 or now - last >= 1.0:
+            reason = "rate" if res is LearnResult.RATE_LIMITED else "full"
+            self._event(LearnRefused(seg.vni, src, reason, n))
+            n, last = 0, now
+        self._refusals[seg.vni] = (n, last)
 
     def _event(self, ev: Event) -> None:
         if len(self._events) >= self._max_events:

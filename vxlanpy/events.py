@@ -18,6 +18,7 @@ __all__ = [
     "MacAged",
     "L2Miss",
     "L3Miss",
+    "LearnRefused",
     "Dropped",
 ]
 
@@ -86,6 +87,19 @@ class L3Miss(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class LearnRefused(Event):
+    """``count`` MACs were not learned on ``vni`` since the last such event (at most one a
+    second per segment), the last from the VTEP ``remote``; ``reason``: ``full``
+    (max_learned or max_addresses reached) or ``rate`` (the remote adds MACs too fast). The
+    frames were delivered."""
+
+    vni: int
+    remote: str
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped(Event):
     """A packet was dropped. ``vni`` is None when it was dropped before a VNI was known."""
 
@@ -100,5 +114,6 @@ _NAMES: dict[type, str] = {
     MacAged: "aged",
     L2Miss: "l2miss",
     L3Miss: "l3miss",
+    LearnRefused: "refused",
     Dropped: "dropped",
 }

@@ -13,6 +13,11 @@ Semantics follow the Linux vxlan driver driven by ``bridge fdb``:
   static MAC is never moved by learning: the frame is reported as spoofed.
 - ``max_addresses`` (0 = no limit) caps the unicast entries, static and learned, as the kernel's
   ``maxaddress`` does: learning past it is refused and counted; a static add raises FdbFull.
+- Bounded by default, unlike the kernel (whose FDB a MAC flood grows without limit):
+  ``max_learned`` caps the learned entries (default :data:`DEFAULT_MAX_LEARNED`), and
+  ``learn_rate`` how many MACs one remote VTEP may add or move a second (default
+  :data:`DEFAULT_LEARN_RATE`, bursts of as many); past either, learning is refused (the frame is
+  still delivered) and counted. 0 turns either off.
 
 Learned entries are kept compact (the FDB must hold 10^6 of them): the value is one int packing
 the remote's index, the last-seen time in ms and the ageing-wheel slot it is filed under.
@@ -30,9 +35,12 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .limits import RateLimiter
 from .wire import ZERO_MAC, check_vni, format_mac
 
 __all__ = [
+    "DEFAULT_MAX_LEARNED",
+    "DEFAULT_LEARN_RATE",
     "ChangeLog",
     "Remote",
     "FdbEntry",
@@ -100,6 +108,15 @@ class ChangeLog:
             self.note(mac)
 
 
+# A MAC flood from one sender must not be able to exhaust memory. 16,384 learned MACs per
+# segment is more than an L2 segment of hosts or containers needs (OVS's MAC table holds 2,048
+# by default) and costs about 4 MB (Python FDB ~190 bytes an entry, the C table ~48); 1,000 new
+# MACs a second per remote VTEP is far above what hosts coming up produce, and fills the cap in
+# 16 s at the most.
+DEFAULT_MAX_LEARNED = 16384
+DEFAULT_LEARN_RATE = 1000.0
+
+
 class FdbError(Exception):
     """Base class of FDB admin errors (the kernel's EEXIST / ENOSPC / ENOENT)."""
 
@@ -165,7 +182,8 @@ class LearnResult(enum.Enum):
     MOVED = "moved"
     STATIC = "static"  # matches a static entry from the same VTEP: nothing to do
     SPOOFED = "spoofed"  # claims a static MAC from another VTEP: drop the frame
-    REFUSED = "refused"  # max_addresses reached: not learned (the frame is still delivered)
+    REFUSED = "refused"  # max_addresses / max_learned reached: not learned (frame delivered)
+    RATE_LIMITED = "rate-limited"  # the remote adds MACs too fast: not learned (delivered)
     DISABLED = "disabled"  # learning is off
 
 
@@ -191,12 +209,23 @@ class Fdb:
     """The FDB of one segment. See the module docstring for the rules."""
 
     def __init__(
-        self, *, learning: bool = True, ageing: float = 300.0, max_addresses: int = 0
+        self,
+        *,
+        learning: bool = True,
+        ageing: float = 300.0,
+        max_addresses: int = 0,
+        max_learned: int = DEFAULT_MAX_LEARNED,
+        learn_rate: float = DEFAULT_LEARN_RATE,
     ) -> None:
         if ageing < 0:
             raise ValueError("ageing must be >= 0 seconds (0 = never age)")
         if max_addresses < 0:
             raise ValueError("max_addresses must be >= 0 (0 = no limit)")
+        if max_learned < 0:
+            raise ValueError("max_learned must be >= 0 (0 = no limit)")
+        self.max_learned = max_learned
+        self.limiter = RateLimiter(learn_rate)  # per remote VTEP: bounded in keys too
+        self.static_version = 0  # changes whenever a static entry (or the flood list) does
         self._learning = learning
         self._ageing = float(ageing)
         self._ageing_ms = _ageing_ms(ageing)
@@ -380,6 +409,8 @@ class Fdb:
                 return LearnResult.REFRESHED, None
             if not self._can_ref(ip):
                 return LearnResult.REFUSED, None
+            if not self.limiter.allow(ip, now):
+                return LearnResult.RATE_LIMITED, None
             self._unref(rid)
             rid = self._ref(ip)
             self._learned[mac] = (sched << _SCHED_SHIFT) | (ms << _RID_BITS) | rid
@@ -387,6 +418,10 @@ class Fdb:
             return LearnResult.MOVED, old.ip
         if self._full() or not self._can_ref(ip):
             return LearnResult.REFUSED, None
+        if self.max_learned and len(self._learned) >= self.max_learned:
+            return LearnResult.REFUSED, None
+        if not self.limiter.allow(ip, now):
+            return LearnResult.RATE_LIMITED, None
         self._learned[mac] = self._pack(mac, self._ref(ip), ms)
         self._changed(mac)
         return LearnResult.NEW, None
@@ -468,7 +503,13 @@ class Fdb:
     # --- internals ----------------------------------------------------------------------------
 
     def _changed(self, mac: bytes) -> None:
+        if mac in self._static:
+            self.static_version += 1
         self.changes.note(mac)
+
+    def static_ips(self) -> set[str]:
+        """The IPs of every remote a static entry (the flood list included) names."""
+        return {r.ip for rs in self._static.values() for r in rs}
 
     def _pack(self, mac: bytes, rid: int, last_ms: int) -> int:
         sched = 0

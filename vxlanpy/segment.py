@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fdb import Fdb, Remote
+from .fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED, Fdb, Remote
+from .limits import Allowlist
 from .neigh import NeighTable
 from .wire import ZERO_MAC, DropReason, check_vni
 
@@ -61,6 +62,9 @@ class SegmentConfig:
 
     ``remotes`` seed the flood list (head-end replication); ``group`` puts a multicast group
     there instead (or as well). ``local_mac`` is the device's own MAC, for loop detection.
+    ``max_learned`` and ``learn_rate`` bound learning (fdb.py); ``allow``: the VTEPs VXLAN is
+    accepted from (CIDRs, and/or ``"configured"``: the remotes this configuration names; None:
+    any).
     """
 
     vni: int
@@ -74,9 +78,14 @@ class SegmentConfig:
     local_mac: bytes | None = None
     fdb: Sequence[tuple[bytes, Remote]] = ()
     neigh: Sequence[tuple[str, bytes]] = ()
+    max_learned: int = DEFAULT_MAX_LEARNED
+    learn_rate: float = DEFAULT_LEARN_RATE
+    allow: Sequence[str] | str | None = None
 
     def __post_init__(self) -> None:
         check_vni(self.vni)
+        if self.allow is not None:
+            Allowlist(self.allow)  # ValueError on a bad network
         if self.group is not None and not ipaddress.ip_address(self.group).is_multicast:
             raise ValueError(f"group {self.group} is not a multicast address")
 
@@ -94,6 +103,8 @@ class Segment:
         "_allow_vlan",
         "_local_mac",
         "_watcher",
+        "_allow",
+        "_configured",
     )
 
     def __init__(self, config: SegmentConfig) -> None:
@@ -101,8 +112,14 @@ class Segment:
         self.config = config
         self._watcher: Callable[[], None] | None = None
         self._fdb = Fdb(
-            learning=config.learning, ageing=config.ageing, max_addresses=config.max_addresses
+            learning=config.learning,
+            ageing=config.ageing,
+            max_addresses=config.max_addresses,
+            max_learned=config.max_learned,
+            learn_rate=config.learn_rate,
         )
+        self._allow = Allowlist(config.allow) if config.allow is not None else None
+        self._configured: tuple[int, set[str]] = (-1, set())
         self.neigh = NeighTable()
         self.counters = Counters()
         self._proxy = config.proxy
@@ -156,6 +173,29 @@ class Segment:
     def allow_vlan(self, on: bool) -> None:
         self._allow_vlan = on
         self._changed()
+
+    @property
+    def allow(self) -> Allowlist | None:
+        """The VTEPs VXLAN is accepted from (None: any)."""
+        return self._allow
+
+    @allow.setter
+    def allow(self, allow: Allowlist | None) -> None:
+        self._allow = allow
+        self._changed()
+
+    def configured_remotes(self) -> set[str]:
+        """The IPs of the remotes the configuration names: flood list and static entries."""
+        version, ips = self._configured
+        if version != self._fdb.static_version:
+            ips = self._fdb.static_ips()
+            self._configured = (self._fdb.static_version, ips)
+        return ips
+
+    def permits(self, ip: str) -> bool:
+        """Is VXLAN from the VTEP ``ip`` accepted?"""
+        a = self._allow
+        return a is None or a.permits(ip, self.configured_remotes() if a.configured else ())
 
     @property
     def local_mac(self) -> bytes | None:

@@ -176,7 +176,7 @@ class Vtep:
                     DeviceSpec(spec.tap_name, mtu, addr, spec.bridge, mac, cfg.offload)
                 )
                 self.taps[spec.vni] = tap
-                self.engine.add_segment(spec.segment_config(local_mac=tap.mac))
+                self.engine.add_segment(spec.segment_config(local_mac=tap.mac, allow=cfg.allow))
             groups = {s.group for s in cfg.segments if s.group}
             if len(groups) > 1:
                 raise VtepError("one multicast group per VTEP is supported")

@@ -88,6 +88,7 @@ class DropReason(enum.StrEnum):
     NO_DESTINATION = "no-destination"  # nothing to send to: no FDB hit and no flood list
     L3_MISS = "l3-miss"  # proxied ARP request for an address the table does not know
     LOOPED = "looped"  # frame received from the wire carries one of our own local MACs
+    NOT_ALLOWED = "source-not-allowed"  # from a VTEP outside the segment's allowlist
 
 
 # What each status of the batch parser (abi.Status, from csrc/vx.h) is dropped for.

@@ -13,6 +13,7 @@ from typing import Any
 from .. import kernels
 from ..config import ConfigError, SegmentSpec, VtepConfig, load_config, parse_srcport
 from ..control import ControlError, ControlServer, default_path
+from ..fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED
 from ..tunnel import Vtep, VtepError, install_uvloop
 from ..wire import VXLAN_PORT, VXLAN_PORT_LINUX
 from .common import PROG, UsageError, err, int_in, pair
@@ -50,6 +51,25 @@ def register(sub: Any) -> None:
     run.add_argument("--no-learning", action="store_true", help="do not learn remote MACs")
     run.add_argument("--ageing", type=float, default=300.0, help="FDB ageing, s (0 = never)")
     run.add_argument("--max-address", type=int, default=0, help="FDB size limit (0 = none)")
+    run.add_argument(
+        "--max-learned",
+        type=int,
+        default=DEFAULT_MAX_LEARNED,
+        help=f"learned MACs at most (default {DEFAULT_MAX_LEARNED}; 0 = no limit)",
+    )
+    run.add_argument(
+        "--learn-rate",
+        type=float,
+        default=DEFAULT_LEARN_RATE,
+        help=f"new MACs a second per remote VTEP (default {DEFAULT_LEARN_RATE:g}; 0 = no limit)",
+    )
+    run.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR|configured",
+        help="accept VXLAN only from these VTEPs (repeatable; 'configured': the remotes and "
+        "static FDB entries given); default: from any",
+    )
     run.add_argument("--proxy", action="store_true", help="answer ARP from the neighbour table")
     run.add_argument(
         "--fdb",
@@ -143,6 +163,9 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         learning=not a.no_learning,
         ageing=a.ageing,
         max_addresses=a.max_address,
+        max_learned=a.max_learned,
+        learn_rate=a.learn_rate,
+        allow=a.allow,
         proxy=a.proxy,
         allow_vlan=a.allow_vlan,
         fdb=list(a.fdb),

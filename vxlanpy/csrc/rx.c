@@ -33,6 +33,26 @@ static int same_ip(const uint8_t *sa, const uint8_t *src)
     return 0;
 }
 
+/* Is the source sockaddr src in one of g's allowed prefixes? */
+static int allowed(const vx_segment *g, const uint8_t *src)
+{
+    uint16_t fam;
+    memcpy(&fam, src, 2);
+    const uint8_t *a = fam == AF_INET ? src + 4 : src + 8; /* sin_addr / sin6_addr */
+    for (uint32_t k = 0; k < g->nallow; k++) {
+        const vx_prefix *p = &g->allow[k];
+        if (p->family != fam)
+            continue;
+        uint32_t bits = p->len, full = bits / 8, rest = bits % 8;
+        if (memcmp(a, p->addr, full))
+            continue;
+        if (rest && ((a[full] ^ p->addr[full]) & (uint8_t)(0xFF << (8 - rest))))
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
 /* Did the datagram with source sockaddr src come from one of action a's remotes? */
 static int from_remote(const vx_dp *dp, uint32_t a, const uint8_t *src)
 {
@@ -87,7 +107,9 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
             continue;
         vx_segment *g = &dp->segs[s];
         const uint8_t *f = vx_frame(b, i);
-        if (rx_match(f) & g->rule.rx_up)
+        const uint8_t *src = b->addrs + (size_t)i * VX_ADDR_LEN;
+        if (rx_match(f) & g->rule.rx_up || g->rule.rx_from == VX_FROM_NONE
+            || (g->rule.rx_from == VX_FROM_ALLOWED && !allowed(g, src)))
             continue;
         uint64_t key = ((uint64_t)(s + 1) << 48) | vx_mac48(f + 6);
         int earlier = nup == 64;
@@ -96,7 +118,6 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
         if (earlier)
             continue;
         vx_entry *e = vx_find(dp, (uint32_t)s, f + 6);
-        const uint8_t *src = b->addrs + (size_t)i * VX_ADDR_LEN;
         int ok = e != NULL ? (e->flags & VX_EF_DELIVER_ANY)
                                  || ((e->flags & VX_EF_DELIVER) && from_remote(dp, e->action, src))
                            : g->rule.rx_miss == VX_MISS_DELIVER;

@@ -236,6 +236,21 @@ void vx_dp_segment_del(vx_dp *dp, uint32_t vni)
     pthread_mutex_unlock(&dp->lock);
 }
 
+/* The allowlist of vni (served already): the sources its rule's VX_FROM_ALLOWED admits. */
+int vx_dp_allow(vx_dp *dp, uint32_t vni, uint32_t n, const vx_prefix *prefixes)
+{
+    if (n > VX_ALLOW_PREFIXES)
+        return -EINVAL;
+    pthread_mutex_lock(&dp->lock);
+    int s = vx_seg_index(dp, vni);
+    if (s >= 0) {
+        memcpy(dp->segs[s].allow, prefixes, n * sizeof(vx_prefix));
+        dp->segs[s].nallow = n;
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return s < 0 ? -ENOENT : 0;
+}
+
 /* Remote id: the sockaddr (with the port) datagrams to it are sent to. */
 int vx_dp_remote(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen)
 {

@@ -32,7 +32,8 @@ enum vx_const {
     VX_GSO_MAX_SEGS = 64,       /* datagrams of one UDP GSO send */
     VX_GSO_MAX_BYTES = 65000,   /* bytes of one UDP GSO send */
     VX_NERRNO = 256,            /* send errors are counted per errno below this */
-    VX_RECV_CHUNK = 64          /* datagrams per recvmmsg / sendmmsg call */
+    VX_RECV_CHUNK = 64,         /* datagrams per recvmmsg / sendmmsg call */
+    VX_ALLOW_PREFIXES = 64      /* source prefixes of one segment's allowlist */
 };
 
 /* Header check of a received payload (vx_batch.status); wire.STATUS_REASONS names them. */
@@ -96,6 +97,13 @@ enum vx_miss {
     VX_MISS_DELIVER = 1
 };
 
+/* Which outer sources C may deliver from at all (vx_rule.rx_from). */
+enum vx_from {
+    VX_FROM_ANY = 0,            /* any VTEP */
+    VX_FROM_ALLOWED = 1,        /* a VTEP in the segment's prefixes (vx_dp_allow); others: up */
+    VX_FROM_NONE = 2            /* none: every received frame goes up */
+};
+
 /*
  * A batch of frames in one buffer (a FrameBatch, batch.py: keep the two in step). Slot i starts
  * at buf + i * slot; its VXLAN header is the 8 bytes at headroom - 8 and its frame starts at
@@ -143,7 +151,16 @@ typedef struct vx_rule {
     uint32_t rx_up;        /* vx_rx_match bits whose frames go up */
     uint32_t rx_miss;      /* vx_miss: a received source MAC with no entry */
     uint32_t group_action; /* action for group destinations not in tx_up (0: up) */
+    uint32_t rx_from;      /* vx_from: the outer sources C may deliver from */
 } vx_rule;
+
+/* An IP prefix: family (AF_INET / AF_INET6), length in bits, address (4 or 16 bytes). */
+typedef struct vx_prefix {
+    uint16_t family;
+    uint8_t len;
+    uint8_t pad;
+    uint8_t addr[16];
+} vx_prefix;
 
 /* Per-segment counters of what C did itself. */
 typedef struct vx_seg_counters {
@@ -200,6 +217,7 @@ void vx_dp_configure(vx_dp *dp, const vx_config *cfg);
 int vx_dp_segment(vx_dp *dp, uint32_t vni, const vx_rule *rule);
 int vx_dp_device(vx_dp *dp, uint32_t vni, int tap_fd, uint32_t vnet, uint32_t mtu);
 void vx_dp_segment_del(vx_dp *dp, uint32_t vni);
+int vx_dp_allow(vx_dp *dp, uint32_t vni, uint32_t n, const vx_prefix *prefixes);
 int vx_dp_remote(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen);
 int vx_dp_action(vx_dp *dp, uint32_t id, uint32_t n, const uint32_t *remotes,
                  const uint32_t *vnis);

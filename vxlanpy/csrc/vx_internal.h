@@ -120,6 +120,8 @@ typedef struct {
     int tap_fd;
     vx_rule rule;
     vx_seg_counters c;
+    uint32_t nallow;
+    vx_prefix allow[VX_ALLOW_PREFIXES]; /* the sources rule.rx_from == VX_FROM_ALLOWED admits */
 } vx_segment;
 
 typedef struct {
