@@ -4,7 +4,8 @@ Two engines get the same random history: frames from the devices of two segments
 broadcast, ARP requests for the proxy, VLAN-tagged), datagrams from three remote VTEPs (learning
 and moves, tagged frames, bad source MACs, unknown VNIs, reserved header bits), admin ``fdb``
 changes with per-entry port and VNI overrides, neighbour entries, settings switched at run time
-(learning, proxy, VLANs, strict parsing), a FDB address limit, and time passing (ageing).
+(learning, proxy, VLANs, strict parsing, allowlists), an FDB address limit, a cap and a rate
+limit on learning, and time passing (ageing).
 Engine ``fast`` forwards through the C datapath (what the engine installed is done in C, the
 rest comes back as upcalls); engine ``slow`` is the plain Python engine. After every step both
 must have produced the same datagrams, device frames and events, and the datapath must hold
@@ -28,6 +29,7 @@ from vxlanpy.batch import FrameBatch
 from vxlanpy.datapath import Datapath, Entry, Target, set_source
 from vxlanpy.engine import Engine, SegmentConfig
 from vxlanpy.fdb import FdbError, Remote
+from vxlanpy.limits import CONFIGURED, Allowlist
 from vxlanpy.neigh import NeighExists, NeighNotFound
 from vxlanpy.wire import ZERO_MAC, encode_header
 
@@ -60,7 +62,9 @@ def arp_request(src: bytes, target: str) -> bytes:
     return BCAST + src + b"\x08\x06" + body + bytes(18)
 
 
-def make_engine(fast: bool, ageing: float, max_addresses: int = 0) -> Engine:
+def make_engine(
+    fast: bool, ageing: float, max_addresses: int = 0, max_learned: int = 0, rate: float = 0
+) -> Engine:
     e = Engine(backend="cffi")
     e.add_segment(
         SegmentConfig(
@@ -69,6 +73,8 @@ def make_engine(fast: bool, ageing: float, max_addresses: int = 0) -> Engine:
             ageing=ageing,
             local_mac=LOCAL,
             max_addresses=max_addresses,
+            max_learned=max_learned,
+            learn_rate=rate,
         )
     )
     e.add_segment(
@@ -179,6 +185,11 @@ OPS = st.one_of(
         st.booleans(),
     ),
     st.tuples(st.just("strict"), st.booleans()),
+    st.tuples(
+        st.just("allow"),
+        st.sampled_from(VNIS),
+        st.sampled_from([None, ["198.18.0.2/32"], CONFIGURED, ["198.18.0.0/24", CONFIGURED]]),
+    ),
 )
 
 
@@ -196,6 +207,9 @@ def apply(e: Engine, op: tuple[Any, ...], now: float, fast: bool) -> Any:
         e.strict = op[1]
         return None
     if kind == "wait":
+        return None
+    if kind == "allow":
+        e.segment(op[1]).allow = None if op[2] is None else Allowlist(op[2])
         return None
     if kind.startswith("neigh"):
         table = e.segment(VNI2).neigh
