@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import fastcache
@@ -473,22 +473,23 @@ class Vtep:
 
     # --- events ----------------------------------------------------------------------------------
 
-    async def events(self, maxsize: int = 10000) -> AsyncIterator[Event]:
+    async def events(self, maxsize: int = 10000) -> AsyncGenerator[Event, None]:
         """Engine events as they happen (learned, moved, aged, l2/l3 miss, dropped)."""
         q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self._subscribers.append(q)
+        stop = asyncio.ensure_future(self._stopped.wait())
+        get: asyncio.Future[Event] | None = None
         try:
             while True:
                 get = asyncio.ensure_future(q.get())
-                stop = asyncio.ensure_future(self._stopped.wait())
-                done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if get in done:
-                    stop.cancel()
-                    yield get.result()
-                else:
-                    get.cancel()
+                await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
                     return
-        finally:
+                yield get.result()
+        finally:  # also when the consumer is cancelled: no task left behind
+            stop.cancel()
+            if get is not None:
+                get.cancel()
             self._subscribers.remove(q)
 
     # --- tables and counters -----------------------------------------------------------------
@@ -513,6 +514,9 @@ class Vtep:
         fdb = self.segment(vni).fdb
         m = parse_mac(mac)
         remote = Remote.make(ip, port, remote_vni) if ip is not None else None
+        family = self.config.family()
+        if remote is not None and ipaddress.ip_address(remote.ip).version != family:
+            raise ValueError(f"dst {remote.ip} is not an IPv{family} address (the underlay's)")
         if op == "del":
             fdb.delete(m, remote)
         elif remote is None:
