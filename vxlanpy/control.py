@@ -140,7 +140,9 @@ class ControlServer:
                 probe.close()
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._client, self.path, limit=_MAX_LINE)
+            self._server = await asyncio.start_unix_server(
+                self._client, self.path, limit=_MAX_LINE, backlog=self.max_clients
+            )
         except OSError as exc:
             raise ControlError(f"cannot create control socket {self.path}: {exc}") from exc
         finally:
