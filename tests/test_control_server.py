@@ -4,6 +4,7 @@ the connection closed with a reason, limits, timeouts, closed subscribers notice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -58,6 +59,7 @@ class Served:
         return r, w
 
 
+@contextlib.asynccontextmanager
 async def _served(tmp_path: Path, **kw: float) -> AsyncIterator[Served]:
     server = ControlServer(_vtep(), str(tmp_path / "c.sock"), **kw)  # type: ignore[arg-type]
     await server.start()
@@ -90,7 +92,7 @@ def test_parse_request_refusals() -> None:
 
 def test_malformed_lines_answered_and_connection_goes_on(tmp_path: Path) -> None:
     async def main() -> None:
-        async for s in _served(tmp_path):
+        async with _served(tmp_path) as s:
             r, w = await s.connect()
             bad = [
                 b"not json",
@@ -120,7 +122,7 @@ def test_malformed_lines_answered_and_connection_goes_on(tmp_path: Path) -> None
 
 def test_fdb_dst_of_the_wrong_family_refused(tmp_path: Path) -> None:
     async def main() -> None:
-        async for s in _served(tmp_path):
+        async with _served(tmp_path) as s:
             r, w = await s.connect()
             req = {"cmd": "fdb", "op": "add", "mac": "02:00:00:00:00:09", "dst": "::1"}
             w.write(json.dumps(req).encode() + b"\n")
@@ -139,7 +141,7 @@ def test_fdb_dst_of_the_wrong_family_refused(tmp_path: Path) -> None:
 
 def test_long_line_closed_with_a_reason(tmp_path: Path) -> None:
     async def main() -> None:
-        async for s in _served(tmp_path):
+        async with _served(tmp_path) as s:
             r, w = await s.connect()
             w.write(b"x" * 200_000 + b"\n")
             resp = await _line(r)
@@ -152,7 +154,7 @@ def test_long_line_closed_with_a_reason(tmp_path: Path) -> None:
 
 def test_idle_timeout(tmp_path: Path) -> None:
     async def main() -> None:
-        async for s in _served(tmp_path, idle_timeout=0.3):
+        async with _served(tmp_path, idle_timeout=0.3) as s:
             r, w = await s.connect()
             assert await _until(lambda: s.server.clients == 1)
             w.write(b'{"cmd": "sta')  # half a request, then nothing
@@ -166,7 +168,7 @@ def test_idle_timeout(tmp_path: Path) -> None:
 
 def test_client_limit(tmp_path: Path) -> None:
     async def main() -> None:
-        async for s in _served(tmp_path, max_clients=2):
+        async with _served(tmp_path, max_clients=2) as s:
             held = [await s.connect() for _ in range(2)]
             assert await _until(lambda: s.server.clients == 2)
             r, w = await s.connect()
@@ -188,7 +190,7 @@ def test_client_limit(tmp_path: Path) -> None:
 
 def test_subscriber_that_closes_is_noticed_at_once(tmp_path: Path) -> None:
     async def main() -> None:
-        async for s in _served(tmp_path, max_subscribers=1):
+        async with _served(tmp_path, max_subscribers=1) as s:
             vtep = s.server.vtep
             r, w = await s.connect()
             w.write(b'{"cmd": "events"}\n')
@@ -220,7 +222,7 @@ def test_subscriber_that_closes_is_noticed_at_once(tmp_path: Path) -> None:
 
 def test_client_that_does_not_read_is_dropped(tmp_path: Path) -> None:
     async def main() -> None:
-        async for s in _served(tmp_path, write_timeout=0.3):
+        async with _served(tmp_path, write_timeout=0.3) as s:
             r, w = await s.connect()
             w.transport.set_write_buffer_limits(high=1 << 24)  # type: ignore[attr-defined]
             # pipelined requests whose answers are never read: the socket buffers fill up

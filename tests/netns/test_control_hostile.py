@@ -66,7 +66,8 @@ NEAR_MISSES = [
     b'{"cmd": "neigh", "op": "add", "ip": "198.19.0.300", "lladdr": "02:00:00:00:00:01"}',
     b'{"cmd": "neigh", "op": "del", "ip": {}}',
     b'{"cmd": {"nested": [1, 2, {"x": null}]}}',
-    b'{"cmd": "fdb", "op": "add", "mac": "02:00:00:00:00:01", "dst": "198.18.0.2", "remote_vni": 1e99}',
+    b'{"cmd": "fdb", "op": "add", "mac": "02:00:00:00:00:01", "dst": "198.18.0.2", '
+    b'"remote_vni": 1e99}',
     b"[" * 40_000 + b"]" * 20_000,
     b"{" * 30_000,
     b'"just a string"',
