@@ -9,10 +9,17 @@
  *                possibly the last) leave as one GSO skb that the kernel cuts into datagrams;
  *                chunks respect the 64-segment and 64 KiB limits of UDP GSO.
  * Both return how many datagrams the kernel took, or -errno if it took none.
+ *
+ * The send sockets have IP_RECVERR on: an ICMP error that reaches one (port unreachable, ...)
+ * waits in its error queue, where vxlanpy counts it, and also fails the next send on that
+ * socket once with its errno, whichever remote that send was for. A send that fails while the
+ * error queue holds a report is therefore tried again, once: the report is counted once (from
+ * the queue) and the datagram is not lost.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdint.h>
 
 #include "_fastpath.h"
@@ -35,12 +42,22 @@
 #define VX_GSO_MAX_SEGS 64
 #define VX_GSO_MAX_BYTES 65000
 
+/* True if the send error err may be a queued ICMP report surfacing (see the top comment). */
+static int icmp_pending(int fd, int err)
+{
+    if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == EINTR)
+        return 0;
+    struct pollfd p = {.fd = fd, .events = 0, .revents = 0};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
+}
+
 int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
                   uint32_t n, const uint32_t *payload_len, const void *addr, uint32_t addrlen)
 {
     struct mmsghdr msgs[VX_CHUNK];
     struct iovec iov[VX_CHUNK];
     uint32_t done = 0;
+    int retried = 0;
     if (headroom < VX_HLEN)
         return -EINVAL;
     while (done < n) {
@@ -56,11 +73,19 @@ int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
             msgs[j].msg_hdr.msg_iovlen = 1;
         }
         int r = sendmmsg(fd, msgs, k, MSG_DONTWAIT);
-        if (r < 0)
-            return done ? (int)done : -errno;
-        done += (uint32_t)r;
-        if ((uint32_t)r < k)
+        if (r < 0) {
+            int e = errno;
+            if (!retried && icmp_pending(fd, e)) {
+                retried = 1;
+                continue;
+            }
+            return done ? (int)done : -e;
+        }
+        /* fewer than k: the buffer is full or the next datagram failed; the next round says */
+        if (r == 0)
             break;
+        retried = 0;
+        done += (uint32_t)r;
     }
     return (int)done;
 }
@@ -74,6 +99,7 @@ int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t
         struct cmsghdr align;
     } ctrl;
     uint32_t done = 0;
+    int retried = 0;
     if (headroom < VX_HLEN || n == 0)
         return n == 0 ? 0 : -EINVAL;
     uint32_t seg = payload_len[first];
@@ -112,8 +138,15 @@ int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t
             memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
         }
         ssize_t r = sendmsg(fd, &msg, MSG_DONTWAIT);
-        if (r < 0)
-            return done ? (int)done : -errno;
+        if (r < 0) {
+            int e = errno;
+            if (!retried && icmp_pending(fd, e)) {
+                retried = 1;
+                continue;
+            }
+            return done ? (int)done : -e;
+        }
+        retried = 0;
         done += k;
     }
     return (int)done;

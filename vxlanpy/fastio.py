@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 from array import array
@@ -23,12 +24,23 @@ from typing import Any
 from . import kernels
 from .batch import FrameBatch
 
-__all__ = ["send_batch", "send_gso", "tap_write", "recv_batch", "BACKEND", "load"]
+__all__ = ["send_batch", "send_gso", "tap_write", "recv_batch", "icmp_pending", "BACKEND", "load"]
 
 _GONE = {errno.EBADFD, errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF}
+_NOT_ICMP = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR, None}
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _VXLAN_HLEN = 8
 _TRUNCATED = 0xFFFFFFFF  # vx_recv_batch's mark for a datagram larger than its slot
+
+
+def icmp_pending(sock: socket.socket, err: int | None) -> bool:
+    """True if the send error ``err`` may be a queued ICMP report surfacing on ``sock`` (it has
+    IP_RECVERR: such a report fails the next send once; see ``_fastio.c``): try again, once."""
+    if err in _NOT_ICMP:
+        return False
+    p = select.poll()
+    p.register(sock.fileno(), 0)
+    return any(ev & select.POLLERR for _fd, ev in p.poll(0))
 
 
 def _py_send_batch(
@@ -37,13 +49,20 @@ def _py_send_batch(
     _check(batch, first, n)
     mv = memoryview(batch.buf)
     sent = 0
-    for i in range(first, first + n):
+    retried = False
+    i = first
+    while i < first + n:
         off = batch.header_offset(i)
         try:
             sock.sendto(mv[off : off + batch.payload_len[i]], socket.MSG_DONTWAIT, (host, port))
         except OSError as exc:
+            if not retried and icmp_pending(sock, exc.errno):
+                retried = True
+                continue
             return sent if sent else -(exc.errno or errno.EIO)
+        retried = False
         sent += 1
+        i += 1
     return sent
 
 

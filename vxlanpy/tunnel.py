@@ -140,6 +140,7 @@ class Vtep:
         for vni, tap in self.taps.items():
             loop.add_reader(tap.fd, self._on_tap, vni)
         loop.add_reader(self.transport.fileno(), self._on_udp)
+        self.transport.watch_errors(loop, self._publish)  # ICMP errors: counted, an event
 
     def _attach_fastpath(self) -> None:
         """Forward FDB hits in C (fast path); the engine gets the rest as upcalls."""
@@ -447,11 +448,14 @@ class Vtep:
 
     def _dispatch_events(self) -> None:
         for ev in self.engine.events():
-            for q in self._subscribers:
-                try:
-                    q.put_nowait(ev)
-                except asyncio.QueueFull:
-                    self.events_lost += 1
+            self._publish(ev)
+
+    def _publish(self, ev: Event) -> None:
+        for q in self._subscribers:
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:
+                self.events_lost += 1
 
     def _arm_timer(self) -> None:
         t = self.engine.get_timer()
@@ -560,6 +564,8 @@ class Vtep:
         fp = self.fast
         segments = {vni: self.engine.segment_stats(vni) for vni in self.engine.segments}
         socket_errors = Counter(t.errors if t else {})
+        if t is not None and t.icmp.unqueued:
+            socket_errors["icmp-unqueued"] = t.icmp.unqueued
         tap_errors = {tap.name: tap.write_errors for tap in self.taps.values()}
         checksums = self.engine.checksums_completed
         gso_frames = self.gso_frames
@@ -580,6 +586,7 @@ class Vtep:
             "segments": segments,
             "unattributed": self.engine.counters.to_dict(),
             "socket_errors": dict(socket_errors),
+            "icmp": t.icmp.to_dict() if t else {},
             "tap_write_errors": tap_errors,
             "events_lost": self.events_lost + self.engine.events_lost,
             "checksums_completed": checksums,

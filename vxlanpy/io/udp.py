@@ -9,10 +9,17 @@ cannot be bound (taken by someone else) falls back to one shared socket with an 
 Being ordinary UDP sockets, they can send a TSO super-frame's segments as one UDP GSO send
 (``UDP_SEGMENT``). The kernel builds the IP header (routing, TTL, TOS, DF) and computes the
 outer UDP checksum (offloaded on most devices).
+
+The send sockets have ``IP_RECVERR`` / ``IPV6_RECVERR`` on, so ICMP errors about what they sent
+(a remote's port closed, no route to it, fragmentation needed) are kept in their error queues
+instead of being dropped; once :meth:`UdpTransport.watch_errors` has registered them with the
+event loop, each queue is drained when it becomes readable and the errors are counted per
+remote (``icmp``, see :mod:`vxlanpy.io.errqueue`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import socket
@@ -24,6 +31,8 @@ from typing import Literal
 from .. import fastio
 from ..batch import FrameBatch
 from ..engine import Datagram
+from ..events import IcmpError
+from .errqueue import IP_RECVERR, IPV6_RECVERR, MSG_ERRQUEUE, IcmpCounters, parse_report
 
 __all__ = ["UdpTransport", "TransportError", "DfPolicy"]
 
@@ -54,6 +63,7 @@ _OPTS = {
 }
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
+_DRAIN_BUDGET = 64  # error reports / stray datagrams read per wake-up of one socket
 
 
 class TransportError(Exception):
@@ -86,7 +96,9 @@ class UdpTransport:
         self.local = local
         self.group = group
         self.errors: Counter[str] = Counter()
+        self.icmp = IcmpCounters()
         self.tx_packets = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._v6 = family == socket.AF_INET6
         self._ifindex = socket.if_nametoindex(dev) if dev else 0
         self._ttl, self._tos, self._df = ttl, tos, df
@@ -153,6 +165,7 @@ class UdpTransport:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # nothing comes back here
             s.setblocking(False)
             level, mtu_opt, ttl_opt, tos_opt, mttl_opt, loop_opt = _OPTS[self._v6]
+            s.setsockopt(level, IPV6_RECVERR if self._v6 else IP_RECVERR, 1)  # but ICMP errors
             s.setsockopt(level, mtu_opt, _PMTU_DO if self._df == "set" else _PMTU_DONT)
             if self._ttl is not None:
                 s.setsockopt(level, ttl_opt, self._ttl)
@@ -184,14 +197,69 @@ class UdpTransport:
             assert self._fallback is not None
             return self._fallback
         self._pool[sport] = s
+        self._watch(s)
         if self.on_port is not None:
             self.on_port(sport, s.fileno())
         if len(self._pool) > self._max_ports:
             old_port, old = self._pool.popitem(last=False)
             if self.on_port is not None:
                 self.on_port(old_port, -1)
+            self._unwatch(old)
             old.close()
         return s
+
+    # --- ICMP errors -------------------------------------------------------------------------
+
+    def watch_errors(
+        self, loop: asyncio.AbstractEventLoop, emit: Callable[[IcmpError], None] | None = None
+    ) -> None:
+        """Drain each send socket's error queue when it becomes readable, on ``loop``: ICMP
+        errors are counted in ``icmp`` (per remote) and reported through ``emit``."""
+        self._loop = loop
+        self.icmp.emit = emit
+        for s in self._send_sockets():
+            self._watch(s)
+
+    def _send_sockets(self) -> list[socket.socket]:
+        return [*self._pool.values(), *([self._fallback] if self._fallback else [])]
+
+    def _watch(self, s: socket.socket) -> None:
+        if self._loop is not None:
+            self._loop.add_reader(s.fileno(), self._drain, s)
+
+    def _unwatch(self, s: socket.socket) -> None:
+        if self._loop is not None and s.fileno() >= 0:
+            try:
+                self._loop.remove_reader(s.fileno())
+            except (ValueError, OSError, RuntimeError):
+                pass  # the loop is closed already
+
+    def _drain(self, s: socket.socket) -> None:
+        """A send socket is readable: read its error queue, then anything sent to it (nothing
+        should be: counted as ``stray`` and dropped), at most _DRAIN_BUDGET of each per call."""
+        assert self._loop is not None
+        now = self._loop.time()
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                _data, anc, _flags, addr = s.recvmsg(64, 512, MSG_ERRQUEUE)
+            except OSError:
+                break  # empty (EAGAIN)
+            rep = parse_report(anc)
+            if rep is not None:
+                self.icmp.record(addr[0] if addr else None, rep, now)
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                s.recv(1)
+            except BlockingIOError:
+                break
+            except OSError:  # the socket's error, set by a report the queue could not hold
+                self.icmp.unqueued += 1
+                break
+            self.errors["stray"] += 1
+        # an error the small error queue could not hold leaves only the socket's error set:
+        # clear it, or the socket would stay readable
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.icmp.unqueued += 1
 
     def fileno(self) -> int:
         return self.rx.fileno()
@@ -229,8 +297,14 @@ class UdpTransport:
 
     def send(self, d: Datagram) -> bool:
         """Send one datagram from its flow's source port; False (and counted) if refused."""
+        sock = self.socket_for(d.sport)
         try:
-            self.socket_for(d.sport).sendto(d.payload, (d.host, d.port))
+            try:
+                sock.sendto(d.payload, (d.host, d.port))
+            except OSError as exc:
+                if not fastio.icmp_pending(sock, exc.errno):
+                    raise
+                sock.sendto(d.payload, (d.host, d.port))  # once more: see fastio.icmp_pending
         except OSError as exc:
             self._count(exc.errno)
             return False
@@ -282,9 +356,10 @@ class UdpTransport:
         if self.on_port is not None:
             for port in self._pool:
                 self.on_port(port, -1)
-        socks = [self.rx, *self._pool.values()]
-        if self._fallback is not None:
-            socks.append(self._fallback)
+        socks = [self.rx, *self._send_sockets()]
+        for s in socks[1:]:
+            self._unwatch(s)
+        self._loop = None
         self._pool.clear()
         for s in socks:
             try:
