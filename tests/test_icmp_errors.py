@@ -11,6 +11,7 @@ import struct
 import time
 
 import pytest
+import uvloop
 
 from vxlanpy import fastio
 from vxlanpy.batch import FrameBatch
@@ -96,7 +97,11 @@ def test_counters_rate_limit_and_bound() -> None:
     assert c.total() == 12 + 3 * MAX_REMOTES
 
 
-def test_transport_counts_port_unreachable_per_remote() -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_transport_counts_port_unreachable_per_remote(loop: str) -> None:
+    """On both loops: libuv stops watching a socket that reports EPOLLERR, so the transport
+    watches its send sockets through an epoll set of its own."""
+
     async def main() -> None:
         t = UdpTransport(port=_closed_port(), local=LO)
         events: list[IcmpError] = []
@@ -118,7 +123,9 @@ def test_transport_counts_port_unreachable_per_remote() -> None:
         finally:
             t.close()
 
-    asyncio.run(main())
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
 
 
 @pytest.mark.parametrize("name", ["cffi", "python"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import select
 import socket
 import struct
 from collections import Counter, OrderedDict
@@ -99,6 +100,8 @@ class UdpTransport:
         self.icmp = IcmpCounters()
         self.tx_packets = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ep: select.epoll | None = None
+        self._watched: dict[int, socket.socket] = {}
         self._v6 = family == socket.AF_INET6
         self._ifindex = socket.if_nametoindex(dev) if dev else 0
         self._ttl, self._tos, self._df = ttl, tos, df
@@ -214,9 +217,16 @@ class UdpTransport:
         self, loop: asyncio.AbstractEventLoop, emit: Callable[[IcmpError], None] | None = None
     ) -> None:
         """Drain each send socket's error queue when it becomes readable, on ``loop``: ICMP
-        errors are counted in ``icmp`` (per remote) and reported through ``emit``."""
+        errors are counted in ``icmp`` (per remote) and reported through ``emit``.
+
+        The send sockets are watched through an epoll set of their own, whose fd the loop
+        watches: an error makes a socket report EPOLLERR, on which libuv (uvloop) would stop
+        watching it for good; the epoll fd itself only ever becomes readable."""
         self._loop = loop
         self.icmp.emit = emit
+        if self._ep is None:
+            self._ep = select.epoll()
+            loop.add_reader(self._ep.fileno(), self._on_errors)
         for s in self._send_sockets():
             self._watch(s)
 
@@ -224,15 +234,21 @@ class UdpTransport:
         return [*self._pool.values(), *([self._fallback] if self._fallback else [])]
 
     def _watch(self, s: socket.socket) -> None:
-        if self._loop is not None:
-            self._loop.add_reader(s.fileno(), self._drain, s)
+        if self._ep is not None and s.fileno() not in self._watched:
+            self._watched[s.fileno()] = s
+            self._ep.register(s.fileno(), select.EPOLLIN)  # and EPOLLERR, always
 
     def _unwatch(self, s: socket.socket) -> None:
-        if self._loop is not None and s.fileno() >= 0:
-            try:
-                self._loop.remove_reader(s.fileno())
-            except (ValueError, OSError, RuntimeError):
-                pass  # the loop is closed already
+        if self._watched.pop(s.fileno(), None) is not None and self._ep is not None:
+            self._ep.unregister(s.fileno())
+
+    def _on_errors(self) -> None:
+        if self._ep is None:
+            return
+        for fd, _ev in self._ep.poll(0, 64):
+            s = self._watched.get(fd)
+            if s is not None:
+                self._drain(s)
 
     def _drain(self, s: socket.socket) -> None:
         """A send socket is readable: read its error queue, then anything sent to it (nothing
@@ -357,8 +373,15 @@ class UdpTransport:
             for port in self._pool:
                 self.on_port(port, -1)
         socks = [self.rx, *self._send_sockets()]
-        for s in socks[1:]:
-            self._unwatch(s)
+        if self._ep is not None:
+            if self._loop is not None:
+                try:
+                    self._loop.remove_reader(self._ep.fileno())
+                except (ValueError, OSError, RuntimeError):
+                    pass  # the loop is closed already
+            self._ep.close()
+            self._ep = None
+        self._watched.clear()
         self._loop = None
         self._pool.clear()
         for s in socks:
