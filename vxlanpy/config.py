@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from . import privdrop
 from .engine import SegmentConfig
 from .fdb import Remote
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
@@ -85,6 +86,8 @@ class VtepConfig:
     busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
+    user: str | None = None  # switch to this user (name or uid) once TAPs and sockets are open
+    run_group: str | None = None  # ... and group (default: the user's); [vtep] group in a file
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -121,6 +124,13 @@ class VtepConfig:
             raise ConfigError(f"busy_poll must be 0..1000000 microseconds, got {self.busy_poll!r}")
         if self.df not in ("unset", "set"):
             raise ConfigError(f"df must be 'unset' or 'set', got {self.df!r}")
+        if self.run_group is not None and self.user is None:
+            raise ConfigError("group needs user (the user to run as)")
+        if self.user is not None:
+            try:
+                privdrop.resolve(self.user, self.run_group)
+            except privdrop.PrivilegeError as exc:
+                raise ConfigError(str(exc)) from None
         if self.local is not None and _ip("local", self.local).is_multicast:
             raise ConfigError(f"local {self.local} is multicast")
         vnis: set[int] = set()
@@ -222,6 +232,8 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "send_thread": (bool, "true or false"),
     "gro": (bool, "true or false"),
     "control": (str, "a path"),
+    "user": ((str, int), "a user name or uid"),
+    "group": ((str, int), "a group name or gid (of the user to run as)"),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "vni": (int, "an integer 0..16777215"),
@@ -338,6 +350,8 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
         send_thread=bool(vt.get("send_thread", True)),
         gro=bool(vt.get("gro", True)),
+        user=None if vt.get("user") is None else str(vt["user"]),
+        run_group=None if vt.get("group") is None else str(vt["group"]),
     )
     try:
         cfg.validate(in_file=True)

@@ -119,13 +119,14 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._subscribers = 0
+        self._dir_fd: int | None = None
 
     async def start(self) -> None:
         """Bind the socket; ControlError if another VTEP is serving on it."""
         d = os.path.dirname(self.path) or "."
         os.makedirs(d, mode=0o700, exist_ok=True)
-        if os.stat(d).st_mode & 0o077 and d.startswith(DEFAULT_DIR):
-            os.chmod(d, 0o700)
+        if os.stat(d).st_mode & 0o007 and d.startswith(DEFAULT_DIR):
+            os.chmod(d, 0o700)  # (group bits: a VTEP run with --group may use them)
         if os.path.exists(self.path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -149,6 +150,20 @@ class ControlServer:
             os.umask(old)
         os.chmod(self.path, 0o600)
 
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Before the process switches to ``uid``/``gid``: make the socket theirs, and its
+        directory writable by ``gid`` with the sticky bit (members may remove only what they
+        own), so the switched process can still remove the socket on exit. It does so through a
+        directory fd opened now: the directories above (``/run/vxlanpy`` is 0700) stay closed
+        to that user. Root's clients connect as before (root is not bound by the file mode)."""
+        d = os.path.dirname(os.path.abspath(self.path))
+        self._dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.chown(self.path, uid, gid)
+        st = os.fstat(self._dir_fd)
+        if st.st_uid != uid:
+            os.fchown(self._dir_fd, -1, gid)
+            os.fchmod(self._dir_fd, (st.st_mode & 0o7777) | 0o1030)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -156,7 +171,13 @@ class ControlServer:
                 t.cancel()
             self._server = None
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                if self._dir_fd is None:
+                    os.unlink(self.path)
+                else:
+                    os.unlink(os.path.basename(self.path), dir_fd=self._dir_fd)
+            if self._dir_fd is not None:
+                os.close(self._dir_fd)
+                self._dir_fd = None
             d = os.path.dirname(self.path)
             if os.path.basename(d).startswith("netns-"):
                 with contextlib.suppress(OSError):

@@ -277,6 +277,11 @@ class UdpTransport:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self.icmp.unqueued += 1
 
+    @property
+    def sndbuf(self) -> int:
+        """The buffer size asked for each send socket (SO_SNDBUFFORCE, else SO_SNDBUF)."""
+        return self._bufsize
+
     def fileno(self) -> int:
         return self.rx.fileno()
 
