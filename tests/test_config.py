@@ -32,6 +32,8 @@ busy_poll = 200
 send_thread = false
 gro = false
 control = "/run/vxlanpy/test-config.sock"
+user = "nobody"
+group = "nogroup"
 
 [[segment]]
 vni = 10
@@ -100,6 +102,8 @@ EXPECTED = VtepConfig(
     busy_poll=200,
     send_thread=False,
     gro=False,
+    user="nobody",
+    run_group="nogroup",
 )
 
 
@@ -281,6 +285,21 @@ BAD: list[object] = [
         '[[segment]]\nvni = 1\n[[segment]]\nvni = 2\ntap = "vxlan1"\n',
         ["segment[1].tap vxlan1", "twice"],
         id="duplicate-tap-with-default-name",
+    ),
+    pytest.param(
+        '[vtep]\nuser = "no-such-user-x"\n' + SEG,
+        ["user 'no-such-user-x' does not exist"],
+        id="user-unknown",
+    ),
+    pytest.param(
+        '[vtep]\nuser = "nobody"\ngroup = "no-such-group-x"\n' + SEG,
+        ["group 'no-such-group-x' does not exist"],
+        id="group-unknown",
+    ),
+    pytest.param('[vtep]\ngroup = "nogroup"\n' + SEG, ["group needs user"], id="group-no-user"),
+    pytest.param('[vtep]\nuser = "root"\n' + SEG, ["user is root"], id="user-root"),
+    pytest.param(
+        "[vtep]\nuser = 1.5\n" + SEG, ["[vtep].user must be a user name or uid"], id="user-float"
     ),
     pytest.param(
         '[vtep]\nsrcport = "60000:50000"\n' + SEG,
