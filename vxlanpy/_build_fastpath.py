@@ -20,15 +20,18 @@ CDEF = "\n".join(
 )
 
 
+# the C sources of the extension, next to this file (the fuzzing build, fuzz/build_asan.py,
+# compiles the same list with sanitizers)
+SOURCES = ("_fastpath.c", "_fastio.c", "_fastdp.c", "_fastgro.c")
+SOURCE_INCLUDE = '#include "_fastpath.h"\n'
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "vxlanpy._fastpath_c",
-    '#include "_fastpath.h"\n',
+    SOURCE_INCLUDE,
     include_dirs=[os.path.relpath(_here)],
-    sources=[
-        os.path.relpath(_here / p) for p in ("_fastpath.c", "_fastio.c", "_fastdp.c", "_fastgro.c")
-    ],
+    sources=[os.path.relpath(_here / p) for p in SOURCES],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
 )
 

@@ -11,7 +11,14 @@ from .engine import SegmentConfig
 from .fdb import Remote
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
 
-__all__ = ["ConfigError", "SegmentSpec", "VtepConfig", "parse_srcport", "load_config"]
+__all__ = [
+    "ConfigError",
+    "SegmentSpec",
+    "VtepConfig",
+    "parse_srcport",
+    "load_config",
+    "parse_config",
+]
 
 IPV4_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 IPV6_OVERHEAD = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
@@ -287,13 +294,22 @@ def _pairs(path: str, where: str, items: list[object], a: str, b: str) -> list[t
 def load_config(path: str) -> tuple[VtepConfig, str | None]:
     """Read a TOML config file: ``([vtep] + [[segment]] ...)``. Returns the validated config and
     the control-socket path it names (or None). Every error names the file and the key."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | None]:
+    """:func:`load_config` of the file's contents ``raw``; errors name ``path``."""
     import tomllib
 
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
+        data = tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     unknown = set(data) - {"vtep", "segment"}

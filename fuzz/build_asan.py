@@ -1,0 +1,45 @@
+"""Build a copy of the C extension with AddressSanitizer and UndefinedBehaviorSanitizer into
+``DIR/vxlanpy/`` (default ``build/fuzz/asan``), from the source list of
+``vxlanpy/_build_fastpath.py``. ``fuzz/run.py`` loads it when ``VXLANPY_FUZZ_EXT=DIR``.
+
+    python fuzz/build_asan.py [DIR]
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+from vxlanpy import _build_fastpath as b
+
+ROOT = Path(__file__).resolve().parents[1]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+
+
+def build(out: Path) -> Path:
+    src = Path(b.__file__).resolve().parent
+    tmp = out / "tmp"
+    ffi = FFI()
+    ffi.cdef(b.CDEF)
+    ffi.set_source(
+        "vxlanpy._fastpath_c",
+        b.SOURCE_INCLUDE,
+        include_dirs=[str(src)],
+        sources=[str(src / p) for p in b.SOURCES],
+        extra_compile_args=["-O1", "-g", "-fno-omit-frame-pointer", *SANITIZE],
+        # no sanitizer runtime linked: the one preloaded (atheris's asan_with_fuzzer.so, ASan
+        # + UBSan + libFuzzer in one) provides it, so Python coverage reaches libFuzzer
+    )
+    so = Path(ffi.compile(tmpdir=str(tmp)))
+    dest = out / "vxlanpy" / so.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(so, dest)
+    return dest
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build" / "fuzz" / "asan"
+    print(build(out.resolve()))
