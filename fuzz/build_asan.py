@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -36,7 +37,9 @@ def build(out: Path) -> Path:
     so = Path(ffi.compile(tmpdir=str(tmp)))
     dest = out / "vxlanpy" / so.name
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(so, dest)
+    part = dest.with_suffix(".part")
+    shutil.copy2(so, part)
+    os.replace(part, dest)  # a new file: a fuzzer running on the old one keeps it intact
     return dest
 
 
