@@ -82,5 +82,13 @@ fuzz: setup
 	  grep -E "^Done|stat::number_of_executed_units|stat::average_exec_per_sec" build/fuzz/logs/$$t.log; \
 	done
 
+# Soak: SOAK_SECONDS (10 minutes) of UDP at SOAK_KPPS through vxlanpy <-> the kernel's vxlan;
+# RSS sampled, vxlanpy's tx against the peer's rx, every loss attributed, no exception (root).
+SOAK_SECONDS ?= 600
+SOAK_KPPS ?= 20
+soak: setup
+	@if [ "$$(id -u)" != 0 ]; then echo "make soak needs root (network namespaces, TAP devices)"; exit 1; fi
+	$(PY) -m benchmarks.soak --seconds $(SOAK_SECONDS) --kpps $(SOAK_KPPS) --json build/soak.json
+
 clean:
 	rm -rf $(VENV) build *.egg-info vxlanpy/_fastpath_c.* .pytest_cache .mypy_cache .ruff_cache
