@@ -88,6 +88,7 @@ SOAK_SECONDS ?= 600
 SOAK_KPPS ?= 20
 soak: setup
 	@if [ "$$(id -u)" != 0 ]; then echo "make soak needs root (network namespaces, TAP devices)"; exit 1; fi
+	@mkdir -p build
 	$(PY) -m benchmarks.soak --seconds $(SOAK_SECONDS) --kpps $(SOAK_KPPS) --json build/soak.json
 
 clean:

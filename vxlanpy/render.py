@@ -51,6 +51,8 @@ def stats_text(st: dict[str, Any]) -> str:
         lines.append(
             "socket errors: " + ", ".join(f"{k} {n}" for k, n in st["socket_errors"].items())
         )
+    if st.get("rx_socket_dropped"):
+        lines.append(f"dropped by the kernel, receive buffer full: {st['rx_socket_dropped']}")
     for ip, c in (st.get("icmp") or {}).items():
         lines.append(_icmp_line(ip, c))
     lines.append(f"checksums completed: {st.get('checksums_completed', 0)}")

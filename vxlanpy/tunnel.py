@@ -587,6 +587,7 @@ class Vtep:
             "unattributed": self.engine.counters.to_dict(),
             "socket_errors": dict(socket_errors),
             "icmp": t.icmp.to_dict() if t else {},
+            "rx_socket_dropped": t.rx_dropped() if t else 0,
             "tap_write_errors": tap_errors,
             "events_lost": self.events_lost + self.engine.events_lost,
             "checksums_completed": checksums,

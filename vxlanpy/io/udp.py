@@ -64,6 +64,8 @@ _OPTS = {
 }
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
+SO_MEMINFO = 55  # linux/sock_diag.h: SK_MEMINFO_* u32 array; DROPS is the ninth
+_SK_MEMINFO_VARS, _SK_MEMINFO_DROPS = 9, 8
 _DRAIN_BUDGET = 64  # error reports / stray datagrams read per wake-up of one socket
 
 
@@ -276,6 +278,15 @@ class UdpTransport:
         # clear it, or the socket would stay readable
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self.icmp.unqueued += 1
+
+    def rx_dropped(self) -> int:
+        """Datagrams the kernel dropped because the receiving socket's buffer was full (its
+        ``sk_drops``, from ``SO_MEMINFO``), since it was opened."""
+        try:
+            raw = self.rx.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _SK_MEMINFO_VARS)
+        except OSError:
+            return 0
+        return int(struct.unpack_from("=I", raw, 4 * _SK_MEMINFO_DROPS)[0])
 
     @property
     def sndbuf(self) -> int:
