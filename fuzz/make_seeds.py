@@ -96,6 +96,7 @@ def main() -> None:
     out = {
         "rx-python": rx,
         "rx-cffi": rx,
+        "rx-compare": rx,
         "control": {k: json.dumps(v).encode() + b"\n" for k, v in control.items()},
         "config": {k: v.encode() for k, v in config.items()},
         "table": {"fdb-add": b"\x00\x05" + b"add 02:00:00:00:00:09 dst 198.18.0.9"},
