@@ -445,3 +445,23 @@ def test_cli_export_bad_config_exits_2(tmp_path: Path) -> None:
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and path in lines[0] and "segment[0].vni" in lines[0], p.stderr
     assert p.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("user", "group", "msg"),
+    [
+        ("nob\x00dy", None, "user 'nob\\x00dy' does not exist"),
+        ("nobody", "no\x00group", "group 'no\\x00group' does not exist"),
+        ("12345", None, "user 12345 has no passwd entry: give the group too"),
+        ("nobody", "99999999999", "ids must be below 4294967295"),
+    ],
+)
+def test_user_and_group_refused(user: str, group: str | None, msg: str) -> None:
+    cfg = VtepConfig(segments=[SegmentSpec(vni=1)], user=user, run_group=group)
+    with pytest.raises(ConfigError, match=msg.replace("\\", "\\\\")):
+        cfg.validate()
+
+
+def test_numeric_user_without_passwd_entry() -> None:
+    cfg = VtepConfig(segments=[SegmentSpec(vni=1)], user="12345", run_group="12345").validate()
+    assert (cfg.user, cfg.run_group) == ("12345", "12345")

@@ -42,13 +42,18 @@
 #define VX_GSO_MAX_SEGS 64
 #define VX_GSO_MAX_BYTES 65000
 
-/* True if the send error err may be a queued ICMP report surfacing (see the top comment). */
-static int icmp_pending(int fd, int err)
+/* After a failed send on fd (errno set): 1 to send again, once, when the error may be a queued
+ * ICMP report surfacing (see the top comment); else 0, with the errno in *err. */
+static int send_again(int fd, int *retried, int *err)
 {
-    if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS || err == EINTR)
+    *err = errno;
+    if (*retried || *err == EAGAIN || *err == EWOULDBLOCK || *err == ENOBUFS || *err == EINTR)
         return 0;
     struct pollfd p = {.fd = fd, .events = 0, .revents = 0};
-    return poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLERR))
+        return 0;
+    *retried = 1;
+    return 1;
 }
 
 int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t first,
@@ -73,14 +78,11 @@ int vx_send_batch(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32
             msgs[j].msg_hdr.msg_iovlen = 1;
         }
         int r = sendmmsg(fd, msgs, k, MSG_DONTWAIT);
-        if (r < 0) {
-            int e = errno;
-            if (!retried && icmp_pending(fd, e)) {
-                retried = 1;
-                continue;
-            }
+        int e = 0;
+        if (r < 0 && send_again(fd, &retried, &e))
+            continue;
+        if (r < 0)
             return done ? (int)done : -e;
-        }
         /* fewer than k: the buffer is full or the next datagram failed; the next round says */
         if (r == 0)
             break;
@@ -138,14 +140,11 @@ int vx_send_gso(int fd, uint8_t *buf, uint32_t slot, uint32_t headroom, uint32_t
             memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
         }
         ssize_t r = sendmsg(fd, &msg, MSG_DONTWAIT);
-        if (r < 0) {
-            int e = errno;
-            if (!retried && icmp_pending(fd, e)) {
-                retried = 1;
-                continue;
-            }
+        int e = 0;
+        if (r < 0 && send_again(fd, &retried, &e))
+            continue;
+        if (r < 0)
             return done ? (int)done : -e;
-        }
         retried = 0;
         done += k;
     }

@@ -63,25 +63,31 @@ class Identity:
     gid: int
 
 
+def _number(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def resolve(user: str, group: str | None = None) -> Identity:
     """``user`` (name or uid) and ``group`` (name or gid; default: the user's primary group)."""
+    uid, gid, name = _number(user), None, user
     try:
-        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except (KeyError, OverflowError):
-        if not user.isdigit():
+        pw = pwd.getpwnam(user) if uid is None else pwd.getpwuid(uid)
+    except (KeyError, ValueError, OverflowError):  # unknown, NUL in the name, out of range
+        if uid is None:
             raise PrivilegeError(f"user {user!r} does not exist") from None
-        uid, gid, name = int(user), None, user  # a uid without a passwd entry is fine
     else:
         uid, gid, name = pw.pw_uid, pw.pw_gid, pw.pw_name
     if group is not None:
+        gid = _number(group)
         try:
-            gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
-        except (KeyError, OverflowError):
-            if not group.isdigit():
+            gid = grp.getgrnam(group).gr_gid if gid is None else grp.getgrgid(gid).gr_gid
+        except (KeyError, ValueError, OverflowError):
+            if gid is None:
                 raise PrivilegeError(f"group {group!r} does not exist") from None
-            gid = int(group)
-    if gid is None:
+    if uid is None or gid is None:
         raise PrivilegeError(f"user {user} has no passwd entry: give the group too")
+    if not (0 <= uid < 0xFFFFFFFF and 0 <= gid < 0xFFFFFFFF):
+        raise PrivilegeError(f"user {user} / group {group}: ids must be below 4294967295")
     if uid == 0:
         raise PrivilegeError("user is root: nothing to drop")
     return Identity(name, uid, gid)

@@ -41,10 +41,30 @@ def _peer_vxlan(topo: Topology, b: Host, dev: str) -> None:
     b.ip("link", "set", "vx0", "address", PEER_MAC)
 
 
-def _link_rb(topo: Topology, r: Host, b: Host) -> str:
-    dev = topo.link(r, b, f"{RB}/24", f"{UB}/24")
+def _link_rb(topo: Topology, r: Host, b: Host, mtu: int | None = None) -> str:
+    dev = topo.link(r, b, f"{RB}/24", f"{UB}/24", mtu=mtu)
     b.ip("route", "add", "198.18.0.0/24", "via", RB)
     return dev
+
+
+def _routed(topo: Topology) -> tuple[Host, Host, Host]:
+    """a -- r (forwarding) and b, not linked to r yet."""
+    a, r, b = topo.add_host("a"), topo.add_host("r"), topo.add_host("b")
+    for h in (a, r, b):
+        _no_ipv6(h)
+    topo.link(a, r, f"{UA}/24", f"{RA}/24")
+    r.sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    a.ip("route", "add", "198.18.1.0/24", "via", RA)
+    return a, r, b
+
+
+def _args(sock: str) -> list[str]:
+    return ["--vni", str(VNI), "--local", UA, "--remote", UB, "--tap", "vx0"] + [
+        "--address",
+        f"{OA}/24",
+        "--control",
+        sock,
+    ]
 
 
 def _icmp(sock: str) -> dict[str, Any]:
@@ -66,16 +86,10 @@ def _sent_after(a: Host, sock: str, kind: str, before: int) -> float:
 
 @pytest.mark.parametrize("backend", ["cffi", "python"])
 def test_peer_unreachable(topo: Topology, tmp_path: Path, backend: str) -> None:
-    a, r, b = topo.add_host("a"), topo.add_host("r"), topo.add_host("b")
-    for h in (a, r, b):
-        _no_ipv6(h)
-    topo.link(a, r, f"{UA}/24", f"{RA}/24")
-    r.sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-    a.ip("route", "add", "198.18.1.0/24", "via", RA)
+    a, r, b = _routed(topo)
     _peer_vxlan(topo, b, _link_rb(topo, r, b))
     sock = str(tmp_path / "a.sock")
-    args = ["--vni", str(VNI), "--local", UA, "--remote", UB, "--tap", "vx0"]
-    v = Vxlanpy(topo, a, [*args, "--address", f"{OA}/24", "--control", sock], backend=backend)
+    v = Vxlanpy(topo, a, _args(sock), backend=backend)
     pid = v.proc.pid
     ev = a.popen(
         [sys.executable, "-m", "vxlanpy.cli", "events", "--json", "--control", sock],
@@ -142,18 +156,10 @@ def test_fragmentation_needed_reports_the_mtu(topo: Topology, tmp_path: Path) ->
     """--df set and a 1300-byte link behind the router: r answers "fragmentation needed" with
     the MTU; it is counted for b with that MTU, and later sends too large for the path are
     refused by the kernel and counted (EMSGSIZE)."""
-    a, r, b = topo.add_host("a"), topo.add_host("r"), topo.add_host("b")
-    for h in (a, r, b):
-        _no_ipv6(h)
-    topo.link(a, r, f"{UA}/24", f"{RA}/24")
-    r.sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-    a.ip("route", "add", "198.18.1.0/24", "via", RA)
-    dev = topo.link(r, b, f"{RB}/24", f"{UB}/24", mtu=1300)
-    b.ip("route", "add", "198.18.0.0/24", "via", RB)
-    _peer_vxlan(topo, b, dev)
+    a, r, b = _routed(topo)
+    _peer_vxlan(topo, b, _link_rb(topo, r, b, mtu=1300))
     sock = str(tmp_path / "a.sock")
-    args = ["--vni", str(VNI), "--local", UA, "--remote", UB, "--tap", "vx0", "--df", "set"]
-    v = Vxlanpy(topo, a, [*args, "--address", f"{OA}/24", "--control", sock])
+    v = Vxlanpy(topo, a, [*_args(sock), "--df", "set"])
     ping(a, OB, count=2)  # small frames pass
     a.sh("ping", "-c", "3", "-i", "0.2", "-W", "1", "-s", "1400", "-M", "dont", OB, check=False)
     assert wait_for(lambda: _icmp(sock).get("frag_needed", 0) > 0, 2, 0.02), _icmp(sock)

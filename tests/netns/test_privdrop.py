@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from conftest import Vxlanpy, ping
-from test_control import OB, UA, UB, VNI, _cli, _no_ipv6, _ok
+from test_control import OB, UA, UB, VNI, _cli, _ok, _pair
 
 from vxlanpy.control import DEFAULT_DIR
 from vxlanpy.netns import Topology
@@ -58,12 +58,7 @@ def _config(tmp_path: Path, user: str) -> str:
 
 def test_runs_as_the_given_user(topo: Topology, tmp_path: Path) -> None:
     nobody = pwd.getpwnam("nobody")
-    a = topo.add_host("a")
-    b = topo.add_host("b")
-    _no_ipv6(a)
-    _no_ipv6(b)
-    dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
-    topo.kernel_vxlan(b, vni=VNI, dev=dev, remote=UA, local=UB, address=f"{OB}/24")
+    a, b = _pair(topo)
     sock = os.path.join(DEFAULT_DIR, f"netns-{a.ns}", "vx0.sock")
     v = Vxlanpy(topo, a, ["--config", _config(tmp_path, "nobody"), "--user", "nobody:nogroup"])
     pid = v.proc.pid
