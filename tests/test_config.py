@@ -465,3 +465,10 @@ def test_user_and_group_refused(user: str, group: str | None, msg: str) -> None:
 def test_numeric_user_without_passwd_entry() -> None:
     cfg = VtepConfig(segments=[SegmentSpec(vni=1)], user="12345", run_group="12345").validate()
     assert (cfg.user, cfg.run_group) == ("12345", "12345")
+
+
+def test_file_not_utf8(tmp_path: Path) -> None:
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b'[[segment]]\nvni = 1\ntap = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(invalid .* at byte 30\)"):
+        load_config(str(p))
