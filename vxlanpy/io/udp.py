@@ -103,6 +103,7 @@ class UdpTransport:
         self.tx_packets = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ep: select.epoll | None = None
+        self._rx_dropped = 0
         self._watched: dict[int, socket.socket] = {}
         self._v6 = family == socket.AF_INET6
         self._ifindex = socket.if_nametoindex(dev) if dev else 0
@@ -282,11 +283,14 @@ class UdpTransport:
     def rx_dropped(self) -> int:
         """Datagrams the kernel dropped because the receiving socket's buffer was full (its
         ``sk_drops``, from ``SO_MEMINFO``), since it was opened."""
+        if self.rx.fileno() < 0:
+            return self._rx_dropped  # closed: as it was at close()
         try:
             raw = self.rx.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _SK_MEMINFO_VARS)
         except OSError:
-            return 0
-        return int(struct.unpack_from("=I", raw, 4 * _SK_MEMINFO_DROPS)[0])
+            return self._rx_dropped
+        self._rx_dropped = int(struct.unpack_from("=I", raw, 4 * _SK_MEMINFO_DROPS)[0])
+        return self._rx_dropped
 
     @property
     def sndbuf(self) -> int:
@@ -385,6 +389,7 @@ class UdpTransport:
         self.errors[errno.errorcode.get(err or 0, str(err))] += n
 
     def close(self) -> None:
+        self.rx_dropped()  # the last count, for the final stats
         if self.on_port is not None:
             for port in self._pool:
                 self.on_port(port, -1)
