@@ -478,7 +478,8 @@ class Vtep:
     # --- events ----------------------------------------------------------------------------------
 
     async def events(self, maxsize: int = 10000) -> AsyncGenerator[Event, None]:
-        """Engine events as they happen (learned, moved, aged, l2/l3 miss, dropped)."""
+        """Events as they happen: the engine's (learned, moved, aged, l2/l3 miss, dropped) and
+        the transport's (icmp)."""
         q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self._subscribers.append(q)
         stop = asyncio.ensure_future(self._stopped.wait())
