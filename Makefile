@@ -81,6 +81,7 @@ fuzz: setup
 	    || { tail -40 build/fuzz/logs/$$t.log; echo "fuzz $$t: FAILED"; exit 1; }; \
 	  grep -E "^Done|stat::number_of_executed_units|stat::average_exec_per_sec" build/fuzz/logs/$$t.log; \
 	done
+	$(PY) fuzz/figures.py
 
 # Soak: SOAK_SECONDS (10 minutes) of UDP at SOAK_KPPS through vxlanpy <-> the kernel's vxlan;
 # RSS sampled, vxlanpy's tx against the peer's rx, every loss attributed, no exception (root).
