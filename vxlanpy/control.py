@@ -126,7 +126,7 @@ class ControlServer:
         d = os.path.dirname(self.path) or "."
         os.makedirs(d, mode=0o700, exist_ok=True)
         if os.stat(d).st_mode & 0o007 and d.startswith(DEFAULT_DIR):
-            os.chmod(d, 0o700)  # (group bits: a VTEP run with --group may use them)
+            os.chmod(d, 0o700)  # (group bits: a VTEP run with --user USER:GROUP uses them)
         if os.path.exists(self.path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
