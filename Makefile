@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark ethtool:ethtool ip:iproute2 bridge:iproute2 nstat:iproute2 etcd:etcd-server etcdctl:etcd-client
 
-.PHONY: setup system-deps test lint typecheck pytest docs lab bench microbench clean
+.PHONY: setup system-deps test lint typecheck pytest docs lab bench microbench fuzz soak clean
 
 setup: system-deps $(STAMP)
 
@@ -33,8 +33,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard vxlanpy/csrc/*.c vxlanpy/csrc/*.h) 
 	@touch $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check vxlanpy tests benchmarks
-	$(VENV)/bin/ruff format --check vxlanpy tests benchmarks
+	$(VENV)/bin/ruff check vxlanpy tests benchmarks fuzz
+	$(VENV)/bin/ruff format --check vxlanpy tests benchmarks fuzz
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -62,6 +62,40 @@ microbench: setup
 bench: setup
 	$(PY) -m benchmarks micro
 	$(PY) -m benchmarks e2e $(BENCH_ARGS)
+
+# Fuzzing (atheris): every target for FUZZ_RUNS inputs or FUZZ_SECONDS each, whichever comes
+# first; the receive path's C backend built with ASan + UBSan (fuzz/build_asan.py) and run with
+# atheris' sanitizer runtime preloaded. Logs and crashes under build/fuzz/.
+FUZZ_RUNS ?= 1000000
+FUZZ_SECONDS ?= 3600
+FUZZ_TARGETS ?= config control table rx-python rx-cffi rx-compare
+FUZZ_FLAGS ?=
+ATHERIS_DIR = $$($(PY) -c 'import atheris; print(atheris.path())')
+SANITIZER_ENV = LD_PRELOAD=$(ATHERIS_DIR)/asan_with_fuzzer.so VXLANPY_FUZZ_EXT=build/fuzz/asan \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:quarantine_size_mb=16:malloc_context_size=8 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+fuzz: setup
+	$(PY) fuzz/build_asan.py build/fuzz/asan
+	@mkdir -p build/fuzz/logs
+	@for t in $(FUZZ_TARGETS); do \
+	  case $$t in rx-cffi) env="$(SANITIZER_ENV)";; *) env="";; esac; \
+	  echo "fuzz $$t: $(FUZZ_RUNS) inputs or $(FUZZ_SECONDS) s (log build/fuzz/logs/$$t.log)"; \
+	  env $$env $(PY) fuzz/run.py $$t -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) \
+	    -print_final_stats=1 $(FUZZ_FLAGS) > build/fuzz/logs/$$t.log 2>&1 \
+	    || { tail -40 build/fuzz/logs/$$t.log; echo "fuzz $$t: FAILED"; exit 1; }; \
+	  grep -E "^Done|stat::number_of_executed_units|stat::average_exec_per_sec" build/fuzz/logs/$$t.log; \
+	done
+	$(PY) fuzz/figures.py
+
+# Soak: SOAK_SECONDS (10 minutes) of UDP at SOAK_KPPS through vxlanpy <-> the kernel's vxlan;
+# RSS sampled, vxlanpy's tx against the peer's rx, every loss attributed, no exception (root).
+SOAK_SECONDS ?= 600
+SOAK_KPPS ?= 20
+soak: setup
+	@if [ "$$(id -u)" != 0 ]; then echo "make soak needs root (network namespaces, TAP devices)"; exit 1; fi
+	@mkdir -p build
+	$(PY) -m benchmarks.soak --seconds $(SOAK_SECONDS) --kpps $(SOAK_KPPS) --json build/soak.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info vxlanpy/_native.* vxlanpy/_native.c .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,8 @@ send_thread = false
 gro = false
 control = "/run/vxlanpy/test-config.sock"
 allow = ["198.18.0.0/24"]
+user = "nobody"
+group = "nogroup"
 
 [[segment]]
 vni = 10
@@ -108,6 +110,8 @@ EXPECTED = VtepConfig(
     send_thread=False,
     gro=False,
     allow=["198.18.0.0/24"],
+    user="nobody",
+    run_group="nogroup",
 )
 
 
@@ -291,6 +295,21 @@ BAD: list[object] = [
         id="duplicate-tap-with-default-name",
     ),
     pytest.param(
+        '[vtep]\nuser = "no-such-user-x"\n' + SEG,
+        ["user 'no-such-user-x' does not exist"],
+        id="user-unknown",
+    ),
+    pytest.param(
+        '[vtep]\nuser = "nobody"\ngroup = "no-such-group-x"\n' + SEG,
+        ["group 'no-such-group-x' does not exist"],
+        id="group-unknown",
+    ),
+    pytest.param('[vtep]\ngroup = "nogroup"\n' + SEG, ["group needs user"], id="group-no-user"),
+    pytest.param('[vtep]\nuser = "root"\n' + SEG, ["user is root"], id="user-root"),
+    pytest.param(
+        "[vtep]\nuser = 1.5\n" + SEG, ["[vtep].user must be a user name or uid"], id="user-float"
+    ),
+    pytest.param(
         '[vtep]\nsrcport = "60000:50000"\n' + SEG,
         ["srcport", "60000:50000", "MIN must be <= MAX"],
         id="srcport-min-gt-max-string",
@@ -449,3 +468,30 @@ def test_cli_export_bad_config_exits_2(tmp_path: Path) -> None:
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and path in lines[0] and "segment[0].vni" in lines[0], p.stderr
     assert p.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("user", "group", "msg"),
+    [
+        ("nob\x00dy", None, "user 'nob\\x00dy' does not exist"),
+        ("nobody", "no\x00group", "group 'no\\x00group' does not exist"),
+        ("12345", None, "user 12345 has no passwd entry: give the group too"),
+        ("nobody", "99999999999", "ids must be below 4294967295"),
+    ],
+)
+def test_user_and_group_refused(user: str, group: str | None, msg: str) -> None:
+    cfg = VtepConfig(segments=[SegmentSpec(vni=1)], user=user, run_group=group)
+    with pytest.raises(ConfigError, match=msg.replace("\\", "\\\\")):
+        cfg.validate()
+
+
+def test_numeric_user_without_passwd_entry() -> None:
+    cfg = VtepConfig(segments=[SegmentSpec(vni=1)], user="12345", run_group="12345").validate()
+    assert (cfg.user, cfg.run_group) == ("12345", "12345")
+
+
+def test_file_not_utf8(tmp_path: Path) -> None:
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b'[[segment]]\nvni = 1\ntap = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(invalid .* at byte 30\)"):
+        load_config(str(p))

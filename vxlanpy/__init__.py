@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .batch import FrameBatch
 from .engine import Counters, Datagram, DeviceFrame, Engine, Segment, SegmentConfig
-from .events import Dropped, Event, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
+from .events import Dropped, Event, IcmpError, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
 from .fdb import Fdb, FdbEntry, FdbError, FdbExists, FdbFull, FdbNotFound, LearnResult, Remote
 from .kernels import BACKEND
 from .neigh import NeighExists, NeighNotFound, NeighTable
@@ -50,6 +50,7 @@ __all__ = [
     "FdbFull",
     "FdbNotFound",
     "FrameBatch",
+    "IcmpError",
     "L2Miss",
     "L3Miss",
     "LearnResult",

@@ -6,12 +6,20 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from . import privdrop
 from .engine import SegmentConfig
 from .fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED, Remote
 from .limits import CONFIGURED
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
 
-__all__ = ["ConfigError", "SegmentSpec", "VtepConfig", "parse_srcport", "load_config"]
+__all__ = [
+    "ConfigError",
+    "SegmentSpec",
+    "VtepConfig",
+    "parse_srcport",
+    "load_config",
+    "parse_config",
+]
 
 IPV4_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 IPV6_OVERHEAD = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
@@ -103,6 +111,8 @@ class VtepConfig:
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
     allow: list[str] | str | None = None  # VTEPs accepted by segments without their own list
+    user: str | None = None  # switch to this user (name or uid) once TAPs and sockets are open
+    run_group: str | None = None  # ... and group (default: the user's); [vtep] group in a file
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -139,6 +149,13 @@ class VtepConfig:
             raise ConfigError(f"busy_poll must be 0..1000000 microseconds, got {self.busy_poll!r}")
         if self.df not in ("unset", "set"):
             raise ConfigError(f"df must be 'unset' or 'set', got {self.df!r}")
+        if self.run_group is not None and self.user is None:
+            raise ConfigError("group needs user (the user to run as)")
+        if self.user is not None:
+            try:
+                privdrop.resolve(self.user, self.run_group)
+            except privdrop.PrivilegeError as exc:
+                raise ConfigError(str(exc)) from None
         if self.local is not None and _ip("local", self.local).is_multicast:
             raise ConfigError(f"local {self.local} is multicast")
         _check_allow("allow", self.allow)
@@ -271,6 +288,8 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "gro": (bool, "true or false"),
     "control": (str, "a path"),
     "allow": ((str, list), 'a list of CIDR strings and/or "configured"'),
+    "user": ((str, int), "a user name or uid"),
+    "group": ((str, int), "a group name or gid (of the user to run as)"),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "vni": (int, "an integer 0..16777215"),
@@ -324,16 +343,23 @@ def _pairs(path: str, where: str, items: list[object], a: str, b: str) -> list[t
     return out
 
 
-def read_toml(path: str, sections: set[str]) -> dict[str, object]:
-    """A TOML file's tables; ConfigError naming the file if it cannot be read or parsed, or has
-    a section not in ``sections``."""
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+
+
+def parse_toml(raw: bytes, path: str, sections: set[str]) -> dict[str, object]:
+    """The TOML text ``raw``'s tables; ConfigError naming ``path`` if it cannot be decoded or
+    parsed, or has a section not in ``sections``."""
     import tomllib
 
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
+        data = tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     unknown = set(data) - sections
@@ -342,10 +368,20 @@ def read_toml(path: str, sections: set[str]) -> dict[str, object]:
     return data
 
 
+def read_toml(path: str, sections: set[str]) -> dict[str, object]:
+    """A TOML file's tables (see :func:`parse_toml`)."""
+    return parse_toml(_read(path), path, sections)
+
+
 def load_config(path: str) -> tuple[VtepConfig, str | None]:
     """Read a TOML config file: ``([vtep] + [[segment]] ...)``. Returns the validated config and
     the control-socket path it names (or None). Every error names the file and the key."""
-    data = read_toml(path, {"vtep", "segment"})
+    return parse_config(_read(path), path)
+
+
+def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | None]:
+    """:func:`load_config` of the file's contents ``raw``; errors name ``path``."""
+    data = parse_toml(raw, path, {"vtep", "segment"})
     vt = _check_table(path, "[vtep]", data.get("vtep", {}), _VTEP_KEYS)
     segs = data.get("segment", [])
     if not isinstance(segs, list) or not segs:
@@ -398,6 +434,8 @@ def load_config(path: str) -> tuple[VtepConfig, str | None]:
         send_thread=bool(vt.get("send_thread", True)),
         gro=bool(vt.get("gro", True)),
         allow=vt.get("allow"),  # type: ignore[arg-type]
+        user=None if vt.get("user") is None else str(vt["user"]),
+        run_group=None if vt.get("group") is None else str(vt["group"]),
     )
     try:
         cfg.validate(in_file=True)

@@ -5,6 +5,11 @@ Protocol: one JSON object per line each way. A request names ``cmd`` (``fdb``, `
 answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``. ``events``
 answers ``{"ok": true}`` and then streams one event object per line until the client leaves.
 The socket is created mode 0600 in a 0700 directory: root only.
+
+The server holds up against any client: every line is answered (a malformed one with an
+error, and the connection goes on), or the connection is closed after a line saying why
+(too many clients or subscribers, idle, a line over 64 KiB, answers not read); an event
+subscriber that closes is noticed at once; no exception escapes a connection.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import contextlib
 import dataclasses
 import glob
 import json
+import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +34,8 @@ from .wire import format_mac
 __all__ = [
     "ControlServer",
     "ControlError",
+    "RequestError",
+    "parse_request",
     "DEFAULT_DIR",
     "default_dir",
     "default_path",
@@ -34,6 +43,8 @@ __all__ = [
     "request",
     "stream",
 ]
+
+log = logging.getLogger("vxlanpy")
 
 DEFAULT_DIR = "/run/vxlanpy"
 _MAX_LINE = 1 << 16
@@ -61,21 +72,61 @@ def default_path(tap: str) -> str:
     return os.path.join(default_dir(), f"{tap}.sock")
 
 
-class ControlServer:
-    """Serves the control protocol for ``vtep`` on ``path``."""
+class RequestError(ValueError):
+    """A request line that is not a JSON object (the message is the answer's ``error``)."""
 
-    def __init__(self, vtep: Vtep, path: str) -> None:
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line -> the request object; RequestError (with the answer to give) for
+    anything else: not JSON, nested too deeply for the parser, not an object."""
+    try:
+        req = json.loads(line)
+    except RecursionError:
+        raise RequestError("malformed request: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+        raise RequestError(f"malformed request: {exc}") from None
+    if not isinstance(req, dict):
+        raise RequestError("malformed request: a request is a JSON object")
+    return req
+
+
+class ControlServer:
+    """Serves the control protocol for ``vtep`` on ``path``.
+
+    Every request line gets an answer, or the connection is closed after a line saying why:
+    more than ``max_clients`` connections or ``max_subscribers`` event streams at once, no
+    complete request within ``idle_timeout`` seconds, a line over 64 KiB, a client that does
+    not read its answers within ``write_timeout`` seconds. An event subscriber that closes is
+    noticed at once (its connection is read while events are streamed)."""
+
+    def __init__(
+        self,
+        vtep: Vtep,
+        path: str,
+        *,
+        max_clients: int = 256,
+        max_subscribers: int = 32,
+        idle_timeout: float = 60.0,
+        write_timeout: float = 10.0,
+    ) -> None:
         self.vtep = vtep
         self.path = path
+        self.max_clients = max_clients
+        self.max_subscribers = max_subscribers
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+        self.refused = Counter[str]()  # connections closed early, by reason
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._subscribers = 0
+        self._dir_fd: int | None = None
 
     async def start(self) -> None:
         """Bind the socket; ControlError if another VTEP is serving on it."""
         d = os.path.dirname(self.path) or "."
         os.makedirs(d, mode=0o700, exist_ok=True)
-        if os.stat(d).st_mode & 0o077 and d.startswith(DEFAULT_DIR):
-            os.chmod(d, 0o700)
+        if os.stat(d).st_mode & 0o007 and d.startswith(DEFAULT_DIR):
+            os.chmod(d, 0o700)  # (group bits: a VTEP run with --user USER:GROUP uses them)
         if os.path.exists(self.path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -90,12 +141,28 @@ class ControlServer:
                 probe.close()
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._client, self.path, limit=_MAX_LINE)
+            self._server = await asyncio.start_unix_server(
+                self._client, self.path, limit=_MAX_LINE, backlog=self.max_clients
+            )
         except OSError as exc:
             raise ControlError(f"cannot create control socket {self.path}: {exc}") from exc
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Before the process switches to ``uid``/``gid``: make the socket theirs, and its
+        directory writable by ``gid`` with the sticky bit (members may remove only what they
+        own), so the switched process can still remove the socket on exit. It does so through a
+        directory fd opened now: the directories above (``/run/vxlanpy`` is 0700) stay closed
+        to that user. Root's clients connect as before (root is not bound by the file mode)."""
+        d = os.path.dirname(os.path.abspath(self.path))
+        self._dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.chown(self.path, uid, gid)
+        st = os.fstat(self._dir_fd)
+        if st.st_uid != uid:
+            os.fchown(self._dir_fd, -1, gid)
+            os.fchmod(self._dir_fd, (st.st_mode & 0o7777) | 0o1030)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -104,50 +171,102 @@ class ControlServer:
                 t.cancel()
             self._server = None
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                if self._dir_fd is None:
+                    os.unlink(self.path)
+                else:
+                    os.unlink(os.path.basename(self.path), dir_fd=self._dir_fd)
+            if self._dir_fd is not None:
+                os.close(self._dir_fd)
+                self._dir_fd = None
             d = os.path.dirname(self.path)
             if os.path.basename(d).startswith("netns-"):
                 with contextlib.suppress(OSError):
                     os.rmdir(d)  # only when empty
 
+    @property
+    def clients(self) -> int:
+        """Connections being served now."""
+        return len(self._clients)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._clients.add(task)
         try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    await _send(writer, {"ok": False, "error": "request line too long"})
-                    return
-                if not line:
-                    return
-                try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict):
-                        raise ValueError("a request is a JSON object")
-                except ValueError as exc:
-                    await _send(writer, {"ok": False, "error": f"malformed request: {exc}"})
-                    continue
-                if req.get("cmd") == "events":
-                    await self._events(writer)
-                    return
-                await _send(writer, self.handle(req))
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+            if len(self._clients) >= self.max_clients:
+                await self._refuse(writer, "clients", f"too many clients ({self.max_clients})")
+                return
+            if task is not None:
+                self._clients.add(task)
+            await self._serve(reader, writer)
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):
+            pass  # the client left, stalled, or the server is closing
+        except Exception as exc:  # never let one connection take the VTEP down
+            log.error("control socket: %s: %s", type(exc).__name__, exc)
         finally:
             if task is not None:
                 self._clients.discard(task)
-            writer.close()
+            _close(writer)
 
-    async def _events(self, writer: asyncio.StreamWriter) -> None:
-        await _send(writer, {"ok": True})
-        async for ev in self.vtep.events():
-            await _send(writer, ev.to_dict())
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
+            except TimeoutError:
+                await self._refuse(writer, "idle", f"idle for {self.idle_timeout:g} s")
+                return
+            except (ValueError, asyncio.LimitOverrunError):
+                await self._refuse(writer, "too-long", f"request line over {_MAX_LINE} bytes")
+                return
+            if not line:
+                return
+            try:
+                req = parse_request(line)
+            except RequestError as exc:
+                await self._send(writer, {"ok": False, "error": str(exc)})
+                continue
+            if req.get("cmd") == "events":
+                await self._events(reader, writer)
+                return
+            await self._send(writer, self.handle(req))
+
+    async def _refuse(self, writer: asyncio.StreamWriter, kind: str, why: str) -> None:
+        """Say why the connection is being closed (the caller closes it)."""
+        self.refused[kind] += 1
+        await self._send(writer, {"ok": False, "error": f"{why}: closing the connection"})
+
+    async def _send(self, writer: asyncio.StreamWriter, obj: object) -> None:
+        writer.write(json.dumps(obj, default=str).encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), self.write_timeout)
+
+    async def _events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._subscribers >= self.max_subscribers:
+            why = f"too many event subscribers ({self.max_subscribers})"
+            await self._refuse(writer, "subscribers", why)
+            return
+        self._subscribers += 1
+        stream = self.vtep.events()
+        gone = asyncio.ensure_future(_until_eof(reader))
+        try:
+            await self._send(writer, {"ok": True})
+            while True:
+                nxt = asyncio.ensure_future(anext(stream))
+                await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():  # the client closed: stop streaming now
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    return
+                try:
+                    ev = nxt.result()
+                except StopAsyncIteration:
+                    return  # the VTEP stopped
+                await self._send(writer, ev.to_dict())
+        finally:
+            self._subscribers -= 1
+            gone.cancel()
+            await stream.aclose()
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Answer one request (everything but ``events``)."""
+        """Answer one request (everything but ``events``); never raises."""
         try:
             return {"ok": True, "result": self._dispatch(req)}
         except (VtepError, FdbError, NeighExists, NeighNotFound, ValueError, KeyError) as exc:
@@ -155,6 +274,9 @@ class ControlServer:
             return {"ok": False, "error": str(msg)}
         except (TypeError, AttributeError) as exc:
             return {"ok": False, "error": f"bad argument: {exc}"}
+        except Exception as exc:  # a bug: answer, log one line, keep serving
+            log.error("control request %.200r: %s: %s", req, type(exc).__name__, exc)
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
     def _dispatch(self, req: dict[str, Any]) -> Any:
         cmd = req.get("cmd")
@@ -166,6 +288,8 @@ class ControlServer:
             return config_dict(v)
         if cmd not in ("fdb", "neigh"):
             raise ValueError(f"unknown command {cmd!r}")
+        if not isinstance(op, str):
+            raise ValueError(f"'op' must be a string, got {op!r}")
         vnis = self._vnis(req.get("vni"))
         if op != "show" and len(vnis) > 1:
             raise ValueError(f"several VNIs are configured ({', '.join(map(str, vnis))}): give vni")
@@ -173,7 +297,7 @@ class ControlServer:
             if op == "show":
                 return [row for vni in vnis for row in fdb_rows(v, vni)]
             v.fdb_update(
-                str(op),
+                op,
                 vnis[0],
                 _str(req, "mac"),
                 _opt_str(req, "dst"),
@@ -183,16 +307,32 @@ class ControlServer:
             return None
         if op == "show":
             return [row for vni in vnis for row in neigh_rows(v, vni)]
-        v.neigh_update(str(op), vnis[0], _str(req, "ip"), _opt_str(req, "lladdr"))
+        v.neigh_update(op, vnis[0], _str(req, "ip"), _opt_str(req, "lladdr"))
         return None
 
     def _vnis(self, vni: object) -> list[int]:
         segs = sorted(self.vtep.engine.segments)
         if vni is None:
             return segs
-        if not isinstance(vni, int) or vni not in segs:
-            raise ValueError(f"VNI {vni} is not configured (have {', '.join(map(str, segs))})")
+        if not isinstance(vni, int) or isinstance(vni, bool) or vni not in segs:
+            raise ValueError(f"VNI {vni!r} is not configured (have {', '.join(map(str, segs))})")
         return [vni]
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    """Read (and ignore) what a subscriber sends until it closes its end."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    """Close now: a client that does not read leaves unsent answers, which are dropped."""
+    t = writer.transport
+    if t.get_write_buffer_size():
+        t.abort()
+    else:
+        writer.close()
 
 
 def _str(req: dict[str, Any], key: str) -> str:
@@ -260,11 +400,6 @@ def config_dict(vtep: Vtep) -> dict[str, Any]:
         seg["neigh"] = [(ip, format_mac(mac)) for ip, mac in s.neigh.entries()]
         seg["learning"] = s.fdb.learning
     return cfg
-
-
-async def _send(writer: asyncio.StreamWriter, obj: object) -> None:
-    writer.write(json.dumps(obj).encode() + b"\n")
-    await writer.drain()
 
 
 # --- client side -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ __all__ = [
     "L3Miss",
     "LearnRefused",
     "Dropped",
+    "IcmpError",
 ]
 
 
@@ -108,6 +109,22 @@ class Dropped(Event):
     source: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class IcmpError(Event):
+    """ICMP errors came back about datagrams sent to ``remote`` (a remote VTEP): ``kind`` is
+    ``unreachable``, ``frag_needed`` (``mtu`` the MTU it reports), ``ttl_exceeded`` or
+    ``other``; ``icmp_type``/``icmp_code`` and ``offender`` (the node that sent it) are the last
+    one's. At most one event per remote per second: ``count`` is the errors since the last."""
+
+    remote: str
+    kind: str
+    icmp_type: int
+    icmp_code: int
+    mtu: int | None
+    offender: str | None
+    count: int
+
+
 _NAMES: dict[type, str] = {
     MacLearned: "learned",
     MacMoved: "moved",
@@ -116,4 +133,5 @@ _NAMES: dict[type, str] = {
     L3Miss: "l3miss",
     LearnRefused: "refused",
     Dropped: "dropped",
+    IcmpError: "icmp",
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .io.errqueue import KINDS
+
 __all__ = ["fdb_line", "neigh_line", "stats_text", "event_line"]
 
 
@@ -49,8 +51,25 @@ def stats_text(st: dict[str, Any]) -> str:
         lines.append(
             "socket errors: " + ", ".join(f"{k} {n}" for k, n in st["socket_errors"].items())
         )
+    if st.get("rx_socket_dropped"):
+        lines.append(f"dropped by the kernel, receive buffer full: {st['rx_socket_dropped']}")
+    for ip, c in (st.get("icmp") or {}).items():
+        lines.append(_icmp_line(ip, c))
     lines.append(f"checksums completed: {st.get('checksums_completed', 0)}")
     return "\n".join(lines)
+
+
+def _icmp_line(ip: str, c: dict[str, Any]) -> str:
+    """``icmp errors for IP: unreachable N, ..., mtu M (last type T code C from NODE)``."""
+    text = f"icmp errors for {ip}: " + ", ".join(
+        f"{k.replace('_', '-')} {c[k]}" for k in KINDS if c.get(k)
+    )
+    if c.get("mtu"):
+        text += f", mtu {c['mtu']}"
+    last = c.get("last")
+    if last:
+        text += f" (last type {last['type']} code {last['code']} from {last['from']})"
+    return text
 
 
 def event_line(ev: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 Every counter has one home: the engine counts its decisions (per segment, and drops before a
 VNI is known), the C datapath what it forwards itself (abi.SEG_COUNTERS per segment,
 abi.DP_COUNTERS for the whole datapath), each TAP its refused writes and the checksums it
-completed on reads, the UDP transport its socket errors and the super-frames it cut. This
+completed on reads, the UDP transport its socket errors, the ICMP reports of its send sockets,
+the kernel's drops at its receive buffer and the super-frames it cut. This
 module is the one that knows them all and adds the C datapath's to the engine's where the two
 count the same thing (``stats --json`` is what it returns; docs/reference.md lists the keys).
 """
@@ -43,6 +44,8 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
     """Counters per VNI, drops before a VNI was known, socket and device errors, offloads."""
     engine, t, dp = vtep.engine, vtep.transport, vtep.engine.datapath
     socket_errors: Counter[str] = Counter(t.errors if t else {})
+    if t is not None and t.icmp.unqueued:
+        socket_errors["icmp-unqueued"] = t.icmp.unqueued
     tap_errors = {tap.name: tap.write_errors for tap in vtep.taps.values()}
     checksums = engine.checksums_completed + sum(
         tap.checksums_completed for tap in vtep.taps.values()
@@ -65,6 +68,8 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
         "segments": {vni: segment_stats(engine, vni) for vni in engine.segments},
         "unattributed": engine.counters.to_dict(),
         "socket_errors": dict(socket_errors),
+        "icmp": t.icmp.to_dict() if t else {},
+        "rx_socket_dropped": t.rx_dropped() if t else 0,
         "tap_write_errors": tap_errors,
         "events_lost": vtep.events_lost + engine.events_lost,
         "checksums_completed": checksums,

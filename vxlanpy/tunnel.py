@@ -25,7 +25,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import datapath as datapath_mod
@@ -138,6 +138,7 @@ class Vtep:
         for vni, tap in self.taps.items():
             loop.add_reader(tap.fd, self._on_tap, vni)
         loop.add_reader(self.transport.fileno(), self._on_udp)
+        self.transport.watch_errors(loop, self._publish)  # ICMP errors: counted, an event
 
     def _attach_datapath(self, max_frame: int) -> None:
         """Forward in C what the engine installs (fast path); the engine gets the rest."""
@@ -377,11 +378,14 @@ class Vtep:
 
     def _dispatch_events(self) -> None:
         for ev in self.engine.events():
-            for q in self._subscribers:
-                try:
-                    q.put_nowait(ev)
-                except asyncio.QueueFull:
-                    self.events_lost += 1
+            self._publish(ev)
+
+    def _publish(self, ev: Event) -> None:
+        for q in self._subscribers:
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:
+                self.events_lost += 1
 
     def _arm_timer(self) -> None:
         t = self.engine.get_timer()
@@ -403,22 +407,24 @@ class Vtep:
 
     # --- events ----------------------------------------------------------------------------------
 
-    async def events(self, maxsize: int = 10000) -> AsyncIterator[Event]:
-        """Engine events as they happen (learned, moved, aged, l2/l3 miss, dropped)."""
+    async def events(self, maxsize: int = 10000) -> AsyncGenerator[Event, None]:
+        """Events as they happen: the engine's (learned, moved, aged, l2/l3 miss, dropped) and
+        the transport's (icmp)."""
         q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self._subscribers.append(q)
+        stop = asyncio.ensure_future(self._stopped.wait())
+        get: asyncio.Future[Event] | None = None
         try:
             while True:
                 get = asyncio.ensure_future(q.get())
-                stop = asyncio.ensure_future(self._stopped.wait())
-                done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if get in done:
-                    stop.cancel()
-                    yield get.result()
-                else:
-                    get.cancel()
+                await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
                     return
-        finally:
+                yield get.result()
+        finally:  # also when the consumer is cancelled: no task left behind
+            stop.cancel()
+            if get is not None:
+                get.cancel()
             self._subscribers.remove(q)
 
     # --- tables and counters -----------------------------------------------------------------
@@ -443,6 +449,9 @@ class Vtep:
         fdb = self.segment(vni).fdb
         m = parse_mac(mac)
         remote = Remote.make(ip, port, remote_vni) if ip is not None else None
+        family = self.config.family()
+        if remote is not None and ipaddress.ip_address(remote.ip).version != family:
+            raise ValueError(f"dst {remote.ip} is not an IPv{family} address (the underlay's)")
         if op == "del":
             fdb.delete(m, remote)
         elif remote is None:

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from .. import kernels
+from .. import kernels, privdrop
 from ..config import ConfigError, SegmentSpec, VtepConfig, load_config, parse_srcport
 from ..control import ControlError, ControlServer, default_path
 from ..fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED
@@ -114,13 +114,19 @@ def register(sub: Any) -> None:
         help="after traffic, poll up to USEC microseconds for the next packet instead of "
         "sleeping (lower latency, burns CPU; 0 = off)",
     )
+    run.add_argument(
+        "--user",
+        metavar="USER[:GROUP]",
+        help="once the TAPs and sockets are open, switch to this user and group (names or "
+        "ids; default group: the user's), keeping only the capabilities still needed",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every event")
 
 
 # run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
-# and the --no-* switches of SWITCHES, apply to both forms)
+# --user and the --no-* switches of SWITCHES, apply to both forms)
 SWITCHES = ("offload", "fast_path", "send_thread", "gro")  # --no-* flags of VtepConfig fields
-_NOT_CONFIG = {"command", "func", "config", "control", "no_uvloop", "verbose"} | {
+_NOT_CONFIG = {"command", "func", "config", "control", "no_uvloop", "verbose", "user"} | {
     "no_" + key for key in SWITCHES
 }
 _RUN_DEFAULTS: dict[str, object] = {}
@@ -136,6 +142,16 @@ def _config_flags(a: argparse.Namespace) -> list[str]:
     return [f for f in vars(a) if f not in _NOT_CONFIG]
 
 
+def _user_group(text: str | None) -> tuple[str | None, str | None]:
+    """``USER[:GROUP]`` -> (USER, GROUP or None)."""
+    if text is None:
+        return None, None
+    user, _, group = text.partition(":")
+    if not user:
+        raise UsageError(f"--user must be USER[:GROUP], got {text!r}")
+    return user, group or None
+
+
 def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
     """The VTEP configuration the ``run`` flags (or ``--config FILE``) describe, and the
     control-socket path to use (None: the default). Raises ConfigError or UsageError."""
@@ -148,9 +164,13 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         for key in SWITCHES:  # --no-KEY turns off what the file may have on
             if getattr(a, "no_" + key):
                 setattr(cfg, key, False)
+        if a.user is not None:  # --user overrides the file's user and group
+            cfg.user, cfg.run_group = _user_group(a.user)
+            cfg.validate()
         return cfg, a.control or control
     if a.vni is None:
         raise UsageError("run needs --vni (or --config FILE)")
+    user, run_group = _user_group(a.user)
     seg = SegmentSpec(
         vni=a.vni,
         tap=a.tap,
@@ -186,6 +206,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         busy_poll=a.busy_poll,
         send_thread=not a.no_send_thread,
         gro=not a.no_gro,
+        user=user,
+        run_group=run_group,
     ).validate()
     return cfg, a.control
 
@@ -208,6 +230,15 @@ async def run_vtep(
         await vtep.close()
         err(str(exc))
         return 1
+    if cfg.user is not None:
+        try:
+            dropped = _drop_privileges(cfg, vtep, server)
+        except (privdrop.PrivilegeError, OSError) as exc:
+            await server.close()
+            await vtep.close()
+            err(str(exc))
+            return 1
+        print(f"{PROG}: {dropped}", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -236,6 +267,19 @@ async def run_vtep(
         err(str(vtep.failure))
         return 1
     return 0
+
+
+def _drop_privileges(cfg: VtepConfig, vtep: Vtep, server: ControlServer) -> str:
+    """Switch to cfg.user/cfg.group keeping what is still needed; a line saying what it did."""
+    assert cfg.user is not None and vtep.transport is not None
+    who = privdrop.resolve(cfg.user, cfg.run_group)
+    keep = privdrop.needed_capabilities(vtep.transport.sndbuf, cfg.srcport[0])
+    server.hand_over(who.uid, who.gid)
+    privdrop.drop(who, keep)
+    return (
+        f"running as user {who.name} (uid {who.uid}, gid {who.gid}); capabilities kept: "
+        f"{privdrop.cap_names(keep)}"
+    )
 
 
 def main(a: argparse.Namespace) -> int:

@@ -3,6 +3,12 @@
  * (UDP_SEGMENT), and the preparation of a TCP super-frame's chunks for one GSO send. Both the
  * C pumps and the Python transport (io/udp.py, through io/batchio.py) send through here; the
  * pure-Python twin is io/batchio.py. Also the busy poll over the pump's descriptors.
+ *
+ * The send sockets have IP_RECVERR on: an ICMP error that reaches one (port unreachable, ...)
+ * waits in its error queue, where vxlanpy counts it, and also fails the next send on that
+ * socket once with its errno, whichever remote that send was for. A send that fails while the
+ * error queue holds a report is therefore tried again, once: the report is counted once (from
+ * the queue) and the datagram is not lost.
  */
 #include <netinet/in.h>
 #include <poll.h>
@@ -82,6 +88,20 @@ int vx_udp_recv(int fd, vx_batch *b, uint32_t first, uint32_t cap, int gro, uint
     return r;
 }
 
+/* After a failed send on fd (errno set): 1 to send again, once, when the error may be a queued
+ * ICMP report surfacing (see the top comment); else 0, with the errno in *err. */
+static int send_again(int fd, int *retried, int *err)
+{
+    *err = errno;
+    if (*retried || *err == EAGAIN || *err == EWOULDBLOCK || *err == ENOBUFS || *err == EINTR)
+        return 0;
+    struct pollfd p = {.fd = fd, .events = 0, .revents = 0};
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLERR))
+        return 0;
+    *retried = 1;
+    return 1;
+}
+
 /* sendmmsg of slots first..first+n-1 to addr: datagrams taken, or -errno if none. */
 static int send_mmsg(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uint8_t *addr,
                      uint32_t addrlen)
@@ -89,6 +109,7 @@ static int send_mmsg(int fd, const vx_batch *b, uint32_t first, uint32_t n, cons
     struct mmsghdr msgs[VX_RECV_CHUNK];
     struct iovec iov[VX_RECV_CHUNK];
     uint32_t done = 0;
+    int retried = 0, e = 0;
     while (done < n) {
         uint32_t k = n - done < VX_RECV_CHUNK ? n - done : VX_RECV_CHUNK;
         for (uint32_t j = 0; j < k; j++) {
@@ -102,11 +123,14 @@ static int send_mmsg(int fd, const vx_batch *b, uint32_t first, uint32_t n, cons
             msgs[j].msg_hdr.msg_iovlen = 1;
         }
         int r = sendmmsg(fd, msgs, k, MSG_DONTWAIT);
+        if (r < 0 && send_again(fd, &retried, &e))
+            continue;
         if (r < 0)
-            return done ? (int)done : -errno;
-        done += (uint32_t)r;
-        if ((uint32_t)r < k)
+            return done ? (int)done : -e;
+        if (r == 0)
             break;
+        retried = 0; /* fewer than k: the buffer is full or the next failed; the next round says */
+        done += (uint32_t)r;
     }
     return (int)done;
 }
@@ -140,7 +164,13 @@ static int send_gso(int fd, const vx_batch *b, uint32_t first, uint32_t n, uint3
     cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
     uint16_t gso = (uint16_t)seg;
     memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
-    return sendmsg(fd, &msg, MSG_DONTWAIT) < 0 ? -errno : (int)n;
+    int retried = 0, e = 0;
+    for (;;) {
+        if (sendmsg(fd, &msg, MSG_DONTWAIT) >= 0)
+            return (int)n;
+        if (!send_again(fd, &retried, &e))
+            return -e;
+    }
 }
 
 /* How many of slots first..first+n-1 form one GSO send: payloads of the first one's length

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 from array import array
@@ -38,6 +39,7 @@ from ..abi import ADDR_LEN, LEN_TRUNCATED, VNET_HLEN, Offload
 from ..batch import FrameBatch
 
 __all__ = [
+    "icmp_pending",
     "raw_sockaddr",
     "source_name",
     "BACKEND",
@@ -46,10 +48,22 @@ __all__ = [
 ]
 
 _GONE = {errno.EBADFD, errno.EIO, errno.ENODEV, errno.ENXIO, errno.EBADF}
+_NOT_ICMP = {errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR, None}
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _VXLAN_HLEN = 8
 _VNET = struct.Struct("=BBH")  # flags, gso_type, hdr_len: what a read takes of the header
 _VERIFIED = Offload.CSUM_OK | Offload.COALESCED
+
+
+def icmp_pending(sock: socket.socket, err: int | None) -> bool:
+    """True if the send error ``err`` may be a queued ICMP report surfacing on ``sock``: the send
+    sockets have IP_RECVERR, and such a report fails the next send once, whichever remote it was
+    for (csrc/udp.c does the same): try again, once. The report is counted from the queue."""
+    if err in _NOT_ICMP:
+        return False
+    p = select.poll()
+    p.register(sock.fileno(), 0)
+    return any(ev & select.POLLERR for _fd, ev in p.poll(0))
 
 
 def raw_sockaddr(family: int, host: str, port: int) -> bytes:
@@ -206,13 +220,20 @@ class _PyIO(_IO):
         _check(batch, first, n)
         mv = memoryview(batch.buf)
         sent = 0
-        for i in range(first, first + n):
+        retried = False
+        i = first
+        while i < first + n:
             off = batch.header_offset(i)
             try:
                 sock.sendto(mv[off : off + batch.payload_len[i]], socket.MSG_DONTWAIT, (host, port))
             except OSError as exc:
+                if not retried and icmp_pending(sock, exc.errno):
+                    retried = True
+                    continue
                 return sent if sent else -(exc.errno or errno.EIO)
+            retried = False
             sent += 1
+            i += 1
         return sent
 
     def prepare_super(

@@ -11,12 +11,20 @@ Being ordinary UDP sockets, they send runs of equal-sized datagrams as one UDP G
 the engine, which decided once where the whole super-frame goes (io/batchio.py does the I/O).
 The kernel builds the IP header (routing, TTL, TOS, DF) and computes the outer UDP checksum
 (offloaded on most devices).
+
+The send sockets have ``IP_RECVERR`` / ``IPV6_RECVERR`` on, so ICMP errors about what they sent
+(a remote's port closed, no route to it, fragmentation needed) are kept in their error queues
+instead of being dropped; once :meth:`UdpTransport.watch_errors` has registered them with the
+event loop, each queue is drained when it becomes readable and the errors are counted per
+remote (``icmp``, see :mod:`vxlanpy.io.errqueue`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
+import select
 import socket
 import struct
 from collections import Counter, OrderedDict
@@ -25,9 +33,11 @@ from typing import Literal
 
 from ..abi import MAX_CHUNKS
 from ..batch import FrameBatch
+from ..events import IcmpError
 from ..packets import Datagram
 from ..wire import DEFAULT_SRCPORT_RANGE
 from . import batchio
+from .errqueue import IP_RECVERR, IPV6_RECVERR, MSG_ERRQUEUE, IcmpCounters, parse_report
 
 __all__ = ["UdpTransport", "TransportError", "DfPolicy"]
 
@@ -58,6 +68,9 @@ _OPTS = {
 }
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
+SO_MEMINFO = 55  # linux/sock_diag.h: SK_MEMINFO_* u32 array; DROPS is the ninth
+_SK_MEMINFO_VARS, _SK_MEMINFO_DROPS = 9, 8
+_DRAIN_BUDGET = 64  # error reports / stray datagrams read per wake-up of one socket
 
 
 class TransportError(Exception):
@@ -94,11 +107,16 @@ class UdpTransport:
         self.local = local
         self.group = group
         self.errors: Counter[str] = Counter()
+        self.icmp = IcmpCounters()
         self.tx_packets = 0  # datagrams the kernel took
         self.gso_frames = 0  # TCP super-frames cut into chunks and sent
         self.gso_errors = 0  # super-frames that could not be cut (dropped)
         self._srcport = srcport
         self._chunks = FrameBatch(MAX_CHUNKS, chunk_max_frame)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ep: select.epoll | None = None
+        self._rx_dropped = 0
+        self._watched: dict[int, socket.socket] = {}
         self._v6 = family == socket.AF_INET6
         self._ifindex = socket.if_nametoindex(dev) if dev else 0
         self._ttl, self._tos, self._df = ttl, tos, df
@@ -165,6 +183,7 @@ class UdpTransport:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # nothing comes back here
             s.setblocking(False)
             level, mtu_opt, ttl_opt, tos_opt, mttl_opt, loop_opt = _OPTS[self._v6]
+            s.setsockopt(level, IPV6_RECVERR if self._v6 else IP_RECVERR, 1)  # but ICMP errors
             s.setsockopt(level, mtu_opt, _PMTU_DO if self._df == "set" else _PMTU_DONT)
             if self._ttl is not None:
                 s.setsockopt(level, ttl_opt, self._ttl)
@@ -196,14 +215,99 @@ class UdpTransport:
             assert self._fallback is not None
             return self._fallback
         self._pool[sport] = s
+        self._watch(s)
         if self.on_port is not None:
             self.on_port(sport, s.fileno())
         if len(self._pool) > self._max_ports:
             old_port, old = self._pool.popitem(last=False)
             if self.on_port is not None:
                 self.on_port(old_port, -1)
+            self._unwatch(old)
             old.close()
         return s
+
+    # --- ICMP errors -------------------------------------------------------------------------
+
+    def watch_errors(
+        self, loop: asyncio.AbstractEventLoop, emit: Callable[[IcmpError], None] | None = None
+    ) -> None:
+        """Drain each send socket's error queue when it becomes readable, on ``loop``: ICMP
+        errors are counted in ``icmp`` (per remote) and reported through ``emit``.
+
+        The send sockets are watched through an epoll set of their own, whose fd the loop
+        watches: an error makes a socket report EPOLLERR, on which libuv (uvloop) would stop
+        watching it for good; the epoll fd itself only ever becomes readable."""
+        self._loop = loop
+        self.icmp.emit = emit
+        if self._ep is None:
+            self._ep = select.epoll()
+            loop.add_reader(self._ep.fileno(), self._on_errors)
+        for s in self._send_sockets():
+            self._watch(s)
+
+    def _send_sockets(self) -> list[socket.socket]:
+        return [*self._pool.values(), *([self._fallback] if self._fallback else [])]
+
+    def _watch(self, s: socket.socket) -> None:
+        if self._ep is not None and s.fileno() not in self._watched:
+            self._watched[s.fileno()] = s
+            self._ep.register(s.fileno(), select.EPOLLIN)  # and EPOLLERR, always
+
+    def _unwatch(self, s: socket.socket) -> None:
+        if self._watched.pop(s.fileno(), None) is not None and self._ep is not None:
+            self._ep.unregister(s.fileno())
+
+    def _on_errors(self) -> None:
+        if self._ep is None:
+            return
+        for fd, _ev in self._ep.poll(0, 64):
+            s = self._watched.get(fd)
+            if s is not None:
+                self._drain(s)
+
+    def _drain(self, s: socket.socket) -> None:
+        """A send socket is readable: read its error queue, then anything sent to it (nothing
+        should be: counted as ``stray`` and dropped), at most _DRAIN_BUDGET of each per call."""
+        assert self._loop is not None
+        now = self._loop.time()
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                _data, anc, _flags, addr = s.recvmsg(64, 512, MSG_ERRQUEUE)
+            except OSError:
+                break  # empty (EAGAIN)
+            rep = parse_report(anc)
+            if rep is not None:
+                self.icmp.record(addr[0] if addr else None, rep, now)
+        for _ in range(_DRAIN_BUDGET):
+            try:
+                s.recv(1)
+            except BlockingIOError:
+                break
+            except OSError:  # the socket's error, set by a report the queue could not hold
+                self.icmp.unqueued += 1
+                break
+            self.errors["stray"] += 1
+        # an error the small error queue could not hold leaves only the socket's error set:
+        # clear it, or the socket would stay readable
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.icmp.unqueued += 1
+
+    def rx_dropped(self) -> int:
+        """Datagrams the kernel dropped because the receiving socket's buffer was full (its
+        ``sk_drops``, from ``SO_MEMINFO``), since it was opened."""
+        if self.rx.fileno() < 0:
+            return self._rx_dropped  # closed: as it was at close()
+        try:
+            raw = self.rx.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _SK_MEMINFO_VARS)
+        except OSError:
+            return self._rx_dropped
+        self._rx_dropped = int(struct.unpack_from("=I", raw, 4 * _SK_MEMINFO_DROPS)[0])
+        return self._rx_dropped
+
+    @property
+    def sndbuf(self) -> int:
+        """The buffer size asked for each send socket (SO_SNDBUFFORCE, else SO_SNDBUF)."""
+        return self._bufsize
 
     def fileno(self) -> int:
         return self.rx.fileno()
@@ -241,8 +345,14 @@ class UdpTransport:
 
     def send(self, d: Datagram) -> bool:
         """Send one datagram from its flow's source port; False (and counted) if refused."""
+        sock = self.socket_for(d.sport)
         try:
-            self.socket_for(d.sport).sendto(d.payload, (d.host, d.port))
+            try:
+                sock.sendto(d.payload, (d.host, d.port))
+            except OSError as exc:
+                if not batchio.icmp_pending(sock, exc.errno):
+                    raise
+                sock.sendto(d.payload, (d.host, d.port))  # once more: see batchio.icmp_pending
         except OSError as exc:
             self._count(exc.errno)
             return False
@@ -319,12 +429,21 @@ class UdpTransport:
         self.errors[errno.errorcode.get(err or 0, str(err))] += n
 
     def close(self) -> None:
+        self.rx_dropped()  # the last count, for the final stats
         if self.on_port is not None:
             for port in self._pool:
                 self.on_port(port, -1)
-        socks = [self.rx, *self._pool.values()]
-        if self._fallback is not None:
-            socks.append(self._fallback)
+        socks = [self.rx, *self._send_sockets()]
+        if self._ep is not None:
+            if self._loop is not None:
+                try:
+                    self._loop.remove_reader(self._ep.fileno())
+                except (ValueError, OSError, RuntimeError):
+                    pass  # the loop is closed already
+            self._ep.close()
+            self._ep = None
+        self._watched.clear()
+        self._loop = None
         self._pool.clear()
         for s in socks:
             try:

@@ -1,0 +1,161 @@
+"""Faults, black box through the CLI: vxlanpy on ``a`` against the kernel's vxlan on ``b``.
+
+TAP deleted under load (exit 1 at once, cleanly), the peer restarted, the underlay link down
+and up, the receive buffer overrun (counted drops, no crash), SIGTERM under TCP load (exit 0 at
+once, TAP and socket removed). A peer that is unreachable is in test_icmp.py. Every load here
+is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import Vxlanpy, ping
+from test_control import OB, UA, UB, VNI, _ok, _pair, _vtep_args
+
+from vxlanpy.control import request
+from vxlanpy.netns import Host, Topology, wait_for
+
+FLOOD = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.monotonic() + float(sys.argv[3])
+n = 0
+while time.monotonic() < end and n < int(sys.argv[2]):
+    try:
+        s.sendto(b"x" * 200, (sys.argv[1], 9000 + n % 64))
+    except OSError:
+        time.sleep(0.001)
+    n += 1
+print(n)
+"""
+
+
+def _flood(h: Host, dest: str, count: int, seconds: float) -> subprocess.Popen[bytes]:
+    """A bounded UDP flood (``count`` datagrams or ``seconds``) to ``dest`` on the overlay."""
+    return h.popen(
+        [sys.executable, "-c", FLOOD, dest, str(count), str(seconds)], stdout=subprocess.PIPE
+    )
+
+
+def _up(topo: Topology, tmp_path: Path) -> tuple[Host, Host, Vxlanpy, str]:
+    a, b = _pair(topo)
+    sock = str(tmp_path / "a.sock")
+    v = Vxlanpy(topo, a, _vtep_args(sock, "--remote", UB))
+    ping(a, OB, count=2)
+    return a, b, v, sock
+
+
+def _reaches(h: Host, ip: str, seconds: float = 10) -> bool:
+    return wait_for(
+        lambda: " 0% packet loss" in h.sh("ping", "-c", "1", "-W", "1", ip, check=False),
+        seconds,
+        0.2,
+    )
+
+
+def test_tap_deleted_under_load(topo: Topology, tmp_path: Path) -> None:
+    a, b, v, sock = _up(topo, tmp_path)
+    flood = _flood(a, OB, 2_000_000, 5)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    a.ip("link", "del", "vx0")
+    code = v.proc.wait(5)
+    took = time.monotonic() - t0
+    topo.stop(flood)
+    v.stop()
+    print(f"TAP deleted under load: exit {code} after {took:.3f} s")
+    assert code == 1 and took < 1.0, v.lines
+    errors = [line for line in v.lines if ": error: " in line]
+    assert len(errors) == 1 and "TAP vx0 is gone" in errors[0], v.lines
+    assert not any("Traceback" in line for line in v.lines), v.lines
+    assert v.stats()["segments"][str(VNI)]["tx_packets"] > 0  # the final stats line
+    assert not os.path.exists(sock)
+
+
+def test_peer_restart(topo: Topology, tmp_path: Path) -> None:
+    a, b, v, sock = _up(topo, tmp_path)
+    for _ in range(2):
+        b.ip("link", "del", "vx0")  # the peer goes away: nothing answers
+        out = a.sh("ping", "-c", "2", "-i", "0.2", "-W", "1", OB, check=False)
+        assert " 100% packet loss" in out, out
+        topo.kernel_vxlan(b, vni=VNI, dev="u0", remote=UA, local=UB, address=f"{OB}/24")
+        a.sh("ip", "neigh", "flush", "dev", "vx0")  # the restarted peer has a new MAC
+        t0 = time.monotonic()
+        assert _reaches(a, OB), "no traffic after the peer restarted"
+        print(f"peer restart: traffic back after {time.monotonic() - t0:.3f} s")
+    st = request(sock, {"cmd": "stats"})["segments"][str(VNI)]
+    assert st["moved"] >= 1 or st["learned"] >= 2  # the new MACs were learned
+    assert v.stop() == 0, v.lines
+
+
+def test_underlay_link_down_and_up(topo: Topology, tmp_path: Path) -> None:
+    a, b, v, sock = _up(topo, tmp_path)
+    a.ip("link", "set", "u0", "down")
+    out = a.sh("ping", "-c", "3", "-i", "0.2", "-W", "1", OB, check=False)
+    assert " 100% packet loss" in out, out
+    errors = request(sock, {"cmd": "stats"})["socket_errors"]
+    print(f"link down: socket errors {errors}")
+    assert sum(errors.values()) > 0  # the refused sends were counted (ENETUNREACH, ...)
+    a.ip("link", "set", "u0", "up")
+    t0 = time.monotonic()
+    assert _reaches(a, OB), "no traffic after the link came back"
+    print(f"link up: traffic back after {time.monotonic() - t0:.3f} s")
+    assert v.proc.poll() is None
+    assert v.stop() == 0, v.lines
+
+
+def test_receive_buffer_overrun(topo: Topology, tmp_path: Path) -> None:
+    """vxlanpy stopped (SIGSTOP, as a long stall would) while the peer floods it: its 8 MiB
+    receive buffer overflows; the kernel's drops are reported in stats, and it goes on."""
+    a, b, v, sock = _up(topo, tmp_path)
+    os.kill(v.proc.pid, signal.SIGSTOP)
+    try:
+        flood = _flood(b, "198.19.0.1", 60_000, 10)
+        sent = int(flood.communicate(timeout=30)[0])
+    finally:
+        os.kill(v.proc.pid, signal.SIGCONT)
+    assert wait_for(lambda: request(sock, {"cmd": "stats"})["rx_socket_dropped"] > 0, 5)
+    st = request(sock, {"cmd": "stats"})
+    seg = st["segments"][str(VNI)]
+    print(
+        f"overrun: {sent} sent while stopped, {seg['rx_packets']} delivered, "
+        f"{st['rx_socket_dropped']} dropped by the kernel (receive buffer full)"
+    )
+    assert st["rx_socket_dropped"] + seg["rx_packets"] >= sent
+    text = _ok(a, "stats", "--control", sock)
+    assert f"receive buffer full: {st['rx_socket_dropped']}" in text
+    ping(a, OB, count=2)
+    assert v.stop() == 0, v.lines
+    assert v.stats()["rx_socket_dropped"] >= st["rx_socket_dropped"]  # in the final line too
+    assert not any("Traceback" in line for line in v.lines), v.lines
+
+
+def test_sigterm_under_tcp_load(topo: Topology, tmp_path: Path) -> None:
+    a, b, v, sock = _up(topo, tmp_path)
+    srv = b.popen(["iperf3", "-s", "-1", "-B", OB], stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    client = a.popen(["iperf3", "-c", OB, "-t", "10", "-J"], stdout=subprocess.PIPE)
+    assert wait_for(
+        lambda: request(sock, {"cmd": "stats"})["segments"][str(VNI)]["tx_bytes"] > 50_000_000,
+        8,
+    ), "no TCP load"
+    t0 = time.monotonic()
+    v.proc.send_signal(signal.SIGTERM)
+    code = v.proc.wait(5)
+    took = time.monotonic() - t0
+    print(f"SIGTERM under TCP load: exit {code} after {took:.3f} s")
+    topo.stop(client)
+    topo.stop(srv)
+    v.stop()
+    assert code == 0 and took < 1.0, v.lines
+    assert not os.path.exists(sock)
+    assert "vx0" not in a.ip("-br", "link", "show")
+    assert not any("Traceback" in line or ": error: " in line for line in v.lines), v.lines
+    assert json.dumps(v.stats())
