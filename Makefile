@@ -68,7 +68,7 @@ bench: setup
 # atheris' sanitizer runtime preloaded. Logs and crashes under build/fuzz/.
 FUZZ_RUNS ?= 1000000
 FUZZ_SECONDS ?= 3600
-FUZZ_TARGETS ?= config control table rx-python rx-cffi rx-compare
+FUZZ_TARGETS ?= config control table rx-python rx-cffi rx-compare rx-datapath
 FUZZ_FLAGS ?=
 ATHERIS_DIR = $$($(PY) -c 'import atheris; print(atheris.path())')
 SANITIZER_ENV = LD_PRELOAD=$(ATHERIS_DIR)/asan_with_fuzzer.so VXLANPY_FUZZ_EXT=build/fuzz/asan \

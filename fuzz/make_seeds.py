@@ -97,6 +97,7 @@ def main() -> None:
         "rx-python": rx,
         "rx-cffi": rx,
         "rx-compare": rx,
+        "rx-datapath": {k: bytes([v[0] | 0x42]) + v[1:] for k, v in rx.items()},
         "control": {k: json.dumps(v).encode() + b"\n" for k, v in control.items()},
         "config": {k: v.encode() for k, v in config.items()},
         "table": {"fdb-add": b"\x00\x05" + b"add 02:00:00:00:00:09 dst 198.18.0.9"},

@@ -35,12 +35,14 @@ import uvloop  # noqa: F401
 with atheris.instrument_imports():
     import tomllib  # noqa: F401  (instrumented for the config target)
 
+    from vxlanpy import stats
     from vxlanpy.batch import FrameBatch
     from vxlanpy.cli import build_parser
     from vxlanpy.cli.client import table_request
     from vxlanpy.cli.common import UsageError
     from vxlanpy.config import ConfigError, SegmentSpec, VtepConfig, parse_config
     from vxlanpy.control import ControlServer, RequestError, parse_request
+    from vxlanpy.datapath import Datapath, set_source
     from vxlanpy.engine import Engine, SegmentConfig
     from vxlanpy.tunnel import Vtep
 
@@ -155,10 +157,53 @@ def _rx_run(backend: str, data: bytes) -> tuple[Any, ...]:
         assert 0 <= slot < count and 14 <= len(frame) <= batch.max_frame
     eng.handle_timer(1000.0)
     events = [ev.to_dict() for ev in eng.events()]
-    st = eng.segment_stats(VNI)
+    st = stats.segment_stats(eng, VNI)
     drops = eng.counters.dropped + st["dropped"]
     assert st["rx_packets"] + drops == count, (st, eng.counters.to_dict(), count)
     return frames, events, st, eng.counters.to_dict(), eng.checksums_completed
+
+
+def _rx_datapath_run(data: bytes, fast: bool) -> tuple[Any, ...]:
+    """The same datagrams twice to an engine with the C datapath attached (``fast``; the
+    second round meets what the first installed) or without: frames per (VNI, source MAC),
+    events and counters."""
+    flags = data[0] if data else 0
+    eng = Engine(backend="cffi", strict=bool(flags & 1))
+    eng.add_segment(
+        SegmentConfig(
+            vni=VNI,
+            remotes=["198.18.0.2"],
+            learning=bool(flags & 2),
+            allow_vlan=bool(flags & 4),
+            max_addresses=(flags >> 3) & 7,
+            local_mac=LOCAL_MAC,
+            allow=["198.18.0.2/31"] if flags & 0x40 else None,
+        )
+    )
+    if fast:
+        eng.attach_datapath(Datapath())
+    frames: dict[tuple[int, bytes], list[bytes]] = {}
+    for now in (1.0, 2.0):
+        batch = FrameBatch(8, 1600)
+        sources = _datagrams(data, batch)
+        if fast:
+            for k, src in enumerate(sources):
+                set_source(batch, k, src)
+            eng.forward_datagrams(batch, now)
+        else:
+            eng.handle_datagrams(batch, sources, now)
+        for f in eng.frames_to_device():
+            frames.setdefault((f.vni, bytes(f.frame[6:12])), []).append(bytes(f.frame))
+    events = [ev.to_dict() for ev in eng.events()]
+    return frames, events, stats.segment_stats(eng, VNI), eng.counters.to_dict()
+
+
+def rx_datapath(data: bytes) -> None:
+    """The C datapath (rx.c: matching against what the engine installed, allowlist prefixes)
+    against the plain engine: the same outputs."""
+    got, want = _rx_datapath_run(data, True), _rx_datapath_run(data, False)
+    if got != want:
+        raise AssertionError(f"datapath differs:\nC      {got!r}\nengine {want!r}")
 
 
 def rx_python(data: bytes) -> None:
@@ -183,4 +228,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "rx-python": rx_python,
     "rx-cffi": rx_cffi,
     "rx-compare": rx_compare,
+    "rx-datapath": rx_datapath,
 }

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = int(os.environ.get("FUZZ_CI_RUNS", "3000"))
-TARGETS = ["config", "control", "table", "rx-python", "rx-cffi", "rx-compare"]
+TARGETS = ["config", "control", "table", "rx-python", "rx-cffi", "rx-compare", "rx-datapath"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

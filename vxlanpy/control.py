@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from .events import Event
 from .fdb import FdbError
 from .neigh import NeighExists, NeighNotFound
 from .tunnel import Vtep, VtepError
@@ -245,15 +246,13 @@ class ControlServer:
         self._subscribers += 1
         stream = self.vtep.events()
         gone = asyncio.ensure_future(_until_eof(reader))
+        nxt: asyncio.Future[Event] | None = None
         try:
             await self._send(writer, {"ok": True})
             while True:
                 nxt = asyncio.ensure_future(anext(stream))
                 await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if not nxt.done():  # the client closed: stop streaming now
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await nxt
                     return
                 try:
                     ev = nxt.result()
@@ -263,6 +262,10 @@ class ControlServer:
         finally:
             self._subscribers -= 1
             gone.cancel()
+            if nxt is not None and not nxt.done():  # the stream must be idle to be closed
+                nxt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await nxt
             await stream.aclose()
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -226,7 +226,9 @@ def test_text_form_omissions(live_stats: dict[str, Any]) -> None:
             return {k: mark(x) for k, x in v.items()} if v else {"x": next(n)}
         return v
 
-    st = mark(live_stats)
+    # a peer's ICMP errors, as a VTEP whose remote's port was closed would have them
+    icmp = {"198.18.0.9": {"unreachable": 1, "last": {"type": 3, "code": 3, "from": "x"}}}
+    st = mark({**live_stats, "icmp": live_stats["icmp"] or icmp})
     full = stats_text(st)
     shown = set()
     for key in st:
