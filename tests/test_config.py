@@ -13,6 +13,7 @@ import pytest
 
 from vxlanpy import config
 from vxlanpy.config import ConfigError, SegmentSpec, VtepConfig, load_config
+from vxlanpy.headers import Outer
 
 REPO = str(Path(__file__).resolve().parents[1])
 
@@ -196,7 +197,8 @@ BAD: list[object] = [
         ["[vtep].dstport", "integer", "'4789'"],
         id="string-for-int",
     ),
-    pytest.param('[vtep]\nttl = "64"\n' + SEG, ["[vtep].ttl", "integer"], id="string-for-ttl"),
+    pytest.param('[vtep]\nttl = "64"\n' + SEG, ["ttl", "'inherit'", "'64'"], id="string-for-ttl"),
+    pytest.param("[vtep]\ntos = true\n" + SEG, ["[vtep].tos", "integer"], id="bool-for-tos"),
     pytest.param(
         SEG + "learning = 1\n", ["segment[0].learning", "true or false", "1"], id="int-for-bool"
     ),
@@ -280,7 +282,11 @@ BAD: list[object] = [
         "[vtep]\ndstport = 70000\n" + SEG, ["dstport", "1..65535", "70000"], id="port-range"
     ),
     pytest.param("[vtep]\nttl = 0\n" + SEG, ["ttl", "1..255"], id="ttl-range"),
-    pytest.param('[vtep]\ndf = "maybe"\n' + SEG, ["df", "'unset' or 'set'"], id="df-value"),
+    pytest.param(
+        '[vtep]\ndf = "maybe"\n' + SEG, ["df", "'unset', 'set' or 'inherit'"], id="df-value"
+    ),
+    pytest.param('[vtep]\ntos = "inherited"\n' + SEG, ["tos", "'inherit'"], id="tos-word"),
+    pytest.param("[vtep]\ntos = 256\n" + SEG, ["tos", "0..255", "256"], id="tos-range"),
     pytest.param(SEG + "mtu = 20\n", ["mtu", "68..65535"], id="mtu-range"),
     pytest.param(SEG + "ageing = -1\n", ["ageing", ">= 0"], id="ageing-negative"),
     pytest.param(SEG + SEG, ["segment[1].vni 10", "twice"], id="duplicate-vni"),
@@ -495,3 +501,43 @@ def test_file_not_utf8(tmp_path: Path) -> None:
     p.write_bytes(b'[[segment]]\nvni = 1\ntap = "caf\xe9"\n')
     with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(invalid .* at byte 30\)"):
         load_config(str(p))
+
+
+@pytest.mark.parametrize(
+    ("keys", "outer"),
+    [
+        ("", Outer()),
+        ('tos = "inherit"\nttl = "inherit"\ndf = "inherit"\n',
+         Outer(tos_inherit=True, ttl_inherit=True, df_inherit=True)),
+        ('tos = 40\nttl = "auto"\ndf = "set"\n', Outer(tos=40, df=True)),
+        ("tos = 0\nttl = 9\n", Outer(ttl=9)),
+    ],
+)  # fmt: skip
+def test_outer_header_settings(tmp_path: Path, keys: str, outer: Outer) -> None:
+    """``tos``/``ttl``/``df`` as the kernel's: a number, or inherit (ttl: auto), from a file and
+    from the command line alike."""
+    from vxlanpy.cli import build_parser, config_from_args
+
+    cfg, _ = load_config(_write(tmp_path, "[vtep]\n" + keys + SEG))
+    assert cfg.outer() == outer
+    argv = ["run", "--vni", "10"]
+    for line in keys.splitlines():
+        k, v = (x.strip().strip('"') for x in line.split("="))
+        argv += [f"--{k}", v]
+    cli, _ = config_from_args(build_parser().parse_args(argv))
+    assert cli.outer() == outer
+
+
+@pytest.mark.parametrize(
+    ("flag", "needle"),
+    [
+        (["--tos", "inheritt"], "--tos must be an integer or 'inherit', got 'inheritt'"),
+        (["--ttl", "0"], "--ttl must be in 1..255, got 0"),
+        (["--ttl", "x"], "--ttl must be an integer or 'inherit' or 'auto', got 'x'"),
+        (["--df", "maybe"], "invalid choice: 'maybe'"),
+    ],
+)
+def test_cli_outer_header_flags(flag: list[str], needle: str) -> None:
+    p = _cli("run", "--vni", "10", *flag)
+    assert p.returncode == 2, p.stderr
+    assert needle in p.stderr, p.stderr

@@ -17,6 +17,7 @@ from .batch import FrameBatch
 from .engine import Counters, Datagram, DeviceFrame, Engine, Segment, SegmentConfig
 from .events import Dropped, Event, IcmpError, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
 from .fdb import Fdb, FdbEntry, FdbError, FdbExists, FdbFull, FdbNotFound, LearnResult, Remote
+from .headers import Outer
 from .kernels import BACKEND
 from .neigh import NeighExists, NeighNotFound, NeighTable
 from .wire import (
@@ -61,6 +62,7 @@ __all__ = [
     "NeighExists",
     "NeighNotFound",
     "NeighTable",
+    "Outer",
     "Remote",
     "Segment",
     "SegmentConfig",

@@ -9,9 +9,17 @@ import struct
 
 from .abi import Status
 from .batch import FrameBatch
+from .headers import Outer, parse
 from .wire import ETH_HLEN, VXLAN_FLAG_I, VXLAN_HLEN, flow_hash, port_from_hash
 
-__all__ = ["encap_batch", "decap_batch", "check_batch", "check_port_range"]
+__all__ = [
+    "encap_batch",
+    "decap_batch",
+    "outer_fields",
+    "ecn_decap",
+    "check_batch",
+    "check_port_range",
+]
 
 _HDR = struct.Struct("!II")
 _FLAGS = VXLAN_FLAG_I << 24
@@ -76,3 +84,63 @@ def decap_batch(batch: FrameBatch, strict: bool) -> None:
         batch.status[i] = st
         batch.vni[i] = vni
         batch.frame_len[i] = flen
+
+
+def _inner_ip(f: memoryview) -> tuple[int, int, int]:
+    """(TOS / traffic class, TTL / hop limit, DF) of the inner packet; zeros if not IP."""
+    h = parse(f)
+    ip = h.l3
+    if h.ip == 4:
+        return f[ip + 1], f[ip + 8], int(bool(f[ip + 6] & 0x40))
+    if h.ip == 6:
+        return ((f[ip] & 0x0F) << 4) | (f[ip + 1] >> 4), f[ip + 7], 1  # IPv6: never fragmented
+    return 0, 0, 0
+
+
+def outer_fields(batch: FrameBatch, outer: Outer) -> None:
+    """``tos``, ``ttl``, ``df`` of each slot's outer header (see kernels.py)."""
+    check_batch(batch)
+    limit = batch.slot - batch.headroom
+    for i in range(batch.count):
+        n = batch.frame_len[i]
+        tos, ttl, df = _inner_ip(batch.frame(i)) if n <= limit else (0, 0, 0)
+        ecn = tos & 3
+        base = tos if outer.tos_inherit else outer.tos
+        batch.tos[i] = (base & ~3) | (2 if ecn == 3 else ecn)
+        batch.ttl[i] = ttl if outer.ttl_inherit and ttl else outer.ttl
+        batch.df[i] = df if outer.df_inherit else int(outer.df)
+
+
+def ecn_decap(batch: FrameBatch) -> int:
+    """RFC 6040 decapsulation of the ECN field of each decapsulated slot (see kernels.py)."""
+    check_batch(batch)
+    rewritten = 0
+    for i in range(batch.count):
+        outer = batch.tos[i] & 3
+        if batch.status[i] != Status.OK or outer == 0:
+            continue
+        f = batch.frame(i)
+        h = parse(f)
+        if not h.ip:
+            continue
+        ip = h.l3
+        inner = f[ip + 1] & 3 if h.ip == 4 else (f[ip + 1] >> 4) & 3
+        if inner == 0:
+            if outer == 3:
+                batch.status[i] = Status.ECN
+            continue
+        want = 3 if outer == 3 else (1 if outer == 1 and inner == 2 else inner)
+        if want == inner:
+            continue
+        if h.ip == 4:
+            old = (f[ip] << 8) | f[ip + 1]
+            f[ip + 1] = (f[ip + 1] & ~3 & 0xFF) | want
+            new = (f[ip] << 8) | f[ip + 1]
+            s = (~((f[ip + 10] << 8) | f[ip + 11]) & 0xFFFF) + (~old & 0xFFFF) + new
+            while s >> 16:
+                s = (s & 0xFFFF) + (s >> 16)
+            struct.pack_into("!H", f, ip + 10, ~s & 0xFFFF)
+        else:
+            f[ip + 1] = (f[ip + 1] & 0xCF) | (want << 4)
+        rewritten += 1
+    return rewritten

@@ -95,6 +95,7 @@ class Status(enum.IntEnum):
     NO_I_FLAG = _v("VX_ST_NO_I_FLAG")
     RESERVED = _v("VX_ST_RESERVED")
     INNER_TOO_SHORT = _v("VX_ST_INNER_TOO_SHORT")
+    ECN = _v("VX_ST_ECN")
 
 
 class Offload(enum.IntFlag):

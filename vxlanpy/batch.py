@@ -50,6 +50,9 @@ class FrameBatch:
         "action",
         "addrs",
         "order",
+        "tos",
+        "ttl",
+        "df",
         "views",
     )
 
@@ -86,6 +89,10 @@ class FrameBatch:
         self.addrs = bytearray(ADDR_LEN * capacity)
         # the C receive pump's slots in wire order (its split UDP GRO receives use spare slots)
         self.order = array("I", bytes(4 * capacity))
+        # the outer header: TOS, TTL (0: the socket's) and DF to send with; TOS received
+        self.tos = array("B", bytes(capacity))
+        self.ttl = array("B", bytes(capacity))
+        self.df = array("B", bytes(capacity))
         self.views: dict[str, Any] = {}  # cached cffi views (kernels.py: the vx_batch struct)
 
     def frame_offset(self, i: int) -> int:

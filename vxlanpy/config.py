@@ -9,6 +9,7 @@ from typing import Literal
 from . import privdrop
 from .engine import SegmentConfig
 from .fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED, Remote
+from .headers import Outer
 from .limits import CONFIGURED
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
 
@@ -100,9 +101,9 @@ class VtepConfig:
     local: str | None = None
     dstport: int = VXLAN_PORT
     srcport: tuple[int, int] = DEFAULT_SRCPORT_RANGE
-    ttl: int | None = None
-    tos: int | None = None
-    df: Literal["unset", "set"] = "unset"
+    ttl: int | Literal["inherit", "auto"] | None = None  # None, "auto": the system's default
+    tos: int | Literal["inherit"] | None = None  # None: 0; the ECN field is always the inner's
+    df: Literal["unset", "set", "inherit"] = "unset"
     dev: str | None = None
     strict: bool = False
     offload: bool = True  # TAP checksum/TSO offloads (IFF_VNET_HDR), segmented in the fast path
@@ -113,6 +114,19 @@ class VtepConfig:
     allow: list[str] | str | None = None  # VTEPs accepted by segments without their own list
     user: str | None = None  # switch to this user (name or uid) once TAPs and sockets are open
     run_group: str | None = None  # ... and group (default: the user's); [vtep] group in a file
+
+    def outer(self) -> Outer:
+        """The outer header's TOS, TTL and DF as the kernel's ``tos``/``ttl``/``df`` settings
+        (validated first)."""
+        tos, ttl = self.tos, self.ttl
+        return Outer(
+            tos=tos if isinstance(tos, int) else 0,
+            tos_inherit=tos == "inherit",
+            ttl=ttl if isinstance(ttl, int) else 0,
+            ttl_inherit=ttl == "inherit",
+            df=self.df == "set",
+            df_inherit=self.df == "inherit",
+        )
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -141,14 +155,14 @@ class VtepConfig:
         _port("srcport", hi)
         if lo > hi:
             raise ConfigError(f"srcport range {lo}:{hi} is empty (MIN must be <= MAX)")
-        if self.ttl is not None and not 1 <= self.ttl <= 255:
-            raise ConfigError(f"ttl must be in 1..255, got {self.ttl}")
-        if self.tos is not None and not 0 <= self.tos <= 255:
-            raise ConfigError(f"tos must be in 0..255, got {self.tos}")
+        if self.ttl not in (None, "inherit", "auto") and not _int_in(self.ttl, 1, 255):
+            raise ConfigError(f"ttl must be 1..255, 'inherit' or 'auto', got {self.ttl!r}")
+        if self.tos not in (None, "inherit") and not _int_in(self.tos, 0, 255):
+            raise ConfigError(f"tos must be 0..255 or 'inherit', got {self.tos!r}")
         if not isinstance(self.busy_poll, int) or not 0 <= self.busy_poll <= 1_000_000:
             raise ConfigError(f"busy_poll must be 0..1000000 microseconds, got {self.busy_poll!r}")
-        if self.df not in ("unset", "set"):
-            raise ConfigError(f"df must be 'unset' or 'set', got {self.df!r}")
+        if self.df not in ("unset", "set", "inherit"):
+            raise ConfigError(f"df must be 'unset', 'set' or 'inherit', got {self.df!r}")
         if self.run_group is not None and self.user is None:
             raise ConfigError("group needs user (the user to run as)")
         if self.user is not None:
@@ -261,6 +275,10 @@ def _mac(what: str, text: str) -> bytes:
         raise ConfigError(f"{what} {text!r} is not a MAC address") from None
 
 
+def _int_in(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
 def parse_srcport(text: str) -> tuple[int, int]:
     """``MIN:MAX`` -> (MIN, MAX)."""
     try:
@@ -276,9 +294,9 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "local": (str, "an IP address string"),
     "dstport": (int, "an integer UDP port"),
     "srcport": ((str, list), 'a "MIN:MAX" string or [MIN, MAX]'),
-    "ttl": (int, "an integer 1..255"),
-    "tos": (int, "an integer 0..255"),
-    "df": (str, '"unset" or "set"'),
+    "ttl": ((int, str), 'an integer 1..255, "inherit" or "auto"'),
+    "tos": ((int, str), 'an integer 0..255 or "inherit"'),
+    "df": (str, '"unset", "set" or "inherit"'),
     "dev": (str, "an interface name"),
     "strict": (bool, "true or false"),
     "offload": (bool, "true or false"),

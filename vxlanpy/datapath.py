@@ -40,6 +40,7 @@ from .abi import (
     EntryFlag,
 )
 from .batch import FrameBatch
+from .headers import Outer
 from .io.batchio import raw_sockaddr, source_name
 
 __all__ = [
@@ -179,10 +180,13 @@ class Datapath:
 
     # --- settings, segments, devices, sockets ----------------------------------------------
 
-    def configure(self, srcport: tuple[int, int], strict: bool, complete_checksums: bool) -> None:
+    def configure(
+        self, srcport: tuple[int, int], strict: bool, complete_checksums: bool, outer: Outer
+    ) -> None:
         c = self._cfg
         c.srcport_lo, c.srcport_hi = srcport
         c.strict, c.complete_checksums = int(strict), int(complete_checksums)
+        c.outer = kernels.c_outer(self.mod, outer)[0]
         self._lib.vx_dp_configure(self.dp, c)
 
     def set_segment(self, vni: int, rule: Rule) -> None:
@@ -217,9 +221,10 @@ class Datapath:
         self.clear(vni)
         self._lib.vx_dp_segment_del(self.dp, vni)
 
-    def set_port_fd(self, port: int, fd: int) -> None:
-        """The send socket bound to source ``port`` (-1: none, frames of that flow go up)."""
-        self._lib.vx_dp_port_fd(self.dp, port, fd)
+    def set_port_fd(self, port: int, df: bool, fd: int) -> None:
+        """The send socket bound to source ``port`` for datagrams with DF set (``df``) or not
+        (-1: none, frames of that flow go up)."""
+        self._lib.vx_dp_port_fd(self.dp, port, int(df), fd)
 
     # --- actions ---------------------------------------------------------------------------
 

@@ -33,9 +33,11 @@ Rules, device -> wire (``handle_frames``):
   4. broadcast/multicast destination: replicate to the flood list;
   5. unicast: FDB hit -> its remotes; miss -> L2 miss event, then the flood list;
   6. nothing to send to: drop (no-destination).
+  Every datagram's outer TOS, TTL and DF follow ``outer`` (its ECN field the inner one's).
 Rules, wire -> device (``handle_datagrams``):
   1. header invalid (too short, I flag clear, reserved bits in strict mode, inner frame too
-     short): drop with that reason, not attributed to a VNI;
+     short): drop with that reason, not attributed to a VNI; an outer CE over a not-ECT inner
+     packet (RFC 6040): drop (ecn-error), the segment's; other ECN marks are carried inward;
   2. VNI not configured: drop (unknown-vni); the VTEP it came from is not in the segment's
      allowlist: drop (source-not-allowed), nothing learned;
   3. inner source MAC multicast or zero: drop (bad-source-mac); equal to the device's own MAC:
@@ -55,11 +57,12 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 from . import kernels
-from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, TxMatch, Verdict
+from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, TxMatch, Verdict
 from .batch import FrameBatch
 from .datapath import Datapath, Network, Rule, Target
 from .events import Dropped, Event, L2Miss, L3Miss, LearnRefused, MacAged, MacLearned, MacMoved
 from .fdb import LearnResult, Remote
+from .headers import DEFAULT_OUTER, Outer
 from .mirror import Mirror
 from .neigh import arp_reply
 from .packets import Datagram, DeviceFrame
@@ -99,6 +102,7 @@ class Engine:
         backend: str | None = None,
         max_events: int = 4096,
         complete_checksums: bool = True,
+        outer: Outer = DEFAULT_OUTER,
     ) -> None:
         if not 1 <= dstport <= 65535:
             raise ValueError(f"dstport must be in 1..65535, got {dstport}")
@@ -112,6 +116,8 @@ class Engine:
         # (offload over veth): a TAP's stack would drop them. Wrong checksums stay wrong.
         self.complete_checksums = complete_checksums
         self.checksums_completed = 0
+        # the outer header's TOS/TTL/DF from the inner packet, ECN carried both ways (headers.py)
+        self.outer = outer
         self.kernels = kernels.load(backend) if backend else kernels.backend
         self.counters = Counters()  # drops before a VNI is known
         self.events_lost = 0
@@ -164,7 +170,7 @@ class Engine:
         """Install what changed since the last call (FDB entries, segment settings, engine
         settings) into the C datapath (mirror.py). Call it before each C call."""
         if self._mirror is not None:
-            settings = (self.srcport, self.strict, self.complete_checksums)
+            settings = (self.srcport, self.strict, self.complete_checksums, self.outer)
             self._mirror.sync(self._segments, settings)
 
     def _rule(self, seg: Segment, flood: int) -> tuple[Rule, list[Network]]:
@@ -346,6 +352,7 @@ class Engine:
             return
         lo, hi = self.srcport
         self.kernels.encap_batch(batch, lo, hi)
+        self.kernels.outer_fields(batch, self.outer)
         mv = memoryview(buf)
         out = self._to_send
         dstport = self.dstport
@@ -410,6 +417,8 @@ class Engine:
         """
         if not prepared:
             self.kernels.decap_batch(batch, self.strict)
+            if self.outer.ecn_decap:
+                self.kernels.ecn_decap(batch)
             if self.complete_checksums:
                 self.checksums_completed += self.kernels.complete_checksums(batch)
         fresh: tuple[bytes, str, int] = _NONE3
@@ -420,7 +429,9 @@ class Engine:
             src = sources[i]
             st = batch.status[i]
             if st:
-                self._drop(STATUS_REASONS[st], None, src)
+                # an ECN error has a VNI: it is the segment's (the others are header errors)
+                at = self._segments.get(batch.vni[i]) if st == Status.ECN else None
+                self._drop(STATUS_REASONS[st], at, src)
                 continue
             vni = batch.vni[i]
             seg = self._segments.get(vni)

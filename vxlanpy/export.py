@@ -15,7 +15,7 @@ __all__ = ["export_commands"]
 # ip link add ... words for VTEP ([vtep]) and segment settings that are set, before and after
 # srcport (the kernel's order)
 _LINK_VALUES = (("local", "vtep", "local"), ("group", "seg", "group"), ("dev", "vtep", "dev"))
-_LINK_VALUES_2 = (("ttl", "vtep", "ttl"), ("tos", "vtep", "tos"))
+_LINK_VALUES_2 = (("ttl", "vtep", "ttl"),)
 # commands after the link exists, for segment settings that are set
 _SET_COMMANDS = (
     ("ip link set {name} mtu {v}", "seg", "mtu"),
@@ -47,8 +47,11 @@ def export_commands(cfg: dict[str, Any]) -> list[str]:
         lo, hi = cfg.get("srcport", (49152, 65535))
         link.append(f"srcport {lo} {hi}")
         link += [f"{word} {v}" for word, v in _present(cfg, seg, _LINK_VALUES_2)]
-        if cfg.get("df") == "set":
-            link.append("df set")
+        tos = cfg.get("tos")
+        if tos is not None:  # ip reads a TOS number as hexadecimal
+            link.append(f"tos {tos}" if isinstance(tos, str) else f"tos 0x{tos:02x}")
+        if cfg.get("df") in ("set", "inherit"):
+            link.append(f"df {cfg['df']}")
         if not seg.get("learning", True):
             link.append("nolearning")
         if seg.get("proxy"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["L3L4", "parse", "NOT_IP"]
+__all__ = ["L3L4", "parse", "NOT_IP", "Outer", "DEFAULT_OUTER"]
 
 _VLAN = (0x8100, 0x88A8)
 
@@ -57,3 +57,21 @@ def parse(f: bytes | bytearray | memoryview) -> L3L4:
         plen = (f[l3 + 4] << 8) | f[l3 + 5]
         return L3L4(et, l3, 6, f[l3 + 6], False, plen <= n - l3 - 40, l3 + 40, plen, tags)
     return L3L4(et, l3, 0, 0, False, False, 0, 0, tags)
+
+
+class Outer(NamedTuple):
+    """How the outer IP header's TOS, TTL and DF follow from the inner packet (vx_outer): the
+    kernel's ``tos N|inherit``, ``ttl N|inherit|auto``, ``df unset|set|inherit``. ECN is always
+    carried, as the kernel does: the inner ECN field is copied out (CE sent as ECT(0)) and, with
+    ``ecn_decap``, RFC 6040 applied on receive. ``ttl`` 0: the system's default (``auto``)."""
+
+    tos: int = 0
+    tos_inherit: bool = False
+    ttl: int = 0
+    ttl_inherit: bool = False
+    df: bool = False
+    df_inherit: bool = False
+    ecn_decap: bool = True
+
+
+DEFAULT_OUTER = Outer()  # TOS 0 (ECN carried), the system's TTL, DF unset: the kernel's defaults

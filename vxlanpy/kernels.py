@@ -6,6 +6,12 @@ expose the same functions with the same signatures:
 
 - ``encap_batch(batch, lo, hi)``: headers in place, ``payload_len`` and ``sport`` set;
 - ``decap_batch(batch, strict)``: ``status``, ``vni`` and ``frame_len`` set per slot;
+- ``outer_fields(batch, outer)``: ``tos``, ``ttl``, ``df`` of each slot's outer header from its
+  inner frame as ``headers.Outer`` says (the kernel's INET_ECN_encapsulate and ``inherit``s);
+- ``ecn_decap(batch) -> int``: after ``decap_batch``, RFC 6040 on each decapsulated slot with
+  its received outer TOS in ``tos``: outer CE marks an ECN-capable inner packet CE, outer ECT(1)
+  turns inner ECT(0) into ECT(1), outer CE over a not-ECT packet sets status ``ECN`` (a drop);
+  the inner IPv4 header checksum is updated incrementally. Returns packets rewritten;
 - ``complete_checksums(batch) -> int``: receive path, after ``decap_batch``: inner TCP/UDP
   checksums a checksum-offloading sender left partial (the field holds only the folded
   pseudo-header sum) are completed in place, so the frames can be written to a TAP; correct and
@@ -58,7 +64,7 @@ from . import _codec_py, _offload_py
 from ._codec_py import check_batch, check_port_range
 from ._offload_py import check_gro, check_tso
 from .batch import FrameBatch
-from .headers import L3L4
+from .headers import L3L4, Outer
 from .wire import flow_hash as _py_flow_hash
 
 __all__ = [
@@ -70,6 +76,9 @@ __all__ = [
     "cbatch",
     "encap_batch",
     "decap_batch",
+    "outer_fields",
+    "ecn_decap",
+    "c_outer",
     "complete_checksums",
     "tso_segment",
     "gro_coalesce",
@@ -97,6 +106,9 @@ _COLUMNS = (
     ("action", "int32_t[]"),
     ("addrs", "uint8_t[]"),
     ("order", "uint32_t[]"),
+    ("tos", "uint8_t[]"),
+    ("ttl", "uint8_t[]"),
+    ("df", "uint8_t[]"),
 )
 
 
@@ -115,6 +127,23 @@ def cbatch(mod: Any, batch: FrameBatch) -> Any:
         v = (s, keep)
         batch.views["vx_batch"] = v
     return v[0]
+
+
+def c_outer(mod: Any, outer: Outer) -> Any:
+    """The ``vx_outer *`` of ``outer`` (cached: a settings tuple has few values)."""
+    c = _OUTERS.get(outer)
+    if c is None:
+        c = mod.ffi.new("vx_outer *")
+        (c.tos, c.tos_inherit, c.ttl, c.ttl_inherit, c.df, c.df_inherit, c.ecn_decap) = (
+            int(v) for v in outer
+        )
+        if len(_OUTERS) > 64:
+            _OUTERS.clear()
+        _OUTERS[outer] = c
+    return c
+
+
+_OUTERS: dict[Outer, Any] = {}
 
 
 class Native:
@@ -143,6 +172,14 @@ class _CffiBackend(Native):
     def complete_checksums(self, batch: FrameBatch) -> int:
         check_batch(batch)
         return int(self._lib.vx_complete_checksums(cbatch(self.mod, batch), 0, batch.count))
+
+    def outer_fields(self, batch: FrameBatch, outer: Outer) -> None:
+        check_batch(batch)
+        self._lib.vx_outer_fields(cbatch(self.mod, batch), 0, batch.count, c_outer(self.mod, outer))
+
+    def ecn_decap(self, batch: FrameBatch) -> int:
+        check_batch(batch)
+        return int(self._lib.vx_ecn_decap(cbatch(self.mod, batch), 0, batch.count))
 
     def tso_segment(self, batch: FrameBatch, src: int, gso_size: int, out: FrameBatch) -> int:
         check_tso(batch, src, gso_size, out)
@@ -176,6 +213,8 @@ class _PyBackend:
     name = "python"
     encap_batch = staticmethod(_codec_py.encap_batch)
     decap_batch = staticmethod(_codec_py.decap_batch)
+    outer_fields = staticmethod(_codec_py.outer_fields)
+    ecn_decap = staticmethod(_codec_py.ecn_decap)
     complete_checksums = staticmethod(_offload_py.complete_checksums)
     tso_segment = staticmethod(_offload_py.tso_segment)
     gro_coalesce = staticmethod(_offload_py.gro_coalesce)
@@ -214,6 +253,8 @@ backend: Backend = load()
 BACKEND: str = backend.name
 encap_batch = backend.encap_batch
 decap_batch = backend.decap_batch
+outer_fields = backend.outer_fields
+ecn_decap = backend.ecn_decap
 complete_checksums = backend.complete_checksums
 tso_segment = backend.tso_segment
 gro_coalesce = backend.gro_coalesce

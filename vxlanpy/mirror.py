@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from .abi import EntryFlag, From
 from .datapath import Datapath, Network, Rule, Target
 from .fdb import Remote
+from .headers import Outer
 from .segment import Segment
 
 __all__ = ["Mirror"]
@@ -22,6 +23,7 @@ __all__ = ["Mirror"]
 RuleOf = Callable[[Segment, int], tuple[Rule, list[Network]]]
 EntryOf = Callable[[Segment, bytes], tuple[tuple[Target, ...], int] | None]
 TargetsOf = Callable[[Segment, tuple[Remote, ...]], tuple[Target, ...]]
+Settings = tuple[tuple[int, int], bool, bool, Outer]
 
 
 class Mirror:
@@ -34,7 +36,7 @@ class Mirror:
         self._rule_of, self._entry_of, self._targets_of = rule_of, entry_of, targets_of
         self._changed: set[int] = set()  # VNIs with something to install
         self._installed: dict[int, tuple[Rule, list[Network]]] = {}  # rule and prefixes
-        self._settings: tuple[tuple[int, int], bool, bool] | None = None
+        self._settings: Settings | None = None
 
     def watch(self, seg: Segment) -> None:
         """Follow ``seg`` from now on (all of it is installed on the next sync)."""
@@ -49,11 +51,9 @@ class Mirror:
         if installed is not None:
             self.dp.release(installed[0].group_action)
 
-    def sync(
-        self, segments: Mapping[int, Segment], settings: tuple[tuple[int, int], bool, bool]
-    ) -> None:
+    def sync(self, segments: Mapping[int, Segment], settings: Settings) -> None:
         """Install what changed: the datapath's ``settings`` (source ports, strict, checksum
-        completion) if they differ, then every changed segment."""
+        completion, outer header) if they differ, then every changed segment."""
         dp = self.dp
         if settings != self._settings:
             dp.configure(*settings)

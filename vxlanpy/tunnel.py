@@ -79,7 +79,12 @@ class Vtep:
         """``devices``: where the TAPs come from (default: the kernel's; io/memory.py has
         in-memory doubles for tests without root)."""
         self.config = config.validate()
-        self.engine = Engine(dstport=config.dstport, srcport=config.srcport, strict=config.strict)
+        self.engine = Engine(
+            dstport=config.dstport,
+            srcport=config.srcport,
+            strict=config.strict,
+            outer=config.outer(),
+        )
         self.devices: Devices = devices or KernelTaps()
         self.taps: dict[int, Device] = {}
         self.transport: UdpTransport | None = None
@@ -187,10 +192,8 @@ class Vtep:
                 family=socket.AF_INET6 if cfg.family() == 6 else socket.AF_INET,
                 group=next(iter(groups), None),
                 dev=cfg.dev,
-                ttl=cfg.ttl,
-                tos=cfg.tos,
-                df=cfg.df,
                 srcport=cfg.srcport,
+                outer=self.engine.outer,
                 chunk_max_frame=max_frame,
             )
         except (TapError, TransportError, OSError, ValueError) as exc:

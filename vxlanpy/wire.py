@@ -89,6 +89,7 @@ class DropReason(enum.StrEnum):
     L3_MISS = "l3-miss"  # proxied ARP request for an address the table does not know
     LOOPED = "looped"  # frame received from the wire carries one of our own local MACs
     NOT_ALLOWED = "source-not-allowed"  # from a VTEP outside the segment's allowlist
+    ECN_ERROR = "ecn-error"  # outer CE over a not-ECT inner packet (RFC 6040: dropped)
 
 
 # What each status of the batch parser (abi.Status, from csrc/vx.h) is dropped for.
@@ -98,6 +99,7 @@ STATUS_REASONS: dict[int, DropReason] = {
     Status.NO_I_FLAG: DropReason.NO_I_FLAG,
     Status.RESERVED: DropReason.RESERVED_BITS,
     Status.INNER_TOO_SHORT: DropReason.INNER_TOO_SHORT,
+    Status.ECN: DropReason.ECN_ERROR,
 }
 
 

@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import select
+import shlex
 import shutil
 import subprocess
 import sys
@@ -250,17 +251,36 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _under_tmp(paths: list[str]) -> list[str]:
+    """Those of ``paths`` under /tmp, none inside another."""
+    found = sorted({os.path.realpath(p) for p in paths if os.path.realpath(p).startswith("/tmp/")})
+    return [p for p in found if not any(p.startswith(q + "/") for q in found if q != p)]
+
+
 class Shell:
     """A bash in private mount and PID namespaces; commands in, output and status out."""
 
     def __init__(self) -> None:
         self.mark = "__mdrun_" + secrets.token_hex(6)
         rfd, self._wfd = os.pipe()
+        # the checkout and the venv stay visible when they live under /tmp (a CI clone may):
+        # held on a private tmpfs at /mnt while /tmp is covered, then moved back in place
+        keep = _under_tmp([str(REPO), sys.prefix])
+        hold = "".join(
+            f"mkdir /mnt/{k} && mount --bind {shlex.quote(p)} /mnt/{k}\n"
+            for k, p in enumerate(keep)
+        )
+        back = "".join(
+            f"mkdir -p {shlex.quote(p)} && mount --move /mnt/{k} {shlex.quote(p)}\n"
+            for k, p in enumerate(keep)
+        )
         preamble = (
             f"exec {rfd}<&-\n"
-            "for d in /run/netns:0755 /run/vxlanpy:0700 /tmp:1777; do"
+            + ("mkdir -p /mnt && mount -t tmpfs tmpfs /mnt\n" + hold if keep else "")
+            + "for d in /run/netns:0755 /run/vxlanpy:0700 /tmp:1777; do"
             " mkdir -p -m ${d#*:} ${d%:*} && mount -t tmpfs -o mode=${d#*:} tmpfs ${d%:*}; done\n"
-            f"cd {REPO}\n"
+            + (back + "umount /mnt\n" if keep else "")
+            + f"cd {shlex.quote(str(REPO))}\n"
         )
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
@@ -278,6 +298,7 @@ class Shell:
         self._buf = b""
         out, rc = self.run(preamble, 20)
         if rc != 0:
+            self.close()
             raise RuntimeError(f"cannot set up the shell: {out}")
 
     def _read(self, deadline: float) -> bool:

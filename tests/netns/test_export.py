@@ -126,3 +126,18 @@ def test_export_needs_exactly_one_source(tmp_path: Path) -> None:
         )
         assert p.returncode == 2, p.stderr
         assert len(p.stderr.splitlines()) == 1 and "exactly one" in p.stderr
+
+
+def test_exported_outer_header_settings(topo: Topology, tmp_path: Path) -> None:
+    """tos/ttl/df reach the kernel device as configured (ip reads a TOS number as hex)."""
+    h = topo.add_host("x")
+    for n, vtep in enumerate(
+        ['tos = 16\nttl = 9\ndf = "set"', 'tos = "inherit"\nttl = "inherit"\ndf = "inherit"']
+    ):
+        cfg = tmp_path / f"o{n}.toml"
+        cfg.write_text(f'[vtep]\n{vtep}\n[[segment]]\nvni = {n + 1}\ntap = "e{n}"\n')
+        _apply(h, [c for c in _export("--config", str(cfg)) if c.startswith("ip link add")])
+        words = h.ip("-d", "link", "show", f"e{n}").split()
+        got = {k: words[words.index(k) + 1] for k in ("tos", "ttl", "df")}
+        want = [("0x10", "9", "set"), ("inherit", "inherit", "inherit")][n]
+        assert (got["tos"], got["ttl"], got["df"]) == want, words

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 PROG = "vxlanpy-tunnel"
 
@@ -40,14 +40,20 @@ def pair(what: str) -> Callable[[str], tuple[str, str]]:
     return parse
 
 
-def int_in(name: str, lo: int, hi: int) -> Callable[[str], int]:
-    """An argument type for an integer in ``lo..hi`` (decimal, or 0x/0o/0b)."""
+def int_in(name: str, lo: int, hi: int, words: tuple[str, ...] = ()) -> Callable[[str], Any]:
+    """An argument type for an integer in ``lo..hi`` (decimal, or 0x/0o/0b), or one of
+    ``words`` (returned as it is)."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
+        if text in words:
+            return text
         try:
             v = int(text, 0)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+            alt = "".join(f" or {w!r}" for w in words)
+            raise argparse.ArgumentTypeError(
+                f"{name} must be an integer{alt}, got {text!r}"
+            ) from None
         if not lo <= v <= hi:
             raise argparse.ArgumentTypeError(f"{name} must be in {lo}..{hi}, got {v}")
         return v

@@ -80,9 +80,24 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--neigh", action="append", default=[], type=pair("IP=MAC"), help="IP=MAC")
     run.add_argument("--srcport", default="49152:65535", help="source port range MIN:MAX")
-    run.add_argument("--ttl", type=int, help="outer TTL / hop limit")
-    run.add_argument("--tos", type=int, help="outer TOS / traffic class")
-    run.add_argument("--df", choices=("unset", "set"), default="unset", help="outer DF bit")
+    run.add_argument(
+        "--ttl",
+        type=int_in("--ttl", 1, 255, ("inherit", "auto")),
+        help="outer TTL / hop limit: 1..255, 'inherit' (the inner packet's) or 'auto' (the "
+        "system's default, the default)",
+    )
+    run.add_argument(
+        "--tos",
+        type=int_in("--tos", 0, 255, ("inherit",)),
+        help="outer TOS / traffic class: 0..255 or 'inherit' (the inner packet's); the ECN "
+        "field is always the inner one's (default 0)",
+    )
+    run.add_argument(
+        "--df",
+        choices=("unset", "set", "inherit"),
+        default="unset",
+        help="outer DF bit: unset, set, or inherit (the inner IPv4 packet's; IPv6: set)",
+    )
     run.add_argument("--strict", action="store_true", help="drop packets with reserved bits set")
     run.add_argument("--allow-vlan", action="store_true", help="carry 802.1Q-tagged frames")
     run.add_argument("--no-uvloop", action="store_true", help="use the plain asyncio loop")

@@ -175,3 +175,93 @@ void vx_decap(vx_batch *b, uint32_t first, uint32_t n, int strict)
         b->status[i] = st;
     }
 }
+
+/* --- the outer IP header: TOS (ECN), TTL, DF from the inner packet ---------------------- */
+
+/* The inner packet's TOS / traffic class (0 if it is not IP), TTL / hop limit (0 if not IP) and
+ * DF: the IPv4 DF bit; always for IPv6, which routers never fragment (as the kernel's vxlan
+ * decides for `df inherit`). */
+static void inner_ip(const uint8_t *f, uint32_t len, uint8_t *tos, uint8_t *ttl, uint8_t *df)
+{
+    vx_l3l4 h;
+    *tos = *ttl = *df = 0;
+    int v = vx_parse(f, len, &h);
+    const uint8_t *ip = f + h.l3;
+    if (v == 4) {
+        *tos = ip[1];
+        *ttl = ip[8];
+        *df = (ip[6] & 0x40) != 0;
+    } else if (v == 6) {
+        *tos = (uint8_t)(((ip[0] & 0x0F) << 4) | (ip[1] >> 4));
+        *ttl = ip[7];
+        *df = 1;
+    }
+}
+
+/*
+ * tos[i], ttl[i] and df[i] of slots first..first+n-1 (their frames): the outer header's fields
+ * as the kernel's vxlan sets them (INET_ECN_encapsulate: the inner ECN field is copied, CE
+ * sent as ECT(0); `tos inherit`: the whole inner TOS; `ttl inherit`; `df inherit`).
+ */
+void vx_outer_fields(vx_batch *b, uint32_t first, uint32_t n, const vx_outer *o)
+{
+    for (uint32_t i = first; i < first + n; i++) {
+        uint8_t tos, ttl, df;
+        uint32_t len = b->frame_len[i];
+        if (len > b->slot - b->headroom)
+            len = 0;
+        inner_ip(vx_frame(b, i), len, &tos, &ttl, &df);
+        uint8_t ecn = tos & 3;
+        uint8_t base = o->tos_inherit ? tos : o->tos;
+        b->tos[i] = (uint8_t)((base & ~3u) | (ecn == 3 ? 2 : ecn));
+        b->ttl[i] = o->ttl_inherit && ttl ? ttl : o->ttl;
+        b->df[i] = o->df_inherit ? df : o->df;
+    }
+}
+
+/*
+ * RFC 6040 decapsulation of the ECN field, as the kernel's INET_ECN_decapsulate: for each
+ * decapsulated slot (status OK), with the outer TOS in tos[i]: an outer CE marks an ECN-capable
+ * inner packet CE, an outer ECT(1) turns an inner ECT(0) into ECT(1), and an outer CE over a
+ * not-ECT inner packet is an error (status VX_ST_ECN: dropped). The inner IPv4 header
+ * checksum is updated incrementally (RFC 1624): a wrong one stays wrong. Returns how many
+ * packets it rewrote.
+ */
+uint32_t vx_ecn_decap(vx_batch *b, uint32_t first, uint32_t n)
+{
+    uint32_t rewritten = 0;
+    for (uint32_t i = first; i < first + n; i++) {
+        uint8_t outer = b->tos[i] & 3;
+        if (b->status[i] != VX_ST_OK || outer == 0)
+            continue;
+        uint8_t *f = vx_frame(b, i);
+        vx_l3l4 h;
+        int v = vx_parse(f, b->frame_len[i], &h);
+        if (v == 0)
+            continue; /* not IP: nothing to carry the mark */
+        uint8_t *ip = f + h.l3;
+        uint8_t inner = v == 4 ? ip[1] & 3 : (ip[1] >> 4) & 3;
+        uint8_t want = inner;
+        if (inner == 0) {
+            if (outer == 3)
+                b->status[i] = VX_ST_ECN;
+            continue;
+        }
+        if (outer == 3)
+            want = 3;
+        else if (outer == 1 && inner == 2)
+            want = 1;
+        if (want == inner)
+            continue;
+        if (v == 4) {
+            uint32_t old = vx_get16(ip);
+            ip[1] = (uint8_t)((ip[1] & ~3u) | want);
+            uint32_t sum = (~vx_get16(ip + 10) & 0xFFFFu) + (~old & 0xFFFFu) + vx_get16(ip);
+            vx_put16(ip + 10, (uint16_t)~vx_fold16(sum));
+        } else {
+            ip[1] = (uint8_t)((ip[1] & 0xCF) | (want << 4));
+        }
+        rewritten++;
+    }
+    return rewritten;
+}

@@ -68,8 +68,11 @@ static void rx_decap(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n)
 {
     pthread_mutex_lock(&dp->lock);
     int strict = dp->cfg.strict, csum = dp->cfg.complete_checksums;
+    int ecn = dp->cfg.outer.ecn_decap;
     pthread_mutex_unlock(&dp->lock);
     vx_decap(b, first, n, strict);
+    if (ecn)
+        vx_ecn_decap(b, first, n);
     if (!csum)
         return;
     uint32_t fixed = vx_complete_checksums(b, first, n);
@@ -207,6 +210,7 @@ static int rx_expand(vx_dp *dp, vx_batch *b, uint32_t area, uint32_t m, uint32_t
         memcpy(vx_payload(b, d), p + (size_t)t * g, plen);
         memcpy(b->addrs + (size_t)d * VX_ADDR_LEN, b->addrs + (size_t)m * VX_ADDR_LEN,
                VX_ADDR_LEN);
+        b->tos[d] = b->tos[m];
         b->payload_len[d] = plen;
         b->gso_size[d] = 0;
         b->offload[d] = 0;

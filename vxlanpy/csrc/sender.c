@@ -22,7 +22,8 @@ static void *sender_main(void *arg)
             break; /* stopped and drained */
         vx_job *j = &t->jobs[t->tail % VX_SENDER_JOBS];
         pthread_mutex_unlock(&t->lock);
-        int rc = vx_udp_send(j->fd, &j->b, 0, j->n, j->r.sa, j->r.salen, &dp->no_gso);
+        int rc = vx_udp_send(j->fd, &j->b, 0, j->n, j->r.sa, j->r.salen, &dp->no_gso,
+                             &j->outer);
         vx_count_send(dp, &dp->segs[j->seg], &j->b, 0, j->n, rc, j->bytes);
         pthread_mutex_lock(&dp->lock);
         dp->c.sender_jobs++;

@@ -115,7 +115,11 @@ int vx_batch_alloc(vx_batch *b, uint32_t capacity, uint32_t max_frame)
     b->payload_len = calloc(capacity, sizeof(uint32_t));
     b->vni = calloc(capacity, sizeof(uint32_t));
     b->sport = calloc(capacity, sizeof(uint16_t));
-    if (!b->buf || !b->frame_len || !b->payload_len || !b->vni || !b->sport) {
+    b->tos = calloc(capacity, 1);
+    b->ttl = calloc(capacity, 1);
+    b->df = calloc(capacity, 1);
+    if (!b->buf || !b->frame_len || !b->payload_len || !b->vni || !b->sport || !b->tos || !b->ttl
+        || !b->df) {
         vx_batch_release(b);
         return -ENOMEM;
     }
@@ -129,6 +133,9 @@ void vx_batch_release(vx_batch *b)
     free(b->payload_len);
     free(b->vni);
     free(b->sport);
+    free(b->tos);
+    free(b->ttl);
+    free(b->df);
     memset(b, 0, sizeof(*b));
 }
 
@@ -153,11 +160,12 @@ vx_dp *vx_dp_new(uint32_t chunk_max_frame)
     }
     pthread_mutex_init(&dp->lock, NULL);
     for (uint32_t p = 0; p < 65536; p++)
-        dp->port_fd[p] = -1;
+        dp->port_fd[0][p] = dp->port_fd[1][p] = -1;
     dp->chunk_max_frame = chunk_max_frame;
     dp->cfg.srcport_lo = 49152;
     dp->cfg.srcport_hi = 65535;
     dp->cfg.complete_checksums = 1;
+    dp->cfg.outer.ecn_decap = 1;
     return dp;
 }
 
@@ -282,13 +290,14 @@ int vx_dp_action(vx_dp *dp, uint32_t id, uint32_t n, const uint32_t *remotes,
     return 0;
 }
 
-/* The send socket bound to source port `port` (-1: none; frames of that flow go up). Waits
- * for the sender thread's queued jobs first: they may use the socket that is going away. */
-void vx_dp_port_fd(vx_dp *dp, uint32_t port, int fd)
+/* The send socket bound to source port `port` for datagrams with DF set (df) or not (-1:
+ * none; frames of that flow go up). Waits for the sender thread's queued jobs first: they may
+ * use the socket that is going away. */
+void vx_dp_port_fd(vx_dp *dp, uint32_t port, uint32_t df, int fd)
 {
     vx_sender_drain(dp);
     if (port < 65536)
-        __atomic_store_n(&dp->port_fd[port], fd, __ATOMIC_RELEASE);
+        __atomic_store_n(&dp->port_fd[df != 0][port], fd, __ATOMIC_RELEASE);
 }
 
 /* --- entries ---------------------------------------------------------------------------- */

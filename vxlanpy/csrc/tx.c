@@ -37,6 +37,7 @@ int vx_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_
     }
     const vx_rule *rule = &dp->segs[s].rule;
     uint32_t lo = dp->cfg.srcport_lo, hi = dp->cfg.srcport_hi;
+    vx_outer outer = dp->cfg.outer;
     for (uint32_t i = first; i < first + n; i++) {
         const uint8_t *f = vx_frame(b, i);
         uint32_t len = b->frame_len[i], act;
@@ -60,15 +61,23 @@ int vx_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_
     }
     pthread_mutex_unlock(&dp->lock);
     for (uint32_t i = first; i < first + n; i++) /* encapsulate the hits, outside the lock */
-        if (b->action[i] > 0)
+        if (b->action[i] > 0) {
             vx_encap(b, i, 1, lo, hi);
+            vx_outer_fields(b, i, 1, &outer);
+        }
     return hits;
 }
 
 static int send_to(vx_dp *dp, int fd, const vx_batch *b, uint32_t first, uint32_t n,
-                   const vx_remote *r)
+                   const vx_remote *r, const vx_outer *o)
 {
-    return vx_udp_send(fd, b, first, n, r->sa, r->salen, &dp->no_gso);
+    return vx_udp_send(fd, b, first, n, r->sa, r->salen, &dp->no_gso, o);
+}
+
+/* The send socket of slot i's flow (its source port, and its DF), or -1. */
+static int flow_fd(vx_dp *dp, const vx_batch *b, uint32_t i)
+{
+    return __atomic_load_n(&dp->port_fd[b->df[i] != 0][b->sport[i]], __ATOMIC_ACQUIRE);
 }
 
 /* Rewrite the VNI in the VXLAN headers of slots first..first+n-1. */
@@ -90,20 +99,21 @@ static int forward_super(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t i, uint32_
     vx_segment *g = &dp->segs[s];
     const vx_action *a = &dp->actions[b->action[i]];
     const vx_remote *r = &dp->remotes[a->remote[k]];
-    int fd = __atomic_load_n(&dp->port_fd[b->sport[i]], __ATOMIC_ACQUIRE);
+    int fd = flow_fd(dp, b, i);
     uint32_t lo = dp->cfg.srcport_lo, hi = dp->cfg.srcport_hi;
+    vx_outer outer = dp->cfg.outer;
     if (fd < 0)
         return -1;
     vx_sender *t = dp->sender;
     if (t == NULL) {
-        uint32_t n = vx_super_prepare(b, i, a->vni[k], &dp->scratch, lo, hi);
+        uint32_t n = vx_super_prepare(b, i, a->vni[k], &dp->scratch, lo, hi, &outer);
         if (n == 0)
             return -1;
-        int rc = send_to(dp, fd, &dp->scratch, 0, n, r);
+        int rc = send_to(dp, fd, &dp->scratch, 0, n, r, &outer);
         vx_count_send(dp, g, &dp->scratch, 0, n, rc, b->frame_len[i]);
     } else {
         vx_job *j = vx_sender_claim(t);
-        uint32_t n = vx_super_prepare(b, i, a->vni[k], &j->b, lo, hi);
+        uint32_t n = vx_super_prepare(b, i, a->vni[k], &j->b, lo, hi, &outer);
         if (n == 0)
             return -1; /* the job stays unqueued; the next super-frame fills it */
         j->n = n;
@@ -111,6 +121,7 @@ static int forward_super(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t i, uint32_
         j->bytes = b->frame_len[i];
         j->fd = fd;
         j->r = *r;
+        j->outer = outer;
         vx_sender_push(t);
     }
     pthread_mutex_lock(&dp->lock);
@@ -125,7 +136,8 @@ static uint32_t forward_run(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t first, 
 {
     vx_segment *g = &dp->segs[s];
     const vx_action *a = &dp->actions[b->action[first]];
-    int fd = __atomic_load_n(&dp->port_fd[b->sport[first]], __ATOMIC_ACQUIRE);
+    int fd = flow_fd(dp, b, first);
+    vx_outer outer = dp->cfg.outer;
     if (fd < 0) {
         for (uint32_t i = first; i < first + n; i++)
             b->action[i] = VX_UPCALL;
@@ -135,7 +147,7 @@ static uint32_t forward_run(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t first, 
     for (uint32_t k = 0; k < a->n; k++) {
         if (k && a->vni[k] != a->vni[k - 1])
             set_vni(b, first, n, a->vni[k]); /* sendmmsg copied the previous copies */
-        int rc = send_to(dp, fd, b, first, n, &dp->remotes[a->remote[k]]);
+        int rc = send_to(dp, fd, b, first, n, &dp->remotes[a->remote[k]], &outer);
         vx_count_send(dp, g, b, first, n, rc, 0);
     }
     if (vx_frame(b, first)[0] & 1) { /* the segment's group action: a flood */
@@ -169,7 +181,7 @@ static uint32_t execute(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t n)
             continue;
         }
         uint32_t j = i + 1;
-        while (j < n && b->action[j] == a && b->sport[j] == b->sport[i]
+        while (j < n && b->action[j] == a && b->sport[j] == b->sport[i] && b->df[j] == b->df[i]
                && !(b->gso_type[j] & 0x7F) && ((vx_frame(b, j)[0] ^ vx_frame(b, i)[0]) & 1) == 0)
             j++;
         upcalls += forward_run(dp, s, b, i, j - i);

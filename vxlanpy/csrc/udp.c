@@ -34,15 +34,16 @@
  * headroom - 8, room for max_frame + 8 bytes), each source address into addrs. A datagram
  * larger than its slot is marked payload_len VX_LEN_TRUNCATED and counted in *truncated. With
  * gro, gso_size[i] is the segment size of a UDP GRO receive (several datagrams of gso_size
- * bytes, the last possibly shorter, back to back), else 0. Returns datagrams received (0 when
- * none is waiting), or -errno.
+ * bytes, the last possibly shorter, back to back), else 0. tos[i] is the outer TOS / traffic
+ * class when the socket reports it (IP_RECVTOS / IPV6_RECVTCLASS), else 0. Returns datagrams
+ * received (0 when none is waiting), or -errno.
  */
 int vx_udp_recv(int fd, vx_batch *b, uint32_t first, uint32_t cap, int gro, uint32_t *truncated)
 {
     struct mmsghdr msgs[VX_RECV_CHUNK];
     struct iovec iov[VX_RECV_CHUNK];
     union {
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(sizeof(int)) * 2];
         struct cmsghdr align;
     } ctrl[VX_RECV_CHUNK];
     if (b->headroom < VX_HLEN || first >= cap || cap > b->capacity)
@@ -57,10 +58,8 @@ int vx_udp_recv(int fd, vx_batch *b, uint32_t first, uint32_t cap, int gro, uint
         msgs[j].msg_hdr.msg_namelen = VX_ADDR_LEN;
         msgs[j].msg_hdr.msg_iov = &iov[j];
         msgs[j].msg_hdr.msg_iovlen = 1;
-        if (gro) {
-            msgs[j].msg_hdr.msg_control = ctrl[j].buf;
-            msgs[j].msg_hdr.msg_controllen = sizeof(ctrl[j].buf);
-        }
+        msgs[j].msg_hdr.msg_control = ctrl[j].buf;
+        msgs[j].msg_hdr.msg_controllen = sizeof(ctrl[j].buf);
     }
     int r = recvmmsg(fd, msgs, k, MSG_DONTWAIT, NULL);
     if (r < 0)
@@ -70,13 +69,21 @@ int vx_udp_recv(int fd, vx_batch *b, uint32_t first, uint32_t cap, int gro, uint
         struct msghdr *h = &msgs[j].msg_hdr;
         b->gso_size[i] = 0;
         b->offload[i] = 0;
-        if (gro)
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm != NULL; cm = CMSG_NXTHDR(h, cm))
-                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
-                    int size;
-                    memcpy(&size, CMSG_DATA(cm), sizeof(size));
-                    b->gso_size[i] = size > 0 && size <= 0xFFFF ? (uint16_t)size : 0;
-                }
+        if (b->tos)
+            b->tos[i] = 0;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm != NULL; cm = CMSG_NXTHDR(h, cm)) {
+            if (gro && cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                int size;
+                memcpy(&size, CMSG_DATA(cm), sizeof(size));
+                b->gso_size[i] = size > 0 && size <= 0xFFFF ? (uint16_t)size : 0;
+            } else if (b->tos && cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TOS) {
+                b->tos[i] = *(const uint8_t *)CMSG_DATA(cm); /* one byte on receive */
+            } else if (b->tos && cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_TCLASS) {
+                int tclass;
+                memcpy(&tclass, CMSG_DATA(cm), sizeof(tclass));
+                b->tos[i] = (uint8_t)tclass;
+            }
+        }
         /* a GRO receive whose size did not come through cannot be cut: drop it as truncated */
         if ((h->msg_flags & MSG_TRUNC) || (gro && (h->msg_flags & MSG_CTRUNC))) {
             b->payload_len[i] = VX_LEN_TRUNCATED;
@@ -102,12 +109,71 @@ static int send_again(int fd, int *retried, int *err)
     return 1;
 }
 
+/* Room for the control messages of one datagram: UDP_SEGMENT, TOS and TTL. */
+#define VX_CTRL (CMSG_SPACE(sizeof(uint16_t)) + 2 * CMSG_SPACE(sizeof(int)))
+typedef union {
+    char buf[VX_CTRL];
+    struct cmsghdr align;
+} vx_ctrl;
+
+static struct cmsghdr *put_int(struct msghdr *m, struct cmsghdr *cm, int level, int type, int v)
+{
+    cm = cm == NULL ? CMSG_FIRSTHDR(m) : CMSG_NXTHDR(m, cm);
+    cm->cmsg_level = level;
+    cm->cmsg_type = type;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &v, sizeof(v));
+    return cm;
+}
+
+/* The control messages of datagram i (a GSO send of segments of seg bytes if seg): the TOS and
+ * TTL it must leave with when they are not the socket's (o: what the socket has). */
+static void set_ctrl(struct msghdr *m, vx_ctrl *c, const vx_batch *b, uint32_t i,
+                     const vx_outer *o, int v6, uint32_t seg)
+{
+    memset(c, 0, sizeof(*c));
+    m->msg_control = c->buf;
+    m->msg_controllen = sizeof(c->buf); /* room for all: CMSG_NXTHDR needs it */
+    struct cmsghdr *cm = NULL;
+    size_t len = 0;
+    if (seg) {
+        cm = CMSG_FIRSTHDR(m);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t gso = (uint16_t)seg;
+        memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
+        len += CMSG_SPACE(sizeof(uint16_t));
+    }
+    if (o != NULL && b->tos != NULL && b->tos[i] != o->tos) {
+        cm = put_int(m, cm, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_TCLASS : IP_TOS, b->tos[i]);
+        len += CMSG_SPACE(sizeof(int));
+    }
+    if (o != NULL && b->ttl != NULL && b->ttl[i] && b->ttl[i] != o->ttl) {
+        cm = put_int(m, cm, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_HOPLIMIT : IP_TTL,
+                     b->ttl[i]);
+        len += CMSG_SPACE(sizeof(int));
+    }
+    m->msg_controllen = len;
+    if (len == 0)
+        m->msg_control = NULL;
+}
+
+static int is_v6(const uint8_t *addr)
+{
+    uint16_t fam;
+    memcpy(&fam, addr, 2);
+    return fam == AF_INET6;
+}
+
 /* sendmmsg of slots first..first+n-1 to addr: datagrams taken, or -errno if none. */
 static int send_mmsg(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uint8_t *addr,
-                     uint32_t addrlen)
+                     uint32_t addrlen, const vx_outer *o)
 {
     struct mmsghdr msgs[VX_RECV_CHUNK];
     struct iovec iov[VX_RECV_CHUNK];
+    vx_ctrl ctrl[VX_RECV_CHUNK];
+    int v6 = is_v6(addr);
     uint32_t done = 0;
     int retried = 0, e = 0;
     while (done < n) {
@@ -121,6 +187,7 @@ static int send_mmsg(int fd, const vx_batch *b, uint32_t first, uint32_t n, cons
             msgs[j].msg_hdr.msg_namelen = addrlen;
             msgs[j].msg_hdr.msg_iov = &iov[j];
             msgs[j].msg_hdr.msg_iovlen = 1;
+            set_ctrl(&msgs[j].msg_hdr, &ctrl[j], b, i, o, v6, 0);
         }
         int r = sendmmsg(fd, msgs, k, MSG_DONTWAIT);
         if (r < 0 && send_again(fd, &retried, &e))
@@ -138,16 +205,12 @@ static int send_mmsg(int fd, const vx_batch *b, uint32_t first, uint32_t n, cons
 /* One UDP GSO send of slots first..first+n-1 (every payload seg bytes but possibly the last,
  * n <= VX_GSO_MAX_SEGS, at most VX_GSO_MAX_BYTES): n, or -errno. */
 static int send_gso(int fd, const vx_batch *b, uint32_t first, uint32_t n, uint32_t seg,
-                    const uint8_t *addr, uint32_t addrlen)
+                    const uint8_t *addr, uint32_t addrlen, const vx_outer *o)
 {
     struct iovec iov[VX_GSO_MAX_SEGS];
-    union {
-        char buf[CMSG_SPACE(sizeof(uint16_t))];
-        struct cmsghdr align;
-    } ctrl;
+    vx_ctrl ctrl;
     struct msghdr msg;
     memset(&msg, 0, sizeof(msg));
-    memset(&ctrl, 0, sizeof(ctrl));
     for (uint32_t k = 0; k < n; k++) {
         iov[k].iov_base = vx_payload(b, first + k);
         iov[k].iov_len = b->payload_len[first + k];
@@ -156,14 +219,7 @@ static int send_gso(int fd, const vx_batch *b, uint32_t first, uint32_t n, uint3
     msg.msg_namelen = addrlen;
     msg.msg_iov = iov;
     msg.msg_iovlen = n;
-    msg.msg_control = ctrl.buf;
-    msg.msg_controllen = sizeof(ctrl.buf);
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_UDP;
-    cm->cmsg_type = UDP_SEGMENT;
-    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-    uint16_t gso = (uint16_t)seg;
-    memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
+    set_ctrl(&msg, &ctrl, b, first, o, is_v6(addr), seg);
     int retried = 0, e = 0;
     for (;;) {
         if (sendmsg(fd, &msg, MSG_DONTWAIT) >= 0)
@@ -174,13 +230,14 @@ static int send_gso(int fd, const vx_batch *b, uint32_t first, uint32_t n, uint3
 }
 
 /* How many of slots first..first+n-1 form one GSO send: payloads of the first one's length
- * (a shorter one ends it), within the segment and byte limits of UDP GSO. */
+ * (a shorter one ends it) and its outer TOS and TTL, within the limits of UDP GSO. */
 static uint32_t gso_run(const vx_batch *b, uint32_t first, uint32_t n)
 {
     uint32_t seg = b->payload_len[first], k = 0, bytes = 0;
     while (k < n && k < VX_GSO_MAX_SEGS) {
-        uint32_t len = b->payload_len[first + k];
-        if (len > seg || bytes + len > VX_GSO_MAX_BYTES)
+        uint32_t at = first + k, len = b->payload_len[at];
+        if (len > seg || bytes + len > VX_GSO_MAX_BYTES
+            || (b->tos && (b->tos[at] != b->tos[first] || b->ttl[at] != b->ttl[first])))
             break;
         bytes += len;
         k++;
@@ -200,7 +257,7 @@ static uint32_t gso_run(const vx_batch *b, uint32_t first, uint32_t n)
  * -errno if it took none.
  */
 int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uint8_t *addr,
-                uint32_t addrlen, int32_t *no_gso)
+                uint32_t addrlen, int32_t *no_gso, const vx_outer *o)
 {
     uint32_t done = 0, lone = 0; /* lone: datagrams from first+done not sent yet, for mmsg */
     while (done + lone < n) {
@@ -213,7 +270,7 @@ int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uin
             continue;
         }
         if (lone) {
-            int r = send_mmsg(fd, b, first + done, lone, addr, addrlen);
+            int r = send_mmsg(fd, b, first + done, lone, addr, addrlen, o);
             if (r < 0)
                 return done ? (int)done : r;
             done += (uint32_t)r;
@@ -221,7 +278,7 @@ int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uin
                 return (int)done; /* the socket buffer is full */
             lone = 0;
         }
-        int r = send_gso(fd, b, at, k, b->payload_len[at], addr, addrlen);
+        int r = send_gso(fd, b, at, k, b->payload_len[at], addr, addrlen, o);
         if (r == -EMSGSIZE || r == -EINVAL || r == -EIO || r == -ENOPROTOOPT) {
             if (r != -EMSGSIZE)
                 __atomic_store_n(no_gso, 1, __ATOMIC_RELAXED);
@@ -233,7 +290,7 @@ int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uin
         done += k;
     }
     if (lone) {
-        int r = send_mmsg(fd, b, first + done, lone, addr, addrlen);
+        int r = send_mmsg(fd, b, first + done, lone, addr, addrlen, o);
         if (r < 0)
             return done ? (int)done : r;
         done += (uint32_t)r;
@@ -243,16 +300,17 @@ int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uin
 
 /*
  * The chunks of the TCP super-frame in slot i of b (gso_size[i] payload bytes each), ready to
- * send: cut into slots 0.. of out (vx_tso_cut) and encapsulated for vni with source ports from
- * lo..hi. Returns how many, or 0 if it cannot be cut.
+ * send: cut into slots 0.. of out (vx_tso_cut), encapsulated for vni with source ports from
+ * lo..hi, their outer fields set as o says. Returns how many, or 0 if it cannot be cut.
  */
 uint32_t vx_super_prepare(const vx_batch *b, uint32_t i, uint32_t vni, vx_batch *out,
-                          uint32_t lo, uint32_t hi)
+                          uint32_t lo, uint32_t hi, const vx_outer *o)
 {
     uint32_t k = vx_tso_cut(b, i, b->gso_size[i], out, 0);
     for (uint32_t j = 0; j < k; j++)
         out->vni[j] = vni;
     vx_encap(out, 0, k, lo, hi);
+    vx_outer_fields(out, 0, k, o);
     return k;
 }
 

@@ -42,7 +42,8 @@ enum vx_status {
     VX_ST_TOO_SHORT = 1,        /* shorter than the VXLAN header */
     VX_ST_NO_I_FLAG = 2,        /* I flag clear */
     VX_ST_RESERVED = 3,         /* strict parsing: a reserved bit set */
-    VX_ST_INNER_TOO_SHORT = 4   /* inner frame shorter than an Ethernet header */
+    VX_ST_INNER_TOO_SHORT = 4,  /* inner frame shorter than an Ethernet header */
+    VX_ST_ECN = 5               /* outer CE over a not-ECT inner packet (RFC 6040: drop) */
 };
 
 /* Per-slot offload state (vx_batch.offload). */
@@ -121,6 +122,9 @@ typedef struct vx_batch {
     int32_t *action;
     uint8_t *addrs;  /* each datagram's source sockaddr, VX_ADDR_LEN bytes a slot */
     uint32_t *order; /* receive pump: the slots it filled, in the order they came off the wire */
+    uint8_t *tos;    /* outer TOS / traffic class: to send with (vx_outer_fields), or received */
+    uint8_t *ttl;    /* outer TTL / hop limit to send with; 0: the socket's */
+    uint8_t *df;     /* outer DF to send with (which socket of the source port) */
 } vx_batch;
 
 /* Where a frame's network headers are (vx_parse). Lengths are only those the headers claim:
@@ -138,11 +142,22 @@ typedef struct vx_l3l4 {
     uint16_t pad;
 } vx_l3l4;
 
+/* How the outer IP header's TOS, TTL and DF follow from the inner packet (the kernel's
+ * `tos`/`ttl`/`df` settings; ECN is always carried, as the kernel does). */
+typedef struct vx_outer {
+    uint8_t tos, tos_inherit; /* fixed TOS, or the inner packet's (its ECN bits: always) */
+    uint8_t ttl, ttl_inherit; /* fixed TTL (0: the socket's), or the inner packet's */
+    uint8_t df, df_inherit;   /* DF set, or the inner IPv4 packet's DF bit */
+    uint8_t ecn_decap;        /* receive: RFC 6040 decapsulation of the ECN field */
+    uint8_t pad;
+} vx_outer;
+
 /* Settings of the whole datapath (the engine pushes them when they change). */
 typedef struct vx_config {
     uint32_t srcport_lo, srcport_hi; /* outer UDP source ports from the inner-flow hash */
     int32_t strict;                  /* parse: a reserved header bit set is VX_ST_RESERVED */
     int32_t complete_checksums;      /* receive: complete partial inner L4 checksums */
+    vx_outer outer;
 } vx_config;
 
 /* A segment's rule (the engine installs it). */
@@ -187,6 +202,8 @@ typedef struct vx_dp_counters {
 uint32_t vx_flow_hash(const uint8_t *frame, uint32_t len);
 void vx_encap(vx_batch *b, uint32_t first, uint32_t n, uint32_t lo, uint32_t hi);
 void vx_decap(vx_batch *b, uint32_t first, uint32_t n, int strict);
+void vx_outer_fields(vx_batch *b, uint32_t first, uint32_t n, const vx_outer *o);
+uint32_t vx_ecn_decap(vx_batch *b, uint32_t first, uint32_t n);
 
 /* --- offloads (offload.c, tso.c, gro.c): parse, checksums, virtio-net, TSO, GRO --------- */
 int vx_parse(const uint8_t *frame, uint32_t len, vx_l3l4 *out);
@@ -204,9 +221,9 @@ int vx_tap_write(int fd, uint32_t vnet, uint32_t mtu, vx_batch *b, const uint32_
 int vx_udp_recv(int fd, vx_batch *b, uint32_t first, uint32_t cap, int gro,
                 uint32_t *truncated);
 int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uint8_t *addr,
-                uint32_t addrlen, int32_t *no_gso);
+                uint32_t addrlen, int32_t *no_gso, const vx_outer *o);
 uint32_t vx_super_prepare(const vx_batch *b, uint32_t i, uint32_t vni, vx_batch *out,
-                          uint32_t lo, uint32_t hi);
+                          uint32_t lo, uint32_t hi, const vx_outer *o);
 int vx_spin(const int *fds, uint32_t n, uint32_t usec);
 
 /* --- the datapath (table.c, tx.c, rx.c, sender.c) -------------------------------------- */
@@ -221,7 +238,7 @@ int vx_dp_allow(vx_dp *dp, uint32_t vni, uint32_t n, const vx_prefix *prefixes);
 int vx_dp_remote(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen);
 int vx_dp_action(vx_dp *dp, uint32_t id, uint32_t n, const uint32_t *remotes,
                  const uint32_t *vnis);
-void vx_dp_port_fd(vx_dp *dp, uint32_t port, int fd);
+void vx_dp_port_fd(vx_dp *dp, uint32_t port, uint32_t df, int fd);
 int vx_dp_put(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t action, uint32_t flags,
               uint64_t seen_ms, uint32_t *old_action);
 int vx_dp_del(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *old_action);

@@ -142,6 +142,7 @@ typedef struct {
     uint64_t bytes;  /* the super-frame's length (counted as one packet) */
     int fd;
     vx_remote r;
+    vx_outer outer;  /* the settings it was cut with */
 } vx_job;
 
 /* The sender thread: the pump's thread cuts super-frames into jobs, this one sends them, so
@@ -164,7 +165,7 @@ struct vx_dp {
     uint32_t nsegs;
     vx_remote *remotes;
     vx_action *actions;
-    int32_t port_fd[65536]; /* send socket bound to each source port, -1: none */
+    int32_t port_fd[2][65536]; /* send socket bound to each source port, [DF], -1: none */
     vx_config cfg;
     int32_t no_gso;         /* a route refused UDP GSO: send runs with sendmmsg */
     vx_dp_counters c;

@@ -13,14 +13,18 @@ virtio-net header and UDP GSO stay below them:
 - ``tap_write(fd, vnet, mtu, batch, slots) -> (written, refused)``: frames to the device, a
   verified oversized TCP frame with a GSO header (``written`` is ``-errno`` if it is gone);
 - ``udp_recv(sock, batch, sources) -> (received, truncated)``: datagrams into ``batch`` from
-  ``batch.count`` (one ``recvmmsg`` per 64), each source IP appended to ``sources``; a
-  datagram larger than its slot is not kept. Socket errors (ICMP reports) raise OSError;
-- ``udp_send(sock, batch, first, n, host, port) -> int``: the payloads of slots
+  ``batch.count`` (one ``recvmmsg`` per 64), each source IP appended to ``sources`` and its
+  outer TOS put in ``batch.tos`` (if the socket reports it: ``IP_RECVTOS``); a datagram larger
+  than its slot is not kept. Socket errors (ICMP reports) raise OSError;
+- ``udp_send(sock, batch, first, n, host, port, outer=None) -> int``: the payloads of slots
   ``first..first+n-1`` to ``host:port`` (runs of equal size as UDP GSO sends); how many the
-  kernel took, ``-errno`` if none. The twin sends them one by one: the same reaches the wire;
-- ``send_super(sock, batch, i, vni, scratch, host, port, lo, hi) -> (sent, chunks)``: the TCP
-  super-frame in slot ``i`` cut into ``chunks`` chunks (in ``scratch``; 0: it cannot be cut),
-  encapsulated for ``vni`` and sent as ``udp_send`` does (``sent`` as it returns).
+  kernel took, ``-errno`` if none. With ``outer`` (what the socket's options are), a slot whose
+  ``batch.tos`` / ``batch.ttl`` differ from it is sent with them as control messages. The twin
+  sends them one by one: the same reaches the wire;
+- ``send_super(sock, batch, i, vni, scratch, host, port, lo, hi, outer=None) -> (sent,
+  chunks)``: the TCP super-frame in slot ``i`` cut into ``chunks`` chunks (in ``scratch``; 0:
+  it cannot be cut), encapsulated for ``vni``, their outer fields set as ``outer`` says, and
+  sent as ``udp_send`` does (``sent`` as it returns).
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from .. import kernels
 from .._offload_py import CSUM_COMPLETED, complete_frame
 from ..abi import ADDR_LEN, LEN_TRUNCATED, VNET_HLEN, Offload
 from ..batch import FrameBatch
+from ..headers import DEFAULT_OUTER, Outer
 
 __all__ = [
     "icmp_pending",
+    "outer_cmsgs",
     "raw_sockaddr",
     "source_name",
     "BACKEND",
@@ -53,6 +59,9 @@ _MSG_TRUNC = int(socket.MSG_TRUNC)
 _VXLAN_HLEN = 8
 _VNET = struct.Struct("=BBH")  # flags, gso_type, hdr_len: what a read takes of the header
 _VERIFIED = Offload.CSUM_OK | Offload.COALESCED
+_INT = struct.Struct("=i")
+_ANC = socket.CMSG_SPACE(4) * 2
+_TOS_CMSG = {(socket.IPPROTO_IP, socket.IP_TOS), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS)}
 
 
 def icmp_pending(sock: socket.socket, err: int | None) -> bool:
@@ -64,6 +73,20 @@ def icmp_pending(sock: socket.socket, err: int | None) -> bool:
     p = select.poll()
     p.register(sock.fileno(), 0)
     return any(ev & select.POLLERR for _fd, ev in p.poll(0))
+
+
+def outer_cmsgs(v6: bool, tos: int, ttl: int, outer: Outer | None) -> list[tuple[int, int, bytes]]:
+    """The control messages a datagram with outer ``tos`` and ``ttl`` (0: the socket's) needs
+    on a socket set up as ``outer`` says (none: the socket's options are what it needs)."""
+    if outer is None:
+        return []
+    anc = []
+    level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+    if tos != outer.tos:
+        anc.append((level, socket.IPV6_TCLASS if v6 else socket.IP_TOS, _INT.pack(tos)))
+    if ttl and ttl != outer.ttl:
+        anc.append((level, socket.IPV6_HOPLIMIT if v6 else socket.IP_TTL, _INT.pack(ttl)))
+    return anc
 
 
 def raw_sockaddr(family: int, host: str, port: int) -> bytes:
@@ -102,15 +125,29 @@ class _IO:
     """What both backends share: a super-frame is sent as its chunks."""
 
     def udp_send(
-        self, sock: socket.socket, batch: FrameBatch, first: int, n: int, host: str, port: int
+        self,
+        sock: socket.socket,
+        batch: FrameBatch,
+        first: int,
+        n: int,
+        host: str,
+        port: int,
+        outer: Outer | None = None,
     ) -> int:
         raise NotImplementedError
 
     def prepare_super(
-        self, batch: FrameBatch, i: int, vni: int, scratch: FrameBatch, lo: int, hi: int
+        self,
+        batch: FrameBatch,
+        i: int,
+        vni: int,
+        scratch: FrameBatch,
+        lo: int,
+        hi: int,
+        outer: Outer | None = None,
     ) -> int:
-        """Cut the super-frame in slot ``i`` into ``scratch`` (slots 0..) and encapsulate the
-        chunks for ``vni``; how many (0: it cannot be cut)."""
+        """Cut the super-frame in slot ``i`` into ``scratch`` (slots 0..), encapsulate the
+        chunks for ``vni`` and set their outer fields; how many (0: it cannot be cut)."""
         raise NotImplementedError
 
     def send_super(
@@ -124,12 +161,13 @@ class _IO:
         port: int,
         lo: int,
         hi: int,
+        outer: Outer | None = None,
     ) -> tuple[int, int]:
         _check(batch, i, 1)
-        k = self.prepare_super(batch, i, vni, scratch, lo, hi)
+        k = self.prepare_super(batch, i, vni, scratch, lo, hi, outer)
         if k == 0:
             return 0, 0
-        return self.udp_send(sock, scratch, 0, k, host, port), k
+        return self.udp_send(sock, scratch, 0, k, host, port, outer), k
 
 
 # --- the Python twin ----------------------------------------------------------------------
@@ -201,7 +239,7 @@ class _PyIO(_IO):
         while batch.count < batch.capacity:
             i = batch.count
             try:
-                n, _anc, flags, addr = sock.recvmsg_into([batch.payload_buffer(i)])
+                n, anc, flags, addr = sock.recvmsg_into([batch.payload_buffer(i)], _ANC)
             except BlockingIOError:
                 break
             if flags & _MSG_TRUNC:
@@ -209,23 +247,37 @@ class _PyIO(_IO):
                 continue
             batch.payload_len[i] = n
             batch.offload[i] = 0
+            batch.tos[i] = 0
+            for level, kind, data in anc:
+                if (level, kind) in _TOS_CMSG and data:
+                    batch.tos[i] = data[0] if len(data) < 4 else _INT.unpack_from(data)[0] & 0xFF
             batch.count += 1
             sources.append(addr[0])
             got += 1
         return got, truncated
 
     def udp_send(
-        self, sock: socket.socket, batch: FrameBatch, first: int, n: int, host: str, port: int
+        self,
+        sock: socket.socket,
+        batch: FrameBatch,
+        first: int,
+        n: int,
+        host: str,
+        port: int,
+        outer: Outer | None = None,
     ) -> int:
         _check(batch, first, n)
         mv = memoryview(batch.buf)
+        v6 = sock.family == socket.AF_INET6
         sent = 0
         retried = False
         i = first
         while i < first + n:
             off = batch.header_offset(i)
+            anc = outer_cmsgs(v6, batch.tos[i], batch.ttl[i], outer)
+            data = mv[off : off + batch.payload_len[i]]
             try:
-                sock.sendto(mv[off : off + batch.payload_len[i]], socket.MSG_DONTWAIT, (host, port))
+                sock.sendmsg([data], anc, socket.MSG_DONTWAIT, (host, port))
             except OSError as exc:
                 if not retried and icmp_pending(sock, exc.errno):
                     retried = True
@@ -237,7 +289,14 @@ class _PyIO(_IO):
         return sent
 
     def prepare_super(
-        self, batch: FrameBatch, i: int, vni: int, scratch: FrameBatch, lo: int, hi: int
+        self,
+        batch: FrameBatch,
+        i: int,
+        vni: int,
+        scratch: FrameBatch,
+        lo: int,
+        hi: int,
+        outer: Outer | None = None,
     ) -> int:
         scratch.clear()
         k = self._kernels.tso_segment(batch, i, batch.gso_size[i], scratch)
@@ -245,6 +304,7 @@ class _PyIO(_IO):
             scratch.vni[j] = vni
         if k:
             self._kernels.encap_batch(scratch, lo, hi)
+            self._kernels.outer_fields(scratch, outer or DEFAULT_OUTER)
         return k
 
 
@@ -339,21 +399,37 @@ class _CffiIO(kernels.Native, _IO):
             src * ADDR_LEN : (src + 1) * ADDR_LEN
         ]
 
+    def _outer(self, outer: Outer | None) -> Any:
+        return self._ffi.NULL if outer is None else kernels.c_outer(self.mod, outer)
+
     def udp_send(
-        self, sock: socket.socket, batch: FrameBatch, first: int, n: int, host: str, port: int
+        self,
+        sock: socket.socket,
+        batch: FrameBatch,
+        first: int,
+        n: int,
+        host: str,
+        port: int,
+        outer: Outer | None = None,
     ) -> int:
         _check(batch, first, n)
         addr = self._addr(sock.family, host, port)
-        return int(
-            self._lib.vx_udp_send(
-                sock.fileno(), self._b(batch), first, n, addr, len(addr), self._no_gso
-            )
-        )
+        o = self._outer(outer)
+        fd, b = sock.fileno(), self._b(batch)
+        return int(self._lib.vx_udp_send(fd, b, first, n, addr, len(addr), self._no_gso, o))
 
     def prepare_super(
-        self, batch: FrameBatch, i: int, vni: int, scratch: FrameBatch, lo: int, hi: int
+        self,
+        batch: FrameBatch,
+        i: int,
+        vni: int,
+        scratch: FrameBatch,
+        lo: int,
+        hi: int,
+        outer: Outer | None = None,
     ) -> int:
-        return int(self._lib.vx_super_prepare(self._b(batch), i, vni, self._b(scratch), lo, hi))
+        o = kernels.c_outer(self.mod, outer or DEFAULT_OUTER)
+        return int(self._lib.vx_super_prepare(self._b(batch), i, vni, self._b(scratch), lo, hi, o))
 
 
 def load(name: str | None = None) -> _CffiIO | _PyIO:

@@ -29,19 +29,17 @@ import socket
 import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Literal
 
 from ..abi import MAX_CHUNKS
 from ..batch import FrameBatch
 from ..events import IcmpError
+from ..headers import DEFAULT_OUTER, Outer
 from ..packets import Datagram
 from ..wire import DEFAULT_SRCPORT_RANGE
 from . import batchio
 from .errqueue import IP_RECVERR, IPV6_RECVERR, MSG_ERRQUEUE, IcmpCounters, parse_report
 
-__all__ = ["UdpTransport", "TransportError", "DfPolicy"]
-
-DfPolicy = Literal["unset", "set"]
+__all__ = ["UdpTransport", "TransportError"]
 
 IP_MTU_DISCOVER = 10
 UDP_GRO = 104  # linux/udp.h; not in the socket module
@@ -88,16 +86,16 @@ class UdpTransport:
         family: int = socket.AF_INET,
         group: str | None = None,
         dev: str | None = None,
-        ttl: int | None = None,
-        tos: int | None = None,
-        df: DfPolicy = "unset",
         bufsize: int = 8 << 20,
         max_ports: int = 256,
         srcport: tuple[int, int] = DEFAULT_SRCPORT_RANGE,
         chunk_max_frame: int = 1518,
+        outer: Outer = DEFAULT_OUTER,
     ) -> None:
         """``srcport``: the range chunks of a cut super-frame take their source ports from (the
-        engine's); ``chunk_max_frame``: the largest chunk (the TAPs' MTU + 18)."""
+        engine's); ``chunk_max_frame``: the largest chunk (the TAPs' MTU + 18); ``outer``: the
+        outer TOS, TTL and DF (fixed ones are socket options; what differs per datagram, an
+        ECN field or an inherited value, goes with it as a control message)."""
         if local is not None:
             family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else family
         elif group is not None:
@@ -119,13 +117,15 @@ class UdpTransport:
         self._watched: dict[int, socket.socket] = {}
         self._v6 = family == socket.AF_INET6
         self._ifindex = socket.if_nametoindex(dev) if dev else 0
-        self._ttl, self._tos, self._df = ttl, tos, df
+        self.outer = outer
         self._bufsize = bufsize
         self._max_ports = max_ports
-        self._pool: OrderedDict[int, socket.socket] = OrderedDict()
-        # told (port, fd) when a source-port socket opens and (port, -1) before it closes: the
-        # C datapath sends from these sockets itself
-        self.on_port: Callable[[int, int], None] | None = None
+        # (source port, DF) -> socket; DF is a socket option, so with DF inherited a port has
+        # one socket for each
+        self._pool: OrderedDict[tuple[int, bool], socket.socket] = OrderedDict()
+        # told (port, df, fd) when a source-port socket opens and (port, df, -1) before it
+        # closes: the C datapath sends from these sockets itself
+        self.on_port: Callable[[int, bool, int], None] | None = None
         self._fallback: socket.socket | None = None
         self.rx = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -141,10 +141,15 @@ class UdpTransport:
                     raise TransportError(f"UDP port {port} is in use") from exc
                 raise TransportError(f"cannot bind {bind_ip or '*'}:{port}: {exc}") from exc
             self.rx.setblocking(False)
+            # the outer TOS of each datagram, for RFC 6040 ECN decapsulation
+            if self._v6:
+                self.rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+            else:
+                self.rx.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
             if group is not None:
                 self._join(group)
             # the shared socket also proves now that `local` is an address of this host
-            self._fallback = self._open(0)
+            self._fallback = self._open(0, self.outer.df)
         except BaseException:
             self.close()
             raise
@@ -168,11 +173,16 @@ class UdpTransport:
             socket.inet_aton(group) + socket.inet_aton("0.0.0.0") + struct.pack("i", self._ifindex)
         )
 
-    def _open(self, sport: int) -> socket.socket:
+    def _open(self, sport: int, df: bool = False) -> socket.socket:
         """A send socket bound to ``sport`` (0: ephemeral) with the VTEP's IP options."""
         s = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
             bind_ip = self.local or ("::" if self._v6 else "")
+            if sport and self.outer.df_inherit:
+                # DF is a socket option, so with DF inherited a port has two sockets, one with
+                # DF and one without: both bound to it (a reuseport group only this user can
+                # join; neither receives anything but ICMP errors, drained from both)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 s.bind((bind_ip, sport))
             except OSError as exc:
@@ -184,12 +194,12 @@ class UdpTransport:
             s.setblocking(False)
             level, mtu_opt, ttl_opt, tos_opt, mttl_opt, loop_opt = _OPTS[self._v6]
             s.setsockopt(level, IPV6_RECVERR if self._v6 else IP_RECVERR, 1)  # but ICMP errors
-            s.setsockopt(level, mtu_opt, _PMTU_DO if self._df == "set" else _PMTU_DONT)
-            if self._ttl is not None:
-                s.setsockopt(level, ttl_opt, self._ttl)
-            if self._tos is not None:
-                s.setsockopt(level, tos_opt, self._tos)
-            s.setsockopt(level, mttl_opt, self._ttl if self._ttl is not None else 1)
+            s.setsockopt(level, mtu_opt, _PMTU_DO if df else _PMTU_DONT)
+            o = self.outer
+            if o.ttl:
+                s.setsockopt(level, ttl_opt, o.ttl)
+            s.setsockopt(level, tos_opt, o.tos)
+            s.setsockopt(level, mttl_opt, o.ttl or 1)
             s.setsockopt(level, loop_opt, 0)
             if self.group is not None:
                 if self._v6:
@@ -201,27 +211,29 @@ class UdpTransport:
             raise
         return s
 
-    def socket_for(self, sport: int) -> socket.socket:
-        """The send socket bound to ``sport`` (opened on first use, least recently used closed
-        past ``max_ports``); the shared ephemeral-port socket if ``sport`` cannot be bound."""
-        s = self._pool.get(sport)
+    def socket_for(self, sport: int, df: bool | None = None) -> socket.socket:
+        """The send socket bound to ``sport`` (with DF set or not: ``df``, default the VTEP's),
+        opened on first use, least recently used closed past ``max_ports``; the shared
+        ephemeral-port socket if ``sport`` cannot be bound."""
+        key = (sport, self.outer.df if df is None else df)
+        s = self._pool.get(key)
         if s is not None:
-            self._pool.move_to_end(sport)
+            self._pool.move_to_end(key)
             return s
         try:
-            s = self._open(sport)
+            s = self._open(sport, key[1])
         except OSError:
             self.errors["srcport-unavailable"] += 1
             assert self._fallback is not None
             return self._fallback
-        self._pool[sport] = s
+        self._pool[key] = s
         self._watch(s)
         if self.on_port is not None:
-            self.on_port(sport, s.fileno())
+            self.on_port(sport, key[1], s.fileno())
         if len(self._pool) > self._max_ports:
-            old_port, old = self._pool.popitem(last=False)
+            (old_port, old_df), old = self._pool.popitem(last=False)
             if self.on_port is not None:
-                self.on_port(old_port, -1)
+                self.on_port(old_port, old_df, -1)
             self._unwatch(old)
             old.close()
         return s
@@ -343,16 +355,24 @@ class UdpTransport:
 
     # --- sending ---------------------------------------------------------------------------
 
-    def send(self, d: Datagram) -> bool:
-        """Send one datagram from its flow's source port; False (and counted) if refused."""
-        sock = self.socket_for(d.sport)
+    def send(self, d: Datagram, batch: FrameBatch | None = None) -> bool:
+        """Send one datagram from its flow's source port, with the outer fields of its slot of
+        ``batch`` (if it has one); False (and counted) if refused."""
+        o = self.outer
+        if batch is not None and d.slot >= 0:
+            tos, ttl, df = batch.tos[d.slot], batch.ttl[d.slot], bool(batch.df[d.slot])
+        else:
+            tos, ttl, df = o.tos, 0, o.df
+        sock = self.socket_for(d.sport, df)
+        anc = batchio.outer_cmsgs(self._v6, tos, ttl, o)
+        addr = (d.host, d.port)
         try:
             try:
-                sock.sendto(d.payload, (d.host, d.port))
+                sock.sendmsg([d.payload], anc, 0, addr)
             except OSError as exc:
                 if not batchio.icmp_pending(sock, exc.errno):
                     raise
-                sock.sendto(d.payload, (d.host, d.port))  # once more: see batchio.icmp_pending
+                sock.sendmsg([d.payload], anc, 0, addr)  # once more: see batchio.icmp_pending
         except OSError as exc:
             self._count(exc.errno)
             return False
@@ -372,7 +392,7 @@ class UdpTransport:
                     count = 0
                 self._send_super(batch, d)
             elif d.slot < 0 or not isinstance(d.payload, memoryview):
-                self.send(d)
+                self.send(d, batch)
             elif count and d.slot == first + count and d.host == host and d.port == port:
                 count += 1
             else:
@@ -384,17 +404,19 @@ class UdpTransport:
 
     def send_slots(self, batch: FrameBatch, first: int, n: int, port: int, host: str) -> int:
         """Send slots ``first..first+n-1`` of ``batch`` (as ``encap_batch`` left them) to
-        ``host:port``, each from its ``batch.sport``: a batched syscall per run of one port."""
+        ``host:port``, each from its ``batch.sport`` (with its DF): a batched syscall per run of
+        one socket."""
         sent = 0
         end = first + n
         i = first
-        sport = batch.sport
+        sport, df, o = batch.sport, batch.df, self.outer
         while i < end:
             j = i + 1
-            while j < end and sport[j] == sport[i]:
+            while j < end and sport[j] == sport[i] and df[j] == df[i]:
                 j += 1
-            sock = self.socket_for(sport[i])
-            sent += self._done(batchio.backend.udp_send(sock, batch, i, j - i, host, port), j - i)
+            sock = self.socket_for(sport[i], bool(df[i]))
+            got = batchio.backend.udp_send(sock, batch, i, j - i, host, port, o)
+            sent += self._done(got, j - i)
             i = j
         return sent
 
@@ -402,9 +424,9 @@ class UdpTransport:
         """Cut the TCP super-frame behind ``d`` into MTU-sized chunks and send them to d's
         destination from the flow's source port (the engine decided once for all of them)."""
         lo, hi = self._srcport
-        sock = self.socket_for(d.sport)
+        sock = self.socket_for(d.sport, bool(batch.df[d.slot]))
         sent, k = batchio.backend.send_super(
-            sock, batch, d.slot, d.vni, self._chunks, d.host, d.port, lo, hi
+            sock, batch, d.slot, d.vni, self._chunks, d.host, d.port, lo, hi, self.outer
         )
         if k == 0:
             self.gso_errors += 1
@@ -431,8 +453,8 @@ class UdpTransport:
     def close(self) -> None:
         self.rx_dropped()  # the last count, for the final stats
         if self.on_port is not None:
-            for port in self._pool:
-                self.on_port(port, -1)
+            for port, df in self._pool:
+                self.on_port(port, df, -1)
         socks = [self.rx, *self._send_sockets()]
         if self._ep is not None:
             if self._loop is not None:
