@@ -65,6 +65,9 @@ tap = "vx20"
 address = "198.19.20.1/24"
 group = "239.1.1.20"
 ageing = 12.5
+gbp = true
+gbp_group = "0x10/A"
+gbp_mac = [{ mac = "02:00:00:00:14:02", group = "7/D" }]
 """
 
 EXPECTED = VtepConfig(
@@ -95,6 +98,9 @@ EXPECTED = VtepConfig(
             address="198.19.20.1/24",
             group="239.1.1.20",
             ageing=12.5,
+            gbp=True,
+            gbp_group="0x10/A",
+            gbp_mac=[("02:00:00:00:14:02", "7/D")],
         ),
     ],
     local="198.18.0.1",
@@ -287,6 +293,16 @@ BAD: list[object] = [
     ),
     pytest.param('[vtep]\ntos = "inherited"\n' + SEG, ["tos", "'inherit'"], id="tos-word"),
     pytest.param("[vtep]\ntos = 256\n" + SEG, ["tos", "0..255", "256"], id="tos-range"),
+    pytest.param(SEG + 'gbp_group = "7"\n', ["gbp_group", "gbp on"], id="gbp-group-without-gbp"),
+    pytest.param(
+        SEG + 'gbp = true\ngbp_group = "7/X"\n', ["gbp_group", "ID[/D][/A]"], id="gbp-flag"
+    ),
+    pytest.param(SEG + "gbp = true\ngbp_group = 70000\n", ["gbp_group", "65535"], id="gbp-id"),
+    pytest.param(
+        SEG + 'gbp = true\ngbp_mac = [{ mac = "x", group = "1" }]\n',
+        ["gbp_mac mac", "'x'"],
+        id="gbp-mac",
+    ),
     pytest.param(SEG + "mtu = 20\n", ["mtu", "68..65535"], id="mtu-range"),
     pytest.param(SEG + "ageing = -1\n", ["ageing", ">= 0"], id="ageing-negative"),
     pytest.param(SEG + SEG, ["segment[1].vni 10", "twice"], id="duplicate-vni"),
@@ -541,3 +557,19 @@ def test_cli_outer_header_flags(flag: list[str], needle: str) -> None:
     p = _cli("run", "--vni", "10", *flag)
     assert p.returncode == 2, p.stderr
     assert needle in p.stderr, p.stderr
+
+
+def test_cli_gbp_flags() -> None:
+    from vxlanpy.cli import build_parser, config_from_args
+    from vxlanpy.gbp import Policy
+
+    argv = ["run", "--vni", "10", "--gbp", "--gbp-group", "0x10/A"]
+    argv += ["--gbp-mac", "02:00:00:00:00:01=7/D"]
+    cfg, _ = config_from_args(build_parser().parse_args(argv))
+    seg = cfg.validate().segments[0].segment_config()
+    assert seg.gbp and seg.gbp_group == Policy(16, applied=True)
+    assert seg.gbp_macs == {bytes([2, 0, 0, 0, 0, 1]): Policy(7, dont_learn=True)}
+    p = _cli("run", "--vni", "10", "--gbp-group", "5")
+    assert p.returncode == 2 and "need gbp on" in p.stderr, p.stderr
+    p = _cli("run", "--vni", "10", "--gbp", "--gbp-mac", "02:00:00:00:00:01=big")
+    assert p.returncode == 2 and "ID[/D][/A]" in p.stderr, p.stderr

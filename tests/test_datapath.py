@@ -5,7 +5,8 @@ broadcast, ARP requests for the proxy, VLAN-tagged), datagrams from three remote
 and moves, tagged frames, bad source MACs, unknown VNIs, reserved header bits), admin ``fdb``
 changes with per-entry port and VNI overrides, neighbour entries, settings switched at run time
 (learning, proxy, VLANs, strict parsing, allowlists), an FDB address limit, a cap and a rate
-limit on learning, and time passing (ageing).
+limit on learning, time passing (ageing), and VXLAN-GBP headers, with a third segment that
+has GBP on in some runs.
 Engine ``fast`` forwards through the C datapath (what the engine installed is done in C, the
 rest comes back as upcalls); engine ``slow`` is the plain Python engine. After every step both
 must have produced the same datagrams, device frames and events, and the datapath must hold
@@ -29,6 +30,7 @@ from vxlanpy.batch import FrameBatch
 from vxlanpy.datapath import Datapath, Entry, Target, set_source
 from vxlanpy.engine import Engine, SegmentConfig
 from vxlanpy.fdb import FdbError, Remote
+from vxlanpy.gbp import Policy
 from vxlanpy.limits import CONFIGURED, Allowlist
 from vxlanpy.neigh import NeighExists, NeighNotFound
 from vxlanpy.wire import ZERO_MAC, encode_header
@@ -38,8 +40,8 @@ if not datapath_mod.available():
         raise ImportError("the C datapath is required (VXLANPY_REQUIRE_C) but not selected")
     pytest.skip("the C datapath needs the cffi backend", allow_module_level=True)
 
-VNI, VNI2, UNKNOWN_VNI = 42, 43, 7
-VNIS = (VNI, VNI2)
+VNI, VNI2, VNI3, UNKNOWN_VNI = 42, 43, 44, 7
+VNIS = (VNI, VNI2, VNI3)  # VNI3 has VXLAN-GBP on in some runs
 REMOTES = ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
 MACS = [bytes([2, 0, 0, 0, 0, k]) for k in range(1, 7)]
 LOCAL = bytes([2, 0, 0, 0, 0, 0xAA])
@@ -63,7 +65,12 @@ def arp_request(src: bytes, target: str) -> bytes:
 
 
 def make_engine(
-    fast: bool, ageing: float, max_addresses: int = 0, max_learned: int = 0, rate: float = 0
+    fast: bool,
+    ageing: float,
+    max_addresses: int = 0,
+    max_learned: int = 0,
+    rate: float = 0,
+    gbp: bool = False,
 ) -> Engine:
     e = Engine(backend="cffi")
     e.add_segment(
@@ -80,6 +87,13 @@ def make_engine(
     e.add_segment(
         SegmentConfig(vni=VNI2, remotes=REMOTES[2:], ageing=ageing, proxy=True, local_mac=LOCAL)
     )
+    policies = {"gbp_group": Policy(0x1234), "gbp_macs": {MACS[0]: Policy(7, applied=True)}}
+    e.add_segment(
+        SegmentConfig(
+            vni=VNI3, remotes=REMOTES[1:], ageing=ageing, local_mac=LOCAL, gbp=gbp,
+            **(policies if gbp else {}),  # type: ignore[arg-type]
+        )
+    )  # fmt: skip
     if fast:
         e.attach_datapath(Datapath())
     return e
@@ -136,6 +150,8 @@ def mirror_agrees(e: Engine) -> None:
             want[LOCAL] = ((), False)
         assert {m: (x.targets, x.static) for m, x in installed.items()} == want
         assert not installed[LOCAL].flags & (EntryFlag.DELIVER | EntryFlag.DELIVER_ANY)
+        if seg.gbp:
+            continue  # every frame goes up: the engine refreshes its entries itself, not C
         for m, _ip, t in fdb.learned_items():
             assert installed[m].seen >= t - 0.0005
 
@@ -155,6 +171,10 @@ HEADERS = st.one_of(
     st.just(encode_header(UNKNOWN_VNI)),
     st.just(b"\x08\x00\x00\x01" + VNI.to_bytes(3, "big") + b"\x00"),  # a reserved bit
     st.just(b"\x00" * 8),  # I flag clear
+    # VXLAN-GBP: a group (with D: not to be learned from, or A), reserved bits for non-GBP
+    st.sampled_from(VNIS).map(lambda v: b"\x88\x40\x00\x10" + v.to_bytes(3, "big") + b"\x00"),
+    st.sampled_from(VNIS).map(lambda v: b"\x88\x08\x12\x34" + v.to_bytes(3, "big") + b"\x00"),
+    st.just(b"\x08\x40\x00\x10" + VNI3.to_bytes(3, "big") + b"\x00"),  # GBP bits without G
 )
 RX_ITEMS = st.tuples(
     st.sampled_from(REMOTES),
@@ -236,11 +256,13 @@ def apply(e: Engine, op: tuple[Any, ...], now: float, fast: bool) -> Any:
     history=st.lists(OPS, max_size=40),
     ageing=st.sampled_from([0.0, 30.0, 300.0]),
     limit=st.sampled_from([0, 3]),
+    gbp=st.booleans(),
 )
 def test_fast_and_slow_path_agree(
-    history: list[tuple[Any, ...]], ageing: float, limit: int
+    history: list[tuple[Any, ...]], ageing: float, limit: int, gbp: bool
 ) -> None:
-    fast, slow = make_engine(True, ageing, limit), make_engine(False, ageing, limit)
+    fast = make_engine(True, ageing, limit, gbp=gbp)
+    slow = make_engine(False, ageing, limit, gbp=gbp)
     now = 1000.0
     last_rx: list[tuple[str, bytes]] = []
     for op in history:

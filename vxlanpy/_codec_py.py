@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from .abi import Status
+from .abi import GBP_A, GBP_D, GBP_G, Status, Strict
 from .batch import FrameBatch
 from .headers import Outer, parse
 from .wire import ETH_HLEN, VXLAN_FLAG_I, VXLAN_HLEN, flow_hash, port_from_hash
@@ -23,6 +23,7 @@ __all__ = [
 
 _HDR = struct.Struct("!II")
 _FLAGS = VXLAN_FLAG_I << 24
+_GBP_WORD0 = (GBP_G | VXLAN_FLAG_I) << 24 | (GBP_D | GBP_A) << 16 | 0xFFFF
 
 
 def check_batch(batch: FrameBatch) -> None:
@@ -56,8 +57,15 @@ def encap_batch(batch: FrameBatch, lo: int, hi: int) -> None:
         batch.sport[i] = port_from_hash(flow_hash(view[foff : foff + flen]), lo, hi)
 
 
-def decap_batch(batch: FrameBatch, strict: bool) -> None:
-    """Validate every received payload; set ``status``, ``vni`` and ``frame_len``."""
+def _reserved_set(w0: int, w1: int, strict: int) -> bool:
+    if strict == Strict.GBP:  # G, D, A and the group policy ID are not reserved
+        return bool(w0 & ~_GBP_WORD0) or bool(w1 & 0xFF)
+    return w0 != _FLAGS or bool(w1 & 0xFF)
+
+
+def decap_batch(batch: FrameBatch, strict: int) -> None:
+    """Validate every received payload; set ``status``, ``vni`` and ``frame_len`` (``strict``:
+    an ``abi.Strict``)."""
     check_batch(batch)
     buf = batch.buf
     for i in range(batch.count):
@@ -73,7 +81,7 @@ def decap_batch(batch: FrameBatch, strict: bool) -> None:
             w0, w1 = _HDR.unpack_from(buf, hoff)
             if not (w0 >> 24) & VXLAN_FLAG_I:
                 st = Status.NO_I_FLAG
-            elif strict and (w0 != _FLAGS or w1 & 0xFF):
+            elif strict and _reserved_set(w0, w1, strict):
                 st = Status.RESERVED
             elif n - VXLAN_HLEN < ETH_HLEN:
                 st = Status.INNER_TOO_SHORT

@@ -61,6 +61,8 @@ for _name in (
     "vx_entry_flags",
     "vx_miss",
     "vx_from",
+    "vx_strict",
+    "vx_gbp_bits",
 ):
     _values.update({k: int(v) for k, v in ffi.typeof(f"enum {_name}").relements.items()})
 
@@ -85,6 +87,19 @@ GSO_MAX_BYTES = _v("VX_GSO_MAX_BYTES")
 NERRNO = _v("VX_NERRNO")
 RECV_CHUNK = _v("VX_RECV_CHUNK")
 ALLOW_PREFIXES = _v("VX_ALLOW_PREFIXES")
+
+
+class Strict(enum.IntEnum):
+    """Header parsing: reserved bits ignored, a drop, or a drop but for the VXLAN-GBP bits."""
+
+    OFF = _v("VX_STRICT_OFF")
+    ON = _v("VX_STRICT_ON")
+    GBP = _v("VX_STRICT_GBP")
+
+
+GBP_G = _v("VX_GBP_G")  # first header byte: a group policy ID is present
+GBP_D = _v("VX_GBP_D")  # second byte: don't learn the inner source
+GBP_A = _v("VX_GBP_A")  # second byte: policy applied
 
 
 class Status(enum.IntEnum):
@@ -129,6 +144,7 @@ class TxMatch(enum.IntFlag):
     VLAN = _v("VX_TXM_VLAN")
     ARP = _v("VX_TXM_ARP")
     ND = _v("VX_TXM_ND")
+    ANY = _v("VX_TXM_ANY")
 
 
 class RxMatch(enum.IntFlag):
@@ -137,6 +153,7 @@ class RxMatch(enum.IntFlag):
     GROUP_SRC = _v("VX_RXM_GROUP_SRC")
     ZERO_SRC = _v("VX_RXM_ZERO_SRC")
     VLAN = _v("VX_RXM_VLAN")
+    ANY = _v("VX_RXM_ANY")
 
 
 class EntryFlag(enum.IntFlag):

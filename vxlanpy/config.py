@@ -9,6 +9,7 @@ from typing import Literal
 from . import privdrop
 from .engine import SegmentConfig
 from .fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED, Remote
+from .gbp import Policy
 from .headers import Outer
 from .limits import CONFIGURED
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
@@ -52,6 +53,9 @@ class SegmentSpec:
     max_learned: int = DEFAULT_MAX_LEARNED  # learned MACs at most (0: no limit)
     learn_rate: float = DEFAULT_LEARN_RATE  # new MACs per second per remote VTEP (0: no limit)
     allow: list[str] | str | None = None  # VTEPs accepted: CIDRs and/or "configured"; None: any
+    gbp: bool = False  # VXLAN-GBP (the kernel's gbp)
+    gbp_group: str | int | None = None  # policy of frames sent: ID[/D][/A]
+    gbp_mac: list[tuple[str, str]] = field(default_factory=list)  # (MAC, policy) per source
 
     @property
     def tap_name(self) -> str:
@@ -75,6 +79,8 @@ class SegmentSpec:
             fdb=self.fdb_entries(),
             neigh=self.neigh_entries(),
             allow=self.allow if self.allow is not None else allow,
+            gbp_group=None if self.gbp_group is None else Policy.parse(self.gbp_group),
+            gbp_macs={parse_mac(m): Policy.parse(p) for m, p in self.gbp_mac},
         )
 
 
@@ -90,6 +96,7 @@ _ENGINE_FIELDS = (
     "allow_vlan",
     "max_learned",
     "learn_rate",
+    "gbp",
 )
 
 
@@ -229,6 +236,17 @@ def _check_segment(s: SegmentSpec, vnis: set[int], taps: set[str]) -> None:
     ):
         raise ConfigError(f"learn_rate must be a number >= 0 (0: no limit), got {s.learn_rate!r}")
     _check_allow("allow", s.allow)
+    if (s.gbp_group is not None or s.gbp_mac) and not s.gbp:
+        raise ConfigError("gbp_group and gbp_mac need gbp on (VXLAN-GBP)")
+    for what, text in [("gbp_group", s.gbp_group)] + [("gbp_mac", p) for _m, p in s.gbp_mac]:
+        if text is not None:
+            try:
+                Policy.parse(text)
+            except ValueError as exc:
+                raise ConfigError(f"{what}: {exc}") from None
+    for mac, _p in s.gbp_mac:
+        if _mac("gbp_mac mac", mac)[0] & 1:
+            raise ConfigError(f"gbp_mac mac {mac} is not unicast")
     for mac, ip in s.fdb:
         _mac("fdb mac", mac)
         _ip("fdb dst", ip)
@@ -328,6 +346,9 @@ _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "max_learned": (int, "an integer (0: no limit)"),
     "learn_rate": ((int, float), "a number of MACs per second (0: no limit)"),
     "allow": ((str, list), 'a list of CIDR strings and/or "configured"'),
+    "gbp": (bool, "true or false"),
+    "gbp_group": ((str, int), 'a group policy ID 0..65535, or "ID/D/A" with its flags'),
+    "gbp_mac": (list, 'a list of tables {mac = "...", group = "..."}'),
 }
 
 
@@ -417,11 +438,13 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
             raise ConfigError(f"{path}: {where}.remotes must be a list of IP address strings")
         fdb = kw.pop("fdb", [])
         neigh = kw.pop("neigh", [])
-        assert isinstance(fdb, list) and isinstance(neigh, list)
+        gbp_mac = kw.pop("gbp_mac", [])
+        assert isinstance(fdb, list) and isinstance(neigh, list) and isinstance(gbp_mac, list)
         spec = SegmentSpec(**kw)  # type: ignore[arg-type]
         spec.ageing = float(spec.ageing)
         spec.fdb = _pairs(path, f"{where}.fdb", fdb, "mac", "dst")
         spec.neigh = _pairs(path, f"{where}.neigh", neigh, "ip", "lladdr")
+        spec.gbp_mac = _pairs(path, f"{where}.gbp_mac", gbp_mac, "mac", "group")
         specs.append(spec)
     srcport = vt.get("srcport", "49152:65535")
     if isinstance(srcport, list):

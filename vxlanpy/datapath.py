@@ -181,8 +181,9 @@ class Datapath:
     # --- settings, segments, devices, sockets ----------------------------------------------
 
     def configure(
-        self, srcport: tuple[int, int], strict: bool, complete_checksums: bool, outer: Outer
+        self, srcport: tuple[int, int], strict: int, complete_checksums: bool, outer: Outer
     ) -> None:
+        """``strict``: an ``abi.Strict``; ``outer``: the outer header's TOS/TTL/DF."""
         c = self._cfg
         c.srcport_lo, c.srcport_hi = srcport
         c.strict, c.complete_checksums = int(strict), int(complete_checksums)

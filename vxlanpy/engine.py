@@ -33,18 +33,21 @@ Rules, device -> wire (``handle_frames``):
   4. broadcast/multicast destination: replicate to the flood list;
   5. unicast: FDB hit -> its remotes; miss -> L2 miss event, then the flood list;
   6. nothing to send to: drop (no-destination).
-  Every datagram's outer TOS, TTL and DF follow ``outer`` (its ECN field the inner one's).
+  Every datagram's outer TOS, TTL and DF follow ``outer`` (its ECN field the inner one's); on
+  a segment with VXLAN-GBP, its header the group policy of the frame's source MAC.
 Rules, wire -> device (``handle_datagrams``):
   1. header invalid (too short, I flag clear, reserved bits in strict mode, inner frame too
      short): drop with that reason, not attributed to a VNI; an outer CE over a not-ECT inner
      packet (RFC 6040): drop (ecn-error), the segment's; other ECN marks are carried inward;
   2. VNI not configured: drop (unknown-vni); the VTEP it came from is not in the segment's
-     allowlist: drop (source-not-allowed), nothing learned;
+     allowlist: drop (source-not-allowed), nothing learned; strict, and VXLAN-GBP bits set
+     where they are reserved (a segment without GBP, or no G bit): drop (reserved-bits); a
+     segment with GBP counts the group policy;
   3. inner source MAC multicast or zero: drop (bad-source-mac); equal to the device's own MAC:
      drop (looped); tagged frame with VLANs not allowed: drop (vlan-tagged);
-  4. learning on: learn source MAC -> outer source IP; a static MAC from another VTEP is a
-     spoof: drop (spoofed-static); past max_addresses or max_learned, or faster than
-     learn_rate from one remote: deliver, count the refusal (a rate-limited event);
+  4. learning on (and no GBP D bit): learn source MAC -> outer source IP; a static MAC from
+     another VTEP is a spoof: drop (spoofed-static); past max_addresses or max_learned, or
+     faster than learn_rate from one remote: deliver, count the refusal (a rate-limited event);
   5. deliver the inner frame to the segment's device.
 What C may do alone (``_rule``, ``_entry``) follows from these rules: see those methods.
 """
@@ -56,8 +59,8 @@ import ipaddress
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from . import kernels
-from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, TxMatch, Verdict
+from . import gbp, kernels
+from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, Strict, TxMatch, Verdict
 from .batch import FrameBatch
 from .datapath import Datapath, Network, Rule, Target
 from .events import Dropped, Event, L2Miss, L3Miss, LearnRefused, MacAged, MacLearned, MacMoved
@@ -166,11 +169,18 @@ class Engine:
             self._mirror.watch(seg)
         self.sync_datapath()
 
+    def strict_mode(self) -> Strict:
+        """How headers are parsed: reserved bits ignored, or a drop (but the VXLAN-GBP bits
+        while a segment has GBP on: the engine then drops them for the others itself)."""
+        if not self.strict:
+            return Strict.OFF
+        return Strict.GBP if any(s.gbp for s in self._segments.values()) else Strict.ON
+
     def sync_datapath(self) -> None:
         """Install what changed since the last call (FDB entries, segment settings, engine
         settings) into the C datapath (mirror.py). Call it before each C call."""
         if self._mirror is not None:
-            settings = (self.srcport, self.strict, self.complete_checksums, self.outer)
+            settings = (self.srcport, self.strict_mode(), self.complete_checksums, self.outer)
             self._mirror.sync(self._segments, settings)
 
     def _rule(self, seg: Segment, flood: int) -> tuple[Rule, list[Network]]:
@@ -182,9 +192,13 @@ class Engine:
           source MAC without an entry is delivered as it is when learning is off (rule 4:
           nothing to learn), else it goes up to be learned; with an allowlist (rule 2), C
           delivers only from the networks it names and the configured remotes (more prefixes
-          than C holds: nothing, everything goes up)."""
+          than C holds: nothing, everything goes up);
+        - a segment with VXLAN-GBP on: everything goes up (the engine writes and reads groups)."""
         tx_up = (0 if seg.allow_vlan else TxMatch.VLAN) | (TxMatch.ARP if seg.proxy else 0)
         rx_up = RxMatch.GROUP_SRC | RxMatch.ZERO_SRC | (0 if seg.allow_vlan else RxMatch.VLAN)
+        if seg.gbp:  # VXLAN-GBP: the group policy is the engine's, every frame goes up
+            tx_up |= TxMatch.ANY
+            rx_up |= RxMatch.ANY
         miss = Miss.UPCALL if seg.fdb.learning else Miss.DELIVER
         allow = seg.allow
         nets: list[Network] = []
@@ -361,10 +375,19 @@ class Engine:
             plen = batch.payload_len[i]
             payload = mv[hoff : hoff + plen]
             sport = batch.sport[i]
+            policy = None
+            if seg.gbp:
+                foff = batch.frame_offset(i)
+                policy = seg.gbp_policy(bytes(buf[foff + 6 : foff + 12]))
+                if policy is not None:
+                    gbp.write(buf, hoff, policy)
+                seg.gbp_tx.add(policy, len(remotes))
             for r in remotes:
                 if r.vni is not None and r.vni != vni:
-                    data: bytes | memoryview = encode_header(r.vni) + payload[VXLAN_HLEN:]
-                    out.append(Datagram(data, r.ip, r.port or dstport, sport, r.vni, i))
+                    data = bytearray(encode_header(r.vni) + payload[VXLAN_HLEN:])
+                    if policy is not None:
+                        gbp.write(data, 0, policy)
+                    out.append(Datagram(bytes(data), r.ip, r.port or dstport, sport, r.vni, i))
                 else:
                     out.append(Datagram(payload, r.ip, r.port or dstport, sport, vni, i))
                 c.tx_packets += 1
@@ -416,7 +439,7 @@ class Engine:
         Next: write ``frames_to_device()`` to each segment's device, then reuse the batch.
         """
         if not prepared:
-            self.kernels.decap_batch(batch, self.strict)
+            self.kernels.decap_batch(batch, self.strict_mode())
             if self.outer.ecn_decap:
                 self.kernels.ecn_decap(batch)
             if self.complete_checksums:
@@ -425,6 +448,7 @@ class Engine:
         buf = batch.buf
         mv = memoryview(buf)
         out = self._to_device
+        strict_gbp = self.strict_mode() == Strict.GBP
         for i in range(batch.count) if slots is None else slots:
             src = sources[i]
             st = batch.status[i]
@@ -441,6 +465,16 @@ class Engine:
             if seg.allow is not None and not seg.permits(src):
                 self._drop(DropReason.NOT_ALLOWED, seg, src)
                 continue
+            policy = None
+            hoff = batch.header_offset(i)
+            if seg.gbp:
+                policy = gbp.read(mv[hoff : hoff + VXLAN_HLEN])
+            if strict_gbp and policy is None and gbp.reserved_used(buf, hoff):
+                # decap let the GBP bits pass (strict, GBP on somewhere): not here, or no G bit
+                self._drop(DropReason.RESERVED_BITS, None, src)
+                continue
+            if seg.gbp:
+                seg.gbp_rx.add(policy)
             off = batch.frame_offset(i)
             n = batch.frame_len[i]
             smac = bytes(buf[off + 6 : off + 12])
@@ -457,15 +491,18 @@ class Engine:
             # A run of frames of one flow (the common case) is learned once per batch: the
             # FDB already holds (smac -> src) at `now` after the first, so the rest would only
             # refresh it again with the same time.
-            if seg.fdb.learning and (smac, src, vni) != fresh:
+            if policy is not None and policy.dont_learn:
+                pass  # VXLAN-GBP's D bit: the sender asks not to be learned from this frame
+            elif seg.fdb.learning and (smac, src, vni) != fresh:
                 res, old = seg.fdb.learn(smac, src, now)
                 fresh = (smac, src, vni) if res in _FRESH else _NONE3
+                group = None if policy is None else str(policy)
                 if res is LearnResult.NEW:
                     c.learned += 1
-                    self._event(MacLearned(vni, smac, src))
+                    self._event(MacLearned(vni, smac, src, group))
                 elif res is LearnResult.MOVED:
                     c.moved += 1
-                    self._event(MacMoved(vni, smac, old or "", src))
+                    self._event(MacMoved(vni, smac, old or "", src, group))
                 elif res is LearnResult.SPOOFED:
                     self._drop(DropReason.SPOOFED_STATIC, seg, src)
                     continue

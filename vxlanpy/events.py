@@ -6,7 +6,7 @@ All events are frozen, slotted dataclasses; MAC addresses are 6 raw bytes, IP ad
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .wire import DropReason, format_mac
@@ -30,6 +30,8 @@ class Event:
         out: dict[str, Any] = {"event": _NAMES[type(self)]}
         for f in fields(self):
             v = getattr(self, f.name)
+            if v is None and f.metadata.get("omit_none"):
+                continue  # an optional detail (a VXLAN-GBP group) not there
             if isinstance(v, bytes):
                 v = format_mac(v)
             elif isinstance(v, DropReason):
@@ -49,7 +51,10 @@ class _MacAt(Event):
 
 @dataclass(frozen=True, slots=True)
 class MacLearned(_MacAt):
-    """``mac`` on ``vni`` is behind the VTEP ``remote`` (learned from a received frame)."""
+    """``mac`` on ``vni`` is behind the VTEP ``remote`` (learned from a received frame);
+    ``group``: the VXLAN-GBP policy that frame carried (``0x0010/A``), on a segment with GBP."""
+
+    group: str | None = field(default=None, metadata={"omit_none": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,7 @@ class MacMoved(Event):
     mac: bytes
     old_remote: str
     remote: str
+    group: str | None = field(default=None, metadata={"omit_none": True})  # as MacLearned's
 
 
 @dataclass(frozen=True, slots=True)

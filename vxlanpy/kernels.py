@@ -5,7 +5,8 @@ an ``ImportError`` (CI sets it, so a broken build cannot hide behind the twin). 
 expose the same functions with the same signatures:
 
 - ``encap_batch(batch, lo, hi)``: headers in place, ``payload_len`` and ``sport`` set;
-- ``decap_batch(batch, strict)``: ``status``, ``vni`` and ``frame_len`` set per slot;
+- ``decap_batch(batch, strict)``: ``status``, ``vni`` and ``frame_len`` set per slot
+  (``strict``: an ``abi.Strict``: reserved bits ignored, a drop, a drop but for VXLAN-GBP's);
 - ``outer_fields(batch, outer)``: ``tos``, ``ttl``, ``df`` of each slot's outer header from its
   inner frame as ``headers.Outer`` says (the kernel's INET_ECN_encapsulate and ``inherit``s);
 - ``ecn_decap(batch) -> int``: after ``decap_batch``, RFC 6040 on each decapsulated slot with
@@ -165,7 +166,7 @@ class _CffiBackend(Native):
         check_port_range(lo, hi)
         self._lib.vx_encap(cbatch(self.mod, batch), 0, batch.count, lo, hi)
 
-    def decap_batch(self, batch: FrameBatch, strict: bool) -> None:
+    def decap_batch(self, batch: FrameBatch, strict: int) -> None:
         check_batch(batch)
         self._lib.vx_decap(cbatch(self.mod, batch), 0, batch.count, int(strict))
 

@@ -23,7 +23,7 @@ __all__ = ["Mirror"]
 RuleOf = Callable[[Segment, int], tuple[Rule, list[Network]]]
 EntryOf = Callable[[Segment, bytes], tuple[tuple[Target, ...], int] | None]
 TargetsOf = Callable[[Segment, tuple[Remote, ...]], tuple[Target, ...]]
-Settings = tuple[tuple[int, int], bool, bool, Outer]
+Settings = tuple[tuple[int, int], int, bool, Outer]  # source ports, strict, checksums, outer
 
 
 class Mirror:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,24 @@ class Topology:
         for h in list(self.hosts.values()):
             subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
         self.hosts.clear()
+
+
+def ensure_tools(tools: dict[str, str]) -> None:
+    """Install the Debian packages of the commands in ``tools`` (command -> package) that are
+    not on PATH, with apt-get (as root); NetnsError if they cannot be had."""
+    missing = sorted({pkg for cmd, pkg in tools.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise NetnsError(f"not installed: {', '.join(missing)} (apt-get install them)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+        if p.returncode != 0:
+            raise NetnsError(f"{' '.join(argv)}: {p.stderr.strip()[-300:]}")
+    still = [cmd for cmd in tools if shutil.which(cmd) is None]
+    if still:
+        raise NetnsError(f"installed {', '.join(missing)} but not on PATH: {', '.join(still)}")
 
 
 def wait_for(pred: object, timeout: float, interval: float = 0.05) -> bool:

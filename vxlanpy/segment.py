@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED, Fdb, Remote
+from .gbp import GroupCounters, Policy
 from .limits import Allowlist
 from .neigh import NeighTable
 from .wire import ZERO_MAC, DropReason, check_vni
@@ -64,7 +65,9 @@ class SegmentConfig:
     there instead (or as well). ``local_mac`` is the device's own MAC, for loop detection.
     ``max_learned`` and ``learn_rate`` bound learning (fdb.py); ``allow``: the VTEPs VXLAN is
     accepted from (CIDRs, and/or ``"configured"``: the remotes this configuration names; None:
-    any).
+    any). ``gbp``: VXLAN-GBP on (gbp.py): frames sent carry ``gbp_macs``' policy for their
+    source MAC, else ``gbp_group`` (None: no group); received policies are counted per group,
+    and a D (don't learn) bit is obeyed. The engine handles such a segment's frames itself.
     """
 
     vni: int
@@ -81,9 +84,14 @@ class SegmentConfig:
     max_learned: int = DEFAULT_MAX_LEARNED
     learn_rate: float = DEFAULT_LEARN_RATE
     allow: Sequence[str] | str | None = None
+    gbp: bool = False
+    gbp_group: Policy | None = None
+    gbp_macs: Mapping[bytes, Policy] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_vni(self.vni)
+        if (self.gbp_group is not None or self.gbp_macs) and not self.gbp:
+            raise ValueError("a group policy needs gbp on")
         if self.allow is not None:
             Allowlist(self.allow)  # ValueError on a bad network
         if self.group is not None and not ipaddress.ip_address(self.group).is_multicast:
@@ -105,6 +113,8 @@ class Segment:
         "_watcher",
         "_allow",
         "_configured",
+        "gbp_rx",
+        "gbp_tx",
     )
 
     def __init__(self, config: SegmentConfig) -> None:
@@ -122,6 +132,8 @@ class Segment:
         self._configured: tuple[int, set[str]] = (-1, set())
         self.neigh = NeighTable()
         self.counters = Counters()
+        self.gbp_rx = GroupCounters()  # policies received (VXLAN-GBP on), per group
+        self.gbp_tx = GroupCounters()  # and sent
         self._proxy = config.proxy
         self._allow_vlan = config.allow_vlan
         self._local_mac = config.local_mac
@@ -196,6 +208,16 @@ class Segment:
         """Is VXLAN from the VTEP ``ip`` accepted?"""
         a = self._allow
         return a is None or a.permits(ip, self.configured_remotes() if a.configured else ())
+
+    @property
+    def gbp(self) -> bool:
+        """VXLAN-GBP on (a configuration setting: fixed for the segment's life)."""
+        return self.config.gbp
+
+    def gbp_policy(self, src_mac: bytes) -> Policy | None:
+        """The policy a frame from ``src_mac`` leaves with (None: none)."""
+        c = self.config
+        return c.gbp_macs.get(src_mac, c.gbp_group)
 
     @property
     def local_mac(self) -> bytes | None:

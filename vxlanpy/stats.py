@@ -32,11 +32,14 @@ GRO_KEYS = {
 
 def segment_stats(engine: Engine, vni: int) -> dict[str, Any]:
     """The counters of ``vni``: the engine's, plus what the C datapath forwarded itself."""
-    out = engine.segment(vni).counters.to_dict()
+    seg = engine.segment(vni)
+    out = seg.counters.to_dict()
     if engine.datapath is not None:
         for k, v in engine.datapath.segment_counters(vni).items():
             if k in out:
                 out[k] += v
+    if seg.gbp:  # VXLAN-GBP: datagrams per group policy ("none": without one)
+        out["gbp"] = {"rx": seg.gbp_rx.to_dict(), "tx": seg.gbp_tx.to_dict()}
     return out
 
 

@@ -100,6 +100,24 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--strict", action="store_true", help="drop packets with reserved bits set")
     run.add_argument("--allow-vlan", action="store_true", help="carry 802.1Q-tagged frames")
+    run.add_argument(
+        "--gbp",
+        action="store_true",
+        help="VXLAN-GBP (group based policy, the kernel's gbp): send and read group policy IDs",
+    )
+    run.add_argument(
+        "--gbp-group",
+        metavar="ID[/D][/A]",
+        help="with --gbp: the group policy ID frames leave with (0..65535; /D: don't learn, /A: "
+        "policy applied)",
+    )
+    run.add_argument(
+        "--gbp-mac",
+        action="append",
+        default=[],
+        type=pair("MAC=ID[/D][/A]"),
+        help="with --gbp: the group policy of frames from this source MAC (repeatable)",
+    )
     run.add_argument("--no-uvloop", action="store_true", help="use the plain asyncio loop")
     run.add_argument(
         "--no-offload", action="store_true", help="no TAP checksum/TSO offloads (IFF_VNET_HDR)"
@@ -203,6 +221,9 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         allow=a.allow,
         proxy=a.proxy,
         allow_vlan=a.allow_vlan,
+        gbp=a.gbp,
+        gbp_group=a.gbp_group,
+        gbp_mac=list(a.gbp_mac),
         fdb=list(a.fdb),
         neigh=list(a.neigh),
     )

@@ -146,9 +146,17 @@ void vx_encap(vx_batch *b, uint32_t first, uint32_t n, uint32_t lo, uint32_t hi)
     }
 }
 
+/* A reserved header bit set (strict: a vx_strict mode other than off). */
+static int reserved_set(const uint8_t *h, int strict)
+{
+    if (strict == VX_STRICT_GBP)
+        return (h[0] & ~(VX_GBP_G | VX_FLAG_I)) || (h[1] & ~(VX_GBP_D | VX_GBP_A)) || h[7];
+    return h[0] != VX_FLAG_I || h[1] || h[2] || h[3] || h[7];
+}
+
 /*
  * Check the received payloads in slots first..first+n-1 (payload_len[i] bytes at headroom - 8):
- * status[i] (a vx_status), vni[i] and frame_len[i] (0 unless VX_ST_OK).
+ * status[i] (a vx_status), vni[i] and frame_len[i] (0 unless VX_ST_OK); strict: a vx_strict.
  */
 void vx_decap(vx_batch *b, uint32_t first, uint32_t n, int strict)
 {
@@ -164,7 +172,7 @@ void vx_decap(vx_batch *b, uint32_t first, uint32_t n, int strict)
             st = VX_ST_TOO_SHORT;
         else if (!(h[0] & VX_FLAG_I))
             st = VX_ST_NO_I_FLAG;
-        else if (strict && (h[0] != VX_FLAG_I || h[1] || h[2] || h[3] || h[7]))
+        else if (strict && reserved_set(h, strict))
             st = VX_ST_RESERVED;
         else if (len - VX_HLEN < VX_ETH_HLEN)
             st = VX_ST_INNER_TOO_SHORT;

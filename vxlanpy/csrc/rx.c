@@ -11,7 +11,7 @@
 
 static uint32_t rx_match(const uint8_t *f)
 {
-    uint32_t m = (f[6] & 1) ? VX_RXM_GROUP_SRC : 0, et = vx_get16(f + 12);
+    uint32_t m = VX_RXM_ANY | ((f[6] & 1) ? VX_RXM_GROUP_SRC : 0), et = vx_get16(f + 12);
     if (vx_mac48(f + 6) == 0)
         m |= VX_RXM_ZERO_SRC;
     if (et == VX_ETH_P_8021Q || et == VX_ETH_P_8021AD)
@@ -91,7 +91,7 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
     uint64_t up[64];
     uint32_t nup = 0;
     pthread_mutex_lock(&dp->lock);
-    int last_vni = -1, s = -1;
+    int last_vni = -1, s = -1, strict_gbp = dp->cfg.strict == VX_STRICT_GBP;
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = order[k];
         b->action[i] = VX_UPCALL;
@@ -101,6 +101,11 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
             continue;
         }
         if (b->status[i] != VX_ST_OK)
+            continue;
+        /* strict, but the VXLAN-GBP bits let through: whether they may be set here is for the
+         * engine to say (a segment with GBP on, or reserved bits) */
+        const uint8_t *h = vx_payload(b, i);
+        if (strict_gbp && ((h[0] & VX_GBP_G) || h[1] || h[2] || h[3]))
             continue;
         if ((int)b->vni[i] != last_vni) {
             last_vni = (int)b->vni[i];

@@ -9,7 +9,7 @@
 
 static uint32_t tx_match(const uint8_t *f, uint32_t len)
 {
-    uint32_t m = (f[0] & 1) ? VX_TXM_GROUP_DST : 0, et = vx_get16(f + 12);
+    uint32_t m = VX_TXM_ANY | ((f[0] & 1) ? VX_TXM_GROUP_DST : 0), et = vx_get16(f + 12);
     if (et == VX_ETH_P_8021Q || et == VX_ETH_P_8021AD)
         m |= VX_TXM_VLAN;
     else if (et == VX_ETH_P_ARP)

@@ -301,7 +301,8 @@ int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uin
 /*
  * The chunks of the TCP super-frame in slot i of b (gso_size[i] payload bytes each), ready to
  * send: cut into slots 0.. of out (vx_tso_cut), encapsulated for vni with source ports from
- * lo..hi, their outer fields set as o says. Returns how many, or 0 if it cannot be cut.
+ * lo..hi, their outer fields set as o says, the super-frame's VXLAN-GBP policy (if its
+ * header has one) copied. Returns how many, or 0 if it cannot be cut.
  */
 uint32_t vx_super_prepare(const vx_batch *b, uint32_t i, uint32_t vni, vx_batch *out,
                           uint32_t lo, uint32_t hi, const vx_outer *o)
@@ -311,6 +312,10 @@ uint32_t vx_super_prepare(const vx_batch *b, uint32_t i, uint32_t vni, vx_batch 
         out->vni[j] = vni;
     vx_encap(out, 0, k, lo, hi);
     vx_outer_fields(out, 0, k, o);
+    const uint8_t *h = vx_payload(b, i);
+    if (h[0] & VX_GBP_G) /* the chunks carry the super-frame's group policy (flags, ID) */
+        for (uint32_t j = 0; j < k; j++)
+            memcpy(vx_payload(out, j), h, 4);
     return k;
 }
 

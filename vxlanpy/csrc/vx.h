@@ -74,12 +74,30 @@ enum vx_tx_match {
     VX_TXM_GROUP_DST = 1,       /* destination MAC is a group address */
     VX_TXM_VLAN = 2,            /* 802.1Q / 802.1ad tagged */
     VX_TXM_ARP = 4,             /* untagged ARP */
-    VX_TXM_ND = 8               /* untagged IPv6 neighbour solicitation */
+    VX_TXM_ND = 8,              /* untagged IPv6 neighbour solicitation */
+    VX_TXM_ANY = 16             /* every frame (a segment the engine handles whole) */
 };
 enum vx_rx_match {
     VX_RXM_GROUP_SRC = 1,       /* inner source MAC is a group address */
     VX_RXM_ZERO_SRC = 2,        /* inner source MAC is all zeros */
-    VX_RXM_VLAN = 4             /* 802.1Q / 802.1ad tagged */
+    VX_RXM_VLAN = 4,            /* 802.1Q / 802.1ad tagged */
+    VX_RXM_ANY = 8              /* every frame (a segment the engine handles whole) */
+};
+
+/* Header parsing (vx_config.strict, vx_decap): reserved bits ignored (RFC 7348), a reserved bit
+ * set is VX_ST_RESERVED, or so but for the VXLAN-GBP bits (G, D, A and the group policy ID). */
+enum vx_strict {
+    VX_STRICT_OFF = 0,
+    VX_STRICT_ON = 1,
+    VX_STRICT_GBP = 2
+};
+
+/* VXLAN-GBP (draft-smith-vxlan-group-policy): G in the first header byte, D and A in the
+ * second, the 16-bit group policy ID in the third and fourth. */
+enum vx_gbp_bits {
+    VX_GBP_G = 0x80,            /* a group policy ID is present */
+    VX_GBP_D = 0x40,            /* don't learn the inner source address */
+    VX_GBP_A = 0x08             /* the policy has been applied already */
 };
 
 /* What an installed (VNI, MAC) entry lets C do; the engine sets them. */

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..netns import Host, NetnsError
+from ..netns import Host, NetnsError, ensure_tools
 
 __all__ = ["EtcdCluster", "EtcdMember", "ensure_etcd", "EtcdClusterError"]
 
@@ -31,20 +31,10 @@ class EtcdClusterError(NetnsError):
 def ensure_etcd() -> None:
     """Install Debian's etcd-server and etcd-client with apt-get if ``etcd`` or ``etcdctl`` is
     missing (as root); EtcdClusterError if they cannot be had."""
-    if shutil.which("etcd") and shutil.which("etcdctl"):
-        return
-    if os.geteuid() != 0:
-        raise EtcdClusterError("etcd is not installed (apt-get install etcd-server etcd-client)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "etcd-server", "etcd-client"],
-    ):
-        p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
-        if p.returncode != 0:
-            raise EtcdClusterError(f"{' '.join(argv)}: {p.stderr.strip()[-300:]}")
-    if not (shutil.which("etcd") and shutil.which("etcdctl")):
-        raise EtcdClusterError("etcd-server was installed but etcd is not on PATH")
+    try:
+        ensure_tools({"etcd": "etcd-server", "etcdctl": "etcd-client"})
+    except NetnsError as exc:
+        raise EtcdClusterError(str(exc)) from None
 
 
 def _free_port(ip: str) -> int:

@@ -23,8 +23,9 @@ virtio-net header and UDP GSO stay below them:
   sends them one by one: the same reaches the wire;
 - ``send_super(sock, batch, i, vni, scratch, host, port, lo, hi, outer=None) -> (sent,
   chunks)``: the TCP super-frame in slot ``i`` cut into ``chunks`` chunks (in ``scratch``; 0:
-  it cannot be cut), encapsulated for ``vni``, their outer fields set as ``outer`` says, and
-  sent as ``udp_send`` does (``sent`` as it returns).
+  it cannot be cut), encapsulated for ``vni``, their outer fields set as ``outer`` says (and
+  the super-frame's VXLAN-GBP policy, if its header has one), and sent as ``udp_send`` does
+  (``sent`` as it returns).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 
 from .. import kernels
 from .._offload_py import CSUM_COMPLETED, complete_frame
-from ..abi import ADDR_LEN, LEN_TRUNCATED, VNET_HLEN, Offload
+from ..abi import ADDR_LEN, GBP_G, LEN_TRUNCATED, VNET_HLEN, Offload
 from ..batch import FrameBatch
 from ..headers import DEFAULT_OUTER, Outer
 
@@ -305,6 +306,11 @@ class _PyIO(_IO):
         if k:
             self._kernels.encap_batch(scratch, lo, hi)
             self._kernels.outer_fields(scratch, outer or DEFAULT_OUTER)
+            h = batch.header_offset(i)
+            if batch.buf[h] & GBP_G:  # the chunks carry the super-frame's group policy
+                for j in range(k):
+                    o = scratch.header_offset(j)
+                    scratch.buf[o : o + 4] = batch.buf[h : h + 4]
         return k
 
 
