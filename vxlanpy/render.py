@@ -53,6 +53,12 @@ def stats_text(st: dict[str, Any]) -> str:
         )
     if st.get("rx_socket_dropped"):
         lines.append(f"dropped by the kernel, receive buffer full: {st['rx_socket_dropped']}")
+    lost = st.get("losses") or {}
+    if lost.get("total"):
+        where = ", ".join(
+            f"{k.replace('_', ' ')} {n}" for k, n in lost.items() if n and k != "total"
+        )
+        lines.append(f"lost: {lost['total']} ({where})")
     for ip, c in (st.get("icmp") or {}).items():
         lines.append(_icmp_line(ip, c))
     lines.append(f"checksums completed: {st.get('checksums_completed', 0)}")

@@ -12,6 +12,7 @@ count the same thing (``stats --json`` is what it returns; docs/reference.md lis
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .engine import Engine
@@ -19,7 +20,7 @@ from .engine import Engine
 if TYPE_CHECKING:
     from .tunnel import Vtep
 
-__all__ = ["segment_stats", "vtep_stats", "GRO_KEYS"]
+__all__ = ["segment_stats", "vtep_stats", "losses", "device_tx_dropped", "GRO_KEYS"]
 
 #: the UDP GRO counters of the receive pump, as ``stats["gro"]`` names them
 GRO_KEYS = {
@@ -83,4 +84,60 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
         "send_thread_frames": sender or 0,
         "udp_gro": vtep.udp_gro,
         "gro": gro,
+        "losses": losses(vtep, socket_errors, tap_errors, gro),
+        "tap_queue_dropped": device_tx_dropped([tap.name for tap in vtep.taps.values()]),
     }
+
+
+# socket_errors that lose no packet: a fallback source port, a stray datagram on a send
+# socket, an ICMP report that found the error queue full (the error, not a packet, is lost)
+_NOT_LOST = frozenset({"srcport-unavailable", "stray", "icmp-unqueued", "truncated"})
+
+
+def losses(
+    vtep: Vtep,
+    socket_errors: Mapping[str, int],
+    tap_errors: Mapping[str, int],
+    gro: Mapping[str, int],
+) -> dict[str, int]:
+    """Every place a packet can be lost, in the order a frame meets them, and the total:
+    ``tap_queue`` (the kernel's queue of a TAP towards vxlanpy: the host sent faster than it was
+    read), ``dropped`` (the engine's decisions: the drop reasons), ``send`` (sends the kernel
+    refused: socket_errors), ``gso`` (super-frames that could not be cut), then on receive
+    ``rx_socket`` (the receiving socket's buffer full), ``truncated`` (larger than a slot),
+    ``gro_pending`` (the receive pump's spill slots full), ``tap_write`` (the TAP refused a
+    frame)."""
+    engine, t = vtep.engine, vtep.transport
+    dropped = engine.counters.dropped + sum(s.counters.dropped for s in engine.segments.values())
+    taps = [tap.name for tap in vtep.taps.values()]
+    out = {
+        "tap_queue": sum(device_tx_dropped(taps).values()),
+        "dropped": dropped,
+        "send": sum(n for k, n in socket_errors.items() if k not in _NOT_LOST),
+        "gso": t.gso_errors if t is not None else 0,
+        "rx_socket": t.rx_dropped() if t is not None else 0,
+        "truncated": socket_errors.get("truncated", 0),
+        "gro_pending": gro.get("pending_dropped", 0),
+        "tap_write": sum(tap_errors.values()),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def device_tx_dropped(names: list[str]) -> dict[str, int]:
+    """``tx_dropped`` of these network devices in this process's namespace (/proc/net/dev): for
+    a TAP, frames the kernel could not queue towards its reader."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/net/dev") as f:
+            lines = f.readlines()[2:]
+    except OSError:
+        return out
+    for line in lines:
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        if name in names:
+            fields = rest.split()
+            if len(fields) >= 12:
+                out[name] = int(fields[11])
+    return out

@@ -137,6 +137,28 @@ def test_receive_buffer_overrun(topo: Topology, tmp_path: Path) -> None:
     assert not any("Traceback" in line for line in v.lines), v.lines
 
 
+def test_tap_queue_overrun_is_a_counted_loss(topo: Topology, tmp_path: Path) -> None:
+    """vxlanpy stopped while its own host floods the overlay: the kernel's queue of the TAP
+    towards vxlanpy overflows (the TAP's tx_dropped); stats says so under ``losses``."""
+    a, b, v, sock = _up(topo, tmp_path)
+    os.kill(v.proc.pid, signal.SIGSTOP)
+    try:
+        flood = _flood(a, OB, 20_000, 10)
+        sent = int(flood.communicate(timeout=30)[0])
+    finally:
+        os.kill(v.proc.pid, signal.SIGCONT)
+    dev = a.sh("cat", "/proc/net/dev")
+    tx_dropped = next(int(ln.split(":")[1].split()[11]) for ln in dev.splitlines() if "vx0:" in ln)
+    st = request(sock, {"cmd": "stats"})
+    lost = st["losses"]
+    print(f"TAP queue: {sent} sent while stopped, {tx_dropped} dropped, losses {lost}")
+    assert tx_dropped > 0 and lost["tap_queue"] == tx_dropped == st["tap_queue_dropped"]["vx0"]
+    assert lost["total"] >= lost["tap_queue"]
+    assert f"tap queue {tx_dropped}" in _ok(a, "stats", "--control", sock)
+    ping(a, OB, count=2)
+    assert v.stop() == 0, v.lines
+
+
 def test_sigterm_under_tcp_load(topo: Topology, tmp_path: Path) -> None:
     a, b, v, sock = _up(topo, tmp_path)
     srv = b.popen(["iperf3", "-s", "-1", "-B", OB], stdout=subprocess.DEVNULL)
