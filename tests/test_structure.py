@@ -101,3 +101,10 @@ def test_the_api_is_declared_once() -> None:
     for c in sorted((PKG / "csrc").glob("*.c")):
         for name in re.findall(r"^(?!static)[a-z][\w\s\*]*?\b(vx_\w+)\(", c.read_text(), re.M):
             assert re.search(rf"\b{name}\(", declared), f"{name} ({c.name}) is not declared"
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by their base name (rootdir mode): two with one name in
+    different folders stop the whole run at collection."""
+    names = [p.name for p in (Path(__file__).parent).rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
