@@ -573,3 +573,16 @@ def test_cli_gbp_flags() -> None:
     assert p.returncode == 2 and "need gbp on" in p.stderr, p.stderr
     p = _cli("run", "--vni", "10", "--gbp", "--gbp-mac", "02:00:00:00:00:01=big")
     assert p.returncode == 2 and "ID[/D][/A]" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--no-offload"], "tunnel_gso needs the C fast path and offloads"),
+        (["--no-fast-path"], "tunnel_gso needs the C fast path and offloads"),
+        (["--remote", "2001:2::2"], "tunnel_gso works over an IPv4 underlay only"),
+    ],
+)
+def test_cli_tunnel_gso_refusals(extra: list[str], needle: str) -> None:
+    p = _cli("run", "--vni", "10", "--tunnel-gso", *extra)
+    assert p.returncode == 2 and needle in p.stderr, p.stderr

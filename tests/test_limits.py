@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 from test_engine import A_IP, B_IP, C_IP, HB, VNI, Vtep, backends, icmp, mac, vxlan_payload
 
+from vxlanpy.batch import FrameBatch
+from vxlanpy.engine import Engine, SegmentConfig
 from vxlanpy.events import Dropped, LearnRefused, MacLearned
 from vxlanpy.fdb import DEFAULT_MAX_LEARNED, Fdb, LearnResult, Remote
 from vxlanpy.limits import CONFIGURED, Allowlist, RateLimiter
-from vxlanpy.wire import DropReason
+from vxlanpy.wire import DropReason, encode_header
 
 
 def _mac(k: int) -> bytes:
@@ -103,3 +105,37 @@ def test_allowlist_of_the_configured_remotes_follows_the_fdb(backend: str) -> No
     b.engine.handle_datagram(vxlan_payload(frame, VNI), C_IP, 2.0)  # C is configured now
     b.collect()
     assert len(b.take_device()) == 1
+
+
+def test_a_full_fdb_costs_no_upcalls() -> None:
+    """Past max_learned, frames from new MACs are delivered by C and counted refused there;
+    once an entry ages out, new MACs go up to be learned again."""
+    pytest.importorskip("vxlanpy._native")
+    from vxlanpy import stats
+    from vxlanpy.datapath import Datapath, set_source
+
+    e = Engine(backend="cffi")
+    e.add_segment(SegmentConfig(vni=5, remotes=["198.18.0.2"], max_learned=4, ageing=10))
+    e.attach_datapath(Datapath())
+    dp = e.datapath
+    assert dp is not None
+
+    def batch(first: int, n: int) -> FrameBatch:
+        b = FrameBatch(n, 128)
+        for k in range(n):
+            src = bytes([2, 0, 0, 1, 0, first + k])
+            b.append_payload(encode_header(5) + b"\x02" * 6 + src + b"\x08\x00" + bytes(46))
+            set_source(b, k, "198.18.0.2")
+        return b
+
+    e.forward_datagrams(batch(0, 4), 1.0)  # learned: the FDB is full now
+    assert e.segment(5).fdb.learned_count == 4
+    e.sync_datapath()
+    b = batch(10, 8)
+    assert dp.rx_classify(b, 2.0) == 8  # all delivered in C, nothing went up
+    st = stats.segment_stats(e, 5)
+    assert st["learn_refused"] == 8 and st["learned"] == 4 and st["rx_packets"] >= 12
+    e.handle_timer(12.0)  # the four age out
+    e.sync_datapath()
+    b = batch(20, 2)
+    assert dp.rx_classify(b, 12.5) == 0  # new MACs go up again, to be learned

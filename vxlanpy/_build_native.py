@@ -15,7 +15,7 @@ from cffi import FFI
 _here = Path(__file__).resolve().parent
 CSRC = _here / "csrc"
 HEADER = CSRC / "vx.h"
-UNITS = ("codec", "offload", "tso", "gro", "tap", "udp", "table", "tx", "rx", "sender")
+UNITS = ("codec", "offload", "tso", "gro", "tap", "udp", "table", "tx", "rx", "sender", "tgso")
 SOURCES = [CSRC / f"{u}.c" for u in UNITS]
 
 # cffi's cdef takes plain declarations: the header without its preprocessor lines

@@ -171,6 +171,7 @@ class Miss(enum.IntEnum):
 
     UPCALL = _v("VX_MISS_UPCALL")
     DELIVER = _v("VX_MISS_DELIVER")
+    REFUSE = _v("VX_MISS_REFUSE")
 
 
 class From(enum.IntEnum):

@@ -118,6 +118,7 @@ class VtepConfig:
     busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
+    tunnel_gso: bool = False  # C fast path with offload: TCP super-frames whole (io/tgso.py)
     allow: list[str] | str | None = None  # VTEPs accepted by segments without their own list
     user: str | None = None  # switch to this user (name or uid) once TAPs and sockets are open
     run_group: str | None = None  # ... and group (default: the user's); [vtep] group in a file
@@ -170,6 +171,10 @@ class VtepConfig:
             raise ConfigError(f"busy_poll must be 0..1000000 microseconds, got {self.busy_poll!r}")
         if self.df not in ("unset", "set", "inherit"):
             raise ConfigError(f"df must be 'unset', 'set' or 'inherit', got {self.df!r}")
+        if self.tunnel_gso and not (self.fast_path and self.offload):
+            raise ConfigError("tunnel_gso needs the C fast path and offloads")
+        if self.tunnel_gso and self.family() != 4:
+            raise ConfigError("tunnel_gso works over an IPv4 underlay only")
         if self.run_group is not None and self.user is None:
             raise ConfigError("group needs user (the user to run as)")
         if self.user is not None:
@@ -322,6 +327,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "busy_poll": (int, "an integer number of microseconds 0..1000000"),
     "send_thread": (bool, "true or false"),
     "gro": (bool, "true or false"),
+    "tunnel_gso": (bool, "true or false"),
     "control": (str, "a path"),
     "allow": ((str, list), 'a list of CIDR strings and/or "configured"'),
     "user": ((str, int), "a user name or uid"),
@@ -474,6 +480,7 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
         send_thread=bool(vt.get("send_thread", True)),
         gro=bool(vt.get("gro", True)),
+        tunnel_gso=bool(vt.get("tunnel_gso", False)),
         allow=vt.get("allow"),  # type: ignore[arg-type]
         user=None if vt.get("user") is None else str(vt["user"]),
         run_group=None if vt.get("group") is None else str(vt["group"]),

@@ -227,6 +227,22 @@ class Datapath:
         (-1: none, frames of that flow go up)."""
         self._lib.vx_dp_port_fd(self.dp, port, int(df), fd)
 
+    def set_link(self, fd: int, ttl: int) -> None:
+        """Tunnel GSO (io/tgso.py): TCP super-frames to remotes with a link are written whole
+        to the TAP ``fd`` (-1: off), outer TTL ``ttl`` where the settings leave it open."""
+        self._lib.vx_dp_link(self.dp, fd, ttl)
+
+    def set_remote_link(self, rid: int, link: tuple[bytes, bytes, bytes] | None) -> None:
+        """The next hop's MAC, the underlay device's MAC and the source IPv4 address of remote
+        ``rid`` (None: no link, its super-frames are cut)."""
+        null = self._ffi.NULL
+        dst, src, saddr = link if link is not None else (null, null, null)
+        self._lib.vx_dp_remote_link(self.dp, rid, dst, src, saddr)
+
+    def remotes(self) -> list[tuple[int, str, int]]:
+        """(id, ip, port) of every remote installed."""
+        return [(i, v[0], v[1]) for i, v in enumerate(self._remotes.values) if v is not None]
+
     # --- actions ---------------------------------------------------------------------------
 
     def action(self, targets: tuple[Target, ...]) -> int:

@@ -192,14 +192,19 @@ class Engine:
           source MAC without an entry is delivered as it is when learning is off (rule 4:
           nothing to learn), else it goes up to be learned; with an allowlist (rule 2), C
           delivers only from the networks it names and the configured remotes (more prefixes
-          than C holds: nothing, everything goes up);
+          than C holds: nothing, everything goes up); while ``max_learned`` MACs are learned,
+          an unknown source MAC is delivered by C, counted refused (rule 4: nothing could be
+          learned), so that a flood of new MACs costs no upcalls;
         - a segment with VXLAN-GBP on: everything goes up (the engine writes and reads groups)."""
         tx_up = (0 if seg.allow_vlan else TxMatch.VLAN) | (TxMatch.ARP if seg.proxy else 0)
         rx_up = RxMatch.GROUP_SRC | RxMatch.ZERO_SRC | (0 if seg.allow_vlan else RxMatch.VLAN)
         if seg.gbp:  # VXLAN-GBP: the group policy is the engine's, every frame goes up
             tx_up |= TxMatch.ANY
             rx_up |= RxMatch.ANY
-        miss = Miss.UPCALL if seg.fdb.learning else Miss.DELIVER
+        if not seg.fdb.learning:
+            miss = Miss.DELIVER
+        else:  # full, nothing new can be learned: C delivers and counts it refused
+            miss = Miss.REFUSE if seg.fdb.learn_full else Miss.UPCALL
         allow = seg.allow
         nets: list[Network] = []
         rx_from = From.ANY

@@ -287,6 +287,11 @@ class Fdb:
     def __contains__(self, mac: object) -> bool:
         return mac in self._static or mac in self._learned
 
+    @property
+    def learn_full(self) -> bool:
+        """``max_learned`` is reached: no new MAC can be learned until one goes."""
+        return bool(self.max_learned and len(self._learned) >= self.max_learned)
+
     def _full(self) -> bool:
         return bool(self.max_addresses) and self.address_count >= self.max_addresses
 

@@ -85,7 +85,12 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
         "udp_gro": vtep.udp_gro,
         "gro": gro,
         "losses": losses(vtep, socket_errors, tap_errors, gro),
-        "tap_queue_dropped": device_tx_dropped([tap.name for tap in vtep.taps.values()]),
+        "tap_queue_dropped": vtep.tap_queue_dropped(),
+        "tunnel_gso": {
+            "on": vtep.config.tunnel_gso,
+            "frames": dp.counters()["tgso_frames"] if dp is not None else 0,
+            "remotes_linked": vtep.tunnel_gso_links,
+        },
     }
 
 
@@ -109,9 +114,8 @@ def losses(
     frame)."""
     engine, t = vtep.engine, vtep.transport
     dropped = engine.counters.dropped + sum(s.counters.dropped for s in engine.segments.values())
-    taps = [tap.name for tap in vtep.taps.values()]
     out = {
-        "tap_queue": sum(device_tx_dropped(taps).values()),
+        "tap_queue": sum(vtep.tap_queue_dropped().values()),
         "dropped": dropped,
         "send": sum(n for k, n in socket_errors.items() if k not in _NOT_LOST),
         "gso": t.gso_errors if t is not None else 0,

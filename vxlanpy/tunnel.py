@@ -37,7 +37,9 @@ from .datapath import Datapath
 from .engine import Engine, Segment
 from .events import Event
 from .fdb import FdbEntry, Remote
+from .io.netlink import device_for_address, route_device
 from .io.tap import Device, Devices, DeviceSpec, KernelTaps, TapError, TapGone
+from .io.tgso import LinkRefresher, TunnelGso, TunnelGsoError, default_ttl
 from .io.udp import TransportError, UdpTransport
 from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps
 from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
@@ -102,6 +104,10 @@ class Vtep:
         self.pumps: Pumps | None = None  # the C datapath's pumps, when it forwards
         self._poll_fds: list[int] = []
         self._rx_spill = 0  # receive slots kept for split UDP GRO receives (0: no UDP_GRO)
+        self._tap_dropped: dict[str, int] = {}  # the TAPs' tx_dropped when they were closed
+        self.tgso: TunnelGso | None = None  # --tunnel-gso: the redirected TAP
+        self._links: LinkRefresher | None = None
+        self._links_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -161,6 +167,10 @@ class Vtep:
                 log.warning("%s; super-frames are sent from the event loop's thread", e)
         self.pumps = pumps
         self._poll_fds = [self.transport.fileno(), *(t.fd for t in self.taps.values())][:16]
+        if self.tgso is not None:
+            dp.set_link(self.tgso.fd, default_ttl())
+            self._links = LinkRefresher(self.tgso, dp)
+            self._links_task = asyncio.ensure_future(self._links.run())
 
     def _setup(self) -> int:
         """Create TAPs, segments and the transport; return the largest frame to expect."""
@@ -186,6 +196,8 @@ class Vtep:
             groups = {s.group for s in cfg.segments if s.group}
             if len(groups) > 1:
                 raise VtepError("one multicast group per VTEP is supported")
+            if cfg.tunnel_gso:
+                self.tgso = TunnelGso(self._underlay_dev(first_remote))
             self.transport = UdpTransport(
                 port=cfg.dstport,
                 local=cfg.local,
@@ -196,7 +208,7 @@ class Vtep:
                 outer=self.engine.outer,
                 chunk_max_frame=max_frame,
             )
-        except (TapError, TransportError, OSError, ValueError) as exc:
+        except (TapError, TransportError, TunnelGsoError, OSError, ValueError) as exc:
             self._teardown()
             raise VtepError(str(exc)) from exc
         except BaseException:
@@ -213,11 +225,41 @@ class Vtep:
         """Return when the VTEP stops (closed, or failed: see ``failure``)."""
         await self._stopped.wait()
 
+    def tap_queue_dropped(self) -> dict[str, int]:
+        """Each TAP's tx_dropped: frames the kernel could not queue towards vxlanpy (as they
+        were when the TAPs were closed, once they are)."""
+        live = [t.name for t in self.taps.values() if not t.closed]
+        return {**self._tap_dropped, **stats_mod.device_tx_dropped(live)}
+
+    @property
+    def tunnel_gso_links(self) -> int:
+        """Remotes tunnel GSO has a link to (their super-frames go whole)."""
+        return len(self._links.linked) if self._links is not None else 0
+
+    def _underlay_dev(self, remote: str | None) -> str:
+        """The underlay device (``dev``, else the one holding ``local``, else the route's)."""
+        cfg = self.config
+        dev = cfg.dev or (device_for_address(cfg.local) if cfg.local else None)
+        if dev is None and remote:
+            dev = route_device(remote)
+        if dev is None:
+            raise VtepError("tunnel GSO: no underlay device (give --dev or --local)")
+        return dev
+
     def _teardown(self) -> None:
         loop = self._loop
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._links_task is not None:
+            self._links_task.cancel()
+            self._links_task = None
+        if self.tgso is not None:
+            if self.engine.datapath is not None:
+                self.engine.datapath.set_link(-1, 0)
+            self.tgso.close()
+            self.tgso = None
+        self._tap_dropped.update(self.tap_queue_dropped())
         for tap in self.taps.values():
             if loop is not None and not tap.closed:
                 with contextlib.suppress(Exception):

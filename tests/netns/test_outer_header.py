@@ -88,12 +88,14 @@ def _ping(h: Host, dest: str, size: int, *opts: str) -> None:
     h.sh("ping", "-c", "1", "-W", "1", "-s", str(size), *opts, dest, check=False)
 
 
-def _outer_of(pkt: object) -> tuple[int, int, bool]:
-    if IP in pkt:  # type: ignore[operator]
-        ip = pkt[IP]  # type: ignore[index]
-        return ip.tos, ip.ttl, bool(ip.flags.DF)
-    ip6 = pkt[IPv6]  # type: ignore[index]
-    return ip6.tc, ip6.hlim, False
+def _outer_of(pkt: Ether) -> tuple[int, int, bool]:
+    """The outer header's TOS / traffic class, TTL / hop limit and DF (the first IP layer:
+    scapy also dissects the inner packet)."""
+    outer = pkt.payload
+    if isinstance(outer, IP):
+        return outer.tos, outer.ttl, bool(outer.flags.DF)
+    assert isinstance(outer, IPv6), pkt.summary()
+    return outer.tc, outer.hlim, False
 
 
 def _case_of(inner: Ether) -> str | None:

@@ -128,6 +128,12 @@ def register(sub: Any) -> None:
         help="no C datapath: the Python engine handles every frame (slower)",
     )
     run.add_argument(
+        "--tunnel-gso",
+        action="store_true",
+        help="hand TCP super-frames to the kernel whole as UDP-tunnel GSO packets (Linux 6.17+, "
+        "IPv4 underlay; they skip the host's routing and netfilter: see docs/reference.md)",
+    )
+    run.add_argument(
         "--no-send-thread",
         action="store_true",
         help="send TCP super-frames from the event loop's thread instead of a C sender "
@@ -242,6 +248,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         busy_poll=a.busy_poll,
         send_thread=not a.no_send_thread,
         gro=not a.no_gro,
+        tunnel_gso=a.tunnel_gso,
         user=user,
         run_group=run_group,
     ).validate()

@@ -128,7 +128,9 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
         vx_entry *e = vx_find(dp, (uint32_t)s, f + 6);
         int ok = e != NULL ? (e->flags & VX_EF_DELIVER_ANY)
                                  || ((e->flags & VX_EF_DELIVER) && from_remote(dp, e->action, src))
-                           : g->rule.rx_miss == VX_MISS_DELIVER;
+                           : g->rule.rx_miss != VX_MISS_UPCALL;
+        if (e == NULL && g->rule.rx_miss == VX_MISS_REFUSE)
+            g->c.learn_refused++;
         if (!ok) {
             up[nup++] = key; /* to learn, a move, a spoof, ...: the engine decides */
             continue;

@@ -7,6 +7,7 @@
  * touches counters).
  */
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include "vx_internal.h"
 
@@ -166,6 +167,8 @@ vx_dp *vx_dp_new(uint32_t chunk_max_frame)
     dp->cfg.srcport_hi = 65535;
     dp->cfg.complete_checksums = 1;
     dp->cfg.outer.ecn_decap = 1;
+    dp->link_fd = -1;
+    dp->link_ttl = 64;
     return dp;
 }
 
@@ -298,6 +301,40 @@ void vx_dp_port_fd(vx_dp *dp, uint32_t port, uint32_t df, int fd)
     vx_sender_drain(dp);
     if (port < 65536)
         __atomic_store_n(&dp->port_fd[df != 0][port], fd, __ATOMIC_RELEASE);
+}
+
+/* Tunnel GSO: TCP super-frames to a remote with a link are written whole to the TAP fd (-1:
+ * off), with outer TTL ttl where the settings leave it to the system. Waits for the sender
+ * thread's queued jobs first, as vx_dp_port_fd. */
+void vx_dp_link(vx_dp *dp, int fd, uint32_t ttl)
+{
+    vx_sender_drain(dp);
+    pthread_mutex_lock(&dp->lock);
+    dp->link_ttl = ttl ? ttl : 64;
+    pthread_mutex_unlock(&dp->lock);
+    __atomic_store_n(&dp->link_fd, fd, __ATOMIC_RELEASE);
+}
+
+/* The link of IPv4 remote id for tunnel GSO: the next hop's and the underlay device's MACs and
+ * the source address (dst_mac NULL: none, its super-frames are cut and sent as datagrams). */
+int vx_dp_remote_link(vx_dp *dp, uint32_t id, const uint8_t *dst_mac, const uint8_t *src_mac,
+                      const uint8_t *saddr)
+{
+    if (id >= VX_MAX_REMOTES)
+        return -EINVAL;
+    pthread_mutex_lock(&dp->lock);
+    vx_remote *r = &dp->remotes[id];
+    uint16_t fam;
+    memcpy(&fam, r->sa, 2);
+    int ok = dst_mac != NULL && src_mac != NULL && saddr != NULL && fam == AF_INET;
+    r->l2_ok = (uint8_t)ok;
+    if (ok) {
+        memcpy(r->l2_dst, dst_mac, 6);
+        memcpy(r->l2_src, src_mac, 6);
+        memcpy(r->l2_saddr, saddr, 4);
+    }
+    pthread_mutex_unlock(&dp->lock);
+    return ok || dst_mac == NULL ? 0 : -EAFNOSUPPORT;
 }
 
 /* --- entries ---------------------------------------------------------------------------- */

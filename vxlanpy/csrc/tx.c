@@ -91,14 +91,26 @@ static void set_vni(vx_batch *b, uint32_t first, uint32_t n, uint32_t vni)
     }
 }
 
-/* Cut the super-frame in slot i and send it to remote k of its action: queued for the sender
- * thread if there is one, else sent from here. Returns 0, or -1 if it must go up instead (it
+/* Send the super-frame in slot i to remote k of its action: whole with tunnel GSO if the remote
+ * has a link, else cut and queued for the sender thread if there is one, else sent from here. Returns 0, or -1 if it must go up instead (it
  * cannot be cut, or there is no socket for its source port yet). */
 static int forward_super(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t i, uint32_t k)
 {
     vx_segment *g = &dp->segs[s];
     const vx_action *a = &dp->actions[b->action[i]];
     const vx_remote *r = &dp->remotes[a->remote[k]];
+    int link = __atomic_load_n(&dp->link_fd, __ATOMIC_ACQUIRE);
+    if (link >= 0 && r->l2_ok) { /* tunnel GSO: whole, to the TAP redirected to the underlay */
+        int rc = vx_tgso_send(dp, link, b, i, a->vni[k], r);
+        if (rc != -EPROTO && rc != -EMSGSIZE) {
+            vx_count_send(dp, g, b, i, 1, rc == 0 ? 1 : rc, b->frame_len[i]);
+            pthread_mutex_lock(&dp->lock);
+            g->c.gso_frames++;
+            dp->c.tgso_frames += rc == 0;
+            pthread_mutex_unlock(&dp->lock);
+            return 0;
+        }
+    }
     int fd = flow_fd(dp, b, i);
     uint32_t lo = dp->cfg.srcport_lo, hi = dp->cfg.srcport_hi;
     vx_outer outer = dp->cfg.outer;

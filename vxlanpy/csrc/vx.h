@@ -113,7 +113,8 @@ enum vx_entry_flags {
 /* A segment's rule for a received source MAC with no entry. */
 enum vx_miss {
     VX_MISS_UPCALL = 0,
-    VX_MISS_DELIVER = 1
+    VX_MISS_DELIVER = 1,
+    VX_MISS_REFUSE = 2          /* deliver, counted in learn_refused (learning on, FDB full) */
 };
 
 /* Which outer sources C may deliver from at all (vx_rule.rx_from). */
@@ -202,6 +203,7 @@ typedef struct vx_seg_counters {
     uint64_t floods;                 /* group frames replicated by the group action */
     uint64_t tap_write_errors;       /* frames the device refused */
     uint64_t gso_frames;             /* TCP super-frames cut into chunks */
+    uint64_t learn_refused;          /* frames from unknown sources delivered, FDB full */
 } vx_seg_counters;
 
 /* Datapath-wide counters. */
@@ -213,6 +215,7 @@ typedef struct vx_dp_counters {
     uint64_t gro_split;            /* of them split into their datagrams */
     uint64_t gro_pending_dropped;  /* datagrams lost waiting when the pump got another batch */
     uint64_t sender_jobs;          /* super-frames sent by the sender thread */
+    uint64_t tgso_frames;          /* super-frames sent whole with tunnel GSO */
     uint64_t send_errors[256];     /* datagrams refused, by errno (EAGAIN: socket buffer full) */
 } vx_dp_counters;
 
@@ -257,6 +260,9 @@ int vx_dp_remote(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen);
 int vx_dp_action(vx_dp *dp, uint32_t id, uint32_t n, const uint32_t *remotes,
                  const uint32_t *vnis);
 void vx_dp_port_fd(vx_dp *dp, uint32_t port, uint32_t df, int fd);
+void vx_dp_link(vx_dp *dp, int fd, uint32_t ttl);
+int vx_dp_remote_link(vx_dp *dp, uint32_t id, const uint8_t *dst_mac, const uint8_t *src_mac,
+                      const uint8_t *saddr);
 int vx_dp_put(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t action, uint32_t flags,
               uint64_t seen_ms, uint32_t *old_action);
 int vx_dp_del(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *old_action);

@@ -127,6 +127,8 @@ typedef struct {
 typedef struct {
     uint8_t sa[VX_ADDR_LEN]; /* where to send: sockaddr_in or sockaddr_in6, port included */
     uint32_t salen;
+    /* tunnel GSO (tgso.c): the link to it, if the engine installed one (IPv4 only) */
+    uint8_t l2_ok, l2_dst[6], l2_src[6], l2_saddr[4];
 } vx_remote;
 
 typedef struct {
@@ -175,6 +177,9 @@ struct vx_dp {
     const uint8_t *pend_buf;
     uint32_t pend_lo, pend_hi, pend_full;
     vx_sender *sender;      /* NULL: super-frames are sent from the pump's own thread */
+    int32_t link_fd;        /* tunnel GSO: the TAP redirected to the underlay, -1: off */
+    uint32_t link_ttl;      /* its outer TTL when the settings leave it to the system */
+    uint32_t ip_id;         /* its outer IPv4 identification */
 };
 
 /* table.c */
@@ -184,6 +189,10 @@ int vx_batch_alloc(vx_batch *b, uint32_t capacity, uint32_t max_frame);
 void vx_batch_release(vx_batch *b);
 void vx_count_send(vx_dp *dp, vx_segment *g, const vx_batch *b, uint32_t first, uint32_t n,
                    int r, uint64_t bytes);
+
+/* tgso.c */
+int vx_tgso_send(vx_dp *dp, int fd, const vx_batch *b, uint32_t i, uint32_t vni,
+                 const vx_remote *r);
 
 /* sender.c */
 vx_job *vx_sender_claim(vx_sender *t);

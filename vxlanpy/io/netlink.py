@@ -21,7 +21,11 @@ __all__ = [
     "device_for_address",
     "underlay_mtu",
     "has_net_admin",
+    "next_hop",
 ]
+
+# neighbour states with a usable link-layer address (linux/neighbour.h NUD_*)
+_NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERM
 
 
 class NetlinkError(Exception):
@@ -133,6 +137,34 @@ def route_device(dest: str) -> str | None:
             return str(links[0].get_attr("IFLA_IFNAME")) if links else None
     except Exception:
         return None
+
+
+def next_hop(dest: str) -> tuple[int, bytes, bytes, str] | None:
+    """How the kernel reaches IPv4 ``dest``: (device index, the device's MAC, the next hop's
+    MAC from the neighbour table, the source address it would use); None if there is no route,
+    no source address or no usable neighbour entry yet (sending to it resolves one)."""
+    try:
+        with _ipr() as ipr:
+            routes = ipr.route("get", dst=dest)
+            if not routes:
+                return None
+            rt = routes[0]
+            oif, src = rt.get_attr("RTA_OIF"), rt.get_attr("RTA_PREFSRC")
+            hop = rt.get_attr("RTA_GATEWAY") or dest
+            if oif is None or src is None or rt["type"] != 1:  # RTN_UNICAST
+                return None
+            for n in ipr.get_neighbours(ifindex=oif, dst=hop):
+                mac = n.get_attr("NDA_LLADDR")
+                if mac and n["state"] & _NUD_USABLE:
+                    own = ipr.get_links(oif)[0].get_attr("IFLA_ADDRESS")
+                    return int(oif), _mac(own), _mac(mac), str(src)
+    except Exception:
+        return None
+    return None
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
 
 
 def underlay_mtu(local: str | None, remote: str | None, dev: str | None) -> int | None:
