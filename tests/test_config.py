@@ -32,6 +32,7 @@ fast_path = false
 busy_poll = 200
 send_thread = false
 gro = false
+tunnel_gso = false
 control = "/run/vxlanpy/test-config.sock"
 allow = ["198.18.0.0/24"]
 user = "nobody"

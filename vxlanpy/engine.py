@@ -60,9 +60,10 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 from . import gbp, kernels
-from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, Strict, TxMatch, Verdict
+from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, Strict, TxMatch
 from .batch import FrameBatch
 from .datapath import Datapath, Network, Rule, Target
+from .driver import DatapathDriver
 from .events import Dropped, Event, L2Miss, L3Miss, LearnRefused, MacAged, MacLearned, MacMoved
 from .fdb import LearnResult, Remote
 from .headers import DEFAULT_OUTER, Outer
@@ -93,7 +94,7 @@ _FRESH = frozenset((LearnResult.NEW, LearnResult.REFRESHED, LearnResult.MOVED, L
 _NONE3: tuple[bytes, str, int] = (b"", "", -1)
 
 
-class Engine:
+class Engine(DatapathDriver):
     """A VTEP's forwarding logic for any number of segments. See the module docstring."""
 
     def __init__(
@@ -245,80 +246,6 @@ class Engine:
         else:
             flags |= EntryFlag.DELIVER | EntryFlag.REFRESH
         return self._targets(seg, remotes), int(flags)
-
-    def refresh_from_datapath(self, vni: int) -> None:
-        """Copy the last-seen times C recorded into the FDB of ``vni`` (before showing ages)."""
-        if self.datapath is None:
-            return
-        fdb = self._segments[vni].fdb
-        for mac, e in self.datapath.dump(vni).items():
-            if e.flags & EntryFlag.REFRESH:
-                fdb.touch(mac, round(e.seen * 1000))
-
-    def forward_frames(self, vni: int, batch: FrameBatch, now: float) -> None:
-        """``handle_frames`` through the C datapath: what is installed is done in C, the rest
-        here. The same outputs as ``handle_frames`` (without a datapath, it is that)."""
-        dp = self.datapath
-        if dp is None:
-            self.handle_frames(vni, batch, now)
-            return
-        self.sync_datapath()
-        dp.tx_classify(vni, batch)
-        self.datagrams_of_hits(vni, batch)
-        up = [i for i in range(batch.count) if batch.action[i] < 0]
-        if up:
-            self.handle_frames(vni, batch, now, slots=up)
-
-    def datagrams_of_hits(self, vni: int, batch: FrameBatch) -> None:
-        """The datagrams C would send for the slots it classified as hits (``tx_classify``
-        encapsulated them for their action's first target), for callers doing their own I/O;
-        counted here as C counts what it sends."""
-        dp = self.datapath
-        assert dp is not None
-        c = self._segments[vni].counters
-        mv = memoryview(batch.buf)
-        for i in range(batch.count):
-            a = batch.action[i]
-            if a <= 0:
-                continue
-            off, plen = batch.header_offset(i), batch.payload_len[i]
-            payload = mv[off : off + plen]
-            targets = dp.targets(a)
-            if batch.buf[batch.frame_offset(i)] & 1:
-                c.floods += 1
-            for t in targets:
-                data = payload if t.vni == targets[0].vni else encode_header(t.vni) + payload[8:]
-                self._to_send.append(Datagram(data, t.ip, t.port, batch.sport[i], t.vni, i))
-                c.tx_packets += 1
-                c.tx_bytes += plen - VXLAN_HLEN
-
-    def forward_datagrams(self, batch: FrameBatch, now: float) -> None:
-        """``handle_datagrams`` through the C datapath, sources taken from ``batch.addrs``."""
-        dp = self.datapath
-        if dp is None:
-            raise RuntimeError("no datapath attached")
-        self.sync_datapath()
-        dp.rx_classify(batch, now)
-        mv = memoryview(batch.buf)
-        for i in range(batch.count):
-            if batch.action[i] >= 0:
-                off = batch.frame_offset(i)
-                frame = mv[off : off + batch.frame_len[i]]
-                self._to_device.append(DeviceFrame(batch.vni[i], frame, i))
-        self.handle_upcalls(batch, now)
-
-    def handle_upcalls(self, batch: FrameBatch, now: float) -> None:
-        """The datagrams of ``batch`` C sent up (already decapsulated by it)."""
-        dp = self.datapath
-        assert dp is not None
-        # batch.order: the slots in wire order (the receive pump puts split GRO datagrams in
-        # spare slots); rx_classify leaves it 0..count-1
-        slots = [i for i in batch.order[: batch.count] if batch.action[i] == Verdict.UPCALL]
-        if slots:
-            sources = [""] * batch.capacity
-            for i in slots:
-                sources[i] = dp.source(batch, i)
-            self.handle_datagrams(batch, sources, now, slots=slots, prepared=True)
 
     # --- device -> wire -----------------------------------------------------------------------
 

@@ -105,18 +105,16 @@ def losses(
     tap_errors: Mapping[str, int],
     gro: Mapping[str, int],
 ) -> dict[str, int]:
-    """Every place a packet can be lost, in the order a frame meets them, and the total:
-    ``tap_queue`` (the kernel's queue of a TAP towards vxlanpy: the host sent faster than it was
-    read), ``dropped`` (the engine's decisions: the drop reasons), ``send`` (sends the kernel
-    refused: socket_errors), ``gso`` (super-frames that could not be cut), then on receive
-    ``rx_socket`` (the receiving socket's buffer full), ``truncated`` (larger than a slot),
-    ``gro_pending`` (the receive pump's spill slots full), ``tap_write`` (the TAP refused a
-    frame)."""
-    engine, t = vtep.engine, vtep.transport
-    dropped = engine.counters.dropped + sum(s.counters.dropped for s in engine.segments.values())
+    """Every place a packet can be lost against vxlanpy's will (its decisions, the drop
+    reasons, are counted apart), in the order a frame meets them, and the total: ``tap_queue``
+    (the kernel's queue of a TAP towards vxlanpy: the host sent faster than it was read),
+    ``send`` (sends the kernel refused: socket_errors), ``gso`` (super-frames that could not be
+    cut), then on receive ``rx_socket`` (the receiving socket's buffer full), ``truncated``
+    (larger than a slot), ``gro_pending`` (the receive pump's spill slots full), ``tap_write``
+    (the TAP refused a frame)."""
+    t = vtep.transport
     out = {
         "tap_queue": sum(vtep.tap_queue_dropped().values()),
-        "dropped": dropped,
         "send": sum(n for k, n in socket_errors.items() if k not in _NOT_LOST),
         "gso": t.gso_errors if t is not None else 0,
         "rx_socket": t.rx_dropped() if t is not None else 0,
