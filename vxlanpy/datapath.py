@@ -35,6 +35,7 @@ from .abi import (
     DP_COUNTERS,
     MAX_ACTIONS,
     MAX_BATCH,
+    MAX_PEERS,
     MAX_REMOTES,
     SEG_COUNTERS,
     EntryFlag,
@@ -177,6 +178,7 @@ class Datapath:
         self._cfg = self._ffi.new("vx_config *")
         self._seg_c = self._ffi.new("vx_seg_counters *")
         self._dp_c = self._ffi.new("vx_dp_counters *")
+        self._peers: Any = None
 
     # --- settings, segments, devices, sockets ----------------------------------------------
 
@@ -358,11 +360,31 @@ class Datapath:
         """Datapath-wide counters (abi.DP_COUNTERS); ``send_errors`` by errno name."""
         c = self._dp_c
         self._lib.vx_dp_read_counters(self.dp, c)
-        out: dict[str, Any] = {n: int(getattr(c, n)) for n in DP_COUNTERS if n != "send_errors"}
-        errs = c.send_errors
+        out: dict[str, Any] = {}
+        for n in DP_COUNTERS:
+            v = getattr(c, n)
+            out[n] = int(v) if isinstance(v, int) else [int(x) for x in v]
+        errs = out.pop("send_errors")
         out["send_errors"] = {
             errno.errorcode.get(e, str(e)): int(errs[e]) for e in range(len(errs)) if errs[e]
         }
+        return out
+
+    def peers(self) -> dict[str, tuple[int, int, int, int]]:
+        """What C sent to and delivered from each remote VTEP: (tx_packets, tx_bytes,
+        rx_packets, rx_bytes) by IP; ``""`` is the row of the peers past abi.MAX_PEERS."""
+        if self._peers is None:
+            self._peers = self._ffi.new(f"vx_peer_counters[{MAX_PEERS + 1}]")
+        rows = self._peers
+        n = min(MAX_PEERS + 1, int(self._lib.vx_dp_read_peers(self.dp, rows, MAX_PEERS + 1)))
+        out = {}
+        for k in range(n):
+            r = rows[k]
+            if k and r.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            size = 4 if r.family == socket.AF_INET else 16
+            ip = socket.inet_ntop(r.family, bytes(r.addr)[:size]) if k else ""
+            out[ip] = (int(r.tx_packets), int(r.tx_bytes), int(r.rx_packets), int(r.rx_bytes))
         return out
 
     # --- matching without I/O --------------------------------------------------------------

@@ -11,6 +11,7 @@ from .abi import EntryFlag, Verdict
 from .batch import FrameBatch
 from .datapath import Datapath
 from .packets import Datagram, DeviceFrame
+from .peers import PeerCounters
 from .segment import Segment
 from .wire import VXLAN_HLEN, encode_header
 
@@ -24,6 +25,7 @@ class DatapathDriver:
     _segments: dict[int, Segment]
     _to_send: list[Datagram]
     _to_device: list[DeviceFrame]
+    peers: PeerCounters
 
     def sync_datapath(self) -> None:
         raise NotImplementedError
@@ -88,6 +90,9 @@ class DatapathDriver:
                 self._to_send.append(Datagram(data, t.ip, t.port, batch.sport[i], t.vni, i))
                 c.tx_packets += 1
                 c.tx_bytes += plen - VXLAN_HLEN
+                p = self.peers.row(t.ip)
+                p[0] += 1
+                p[1] += plen - VXLAN_HLEN
 
     def forward_datagrams(self, batch: FrameBatch, now: float) -> None:
         """``handle_datagrams`` through the C datapath, sources taken from ``batch.addrs``."""

@@ -70,6 +70,7 @@ from .headers import DEFAULT_OUTER, Outer
 from .mirror import Mirror
 from .neigh import arp_reply
 from .packets import Datagram, DeviceFrame
+from .peers import PeerCounters
 from .segment import Counters, Segment, SegmentConfig
 from .wire import (
     ARP_REQUEST,
@@ -124,6 +125,7 @@ class Engine(DatapathDriver):
         self.outer = outer
         self.kernels = kernels.load(backend) if backend else kernels.backend
         self.counters = Counters()  # drops before a VNI is known
+        self.peers = PeerCounters()  # what this engine sent to / delivered from each VTEP
         self.events_lost = 0
         self._segments: dict[int, Segment] = {}
         self._events: deque[Event] = deque()
@@ -302,6 +304,7 @@ class Engine(DatapathDriver):
         mv = memoryview(buf)
         out = self._to_send
         dstport = self.dstport
+        peers, peer = self.peers.rows, self.peers.row
         for i, remotes in plan:
             hoff = batch.header_offset(i)
             plen = batch.payload_len[i]
@@ -324,6 +327,9 @@ class Engine(DatapathDriver):
                     out.append(Datagram(payload, r.ip, r.port or dstport, sport, vni, i))
                 c.tx_packets += 1
                 c.tx_bytes += plen - VXLAN_HLEN
+                p = peers.get(r.ip) or peer(r.ip)
+                p[0] += 1
+                p[1] += plen - VXLAN_HLEN
 
     def handle_frame(self, vni: int, frame: bytes | bytearray | memoryview, now: float) -> None:
         """One frame from the device (a copy is taken; outputs are bytes). See handle_frames."""
@@ -381,6 +387,7 @@ class Engine(DatapathDriver):
         mv = memoryview(buf)
         out = self._to_device
         strict_gbp = self.strict_mode() == Strict.GBP
+        peers, peer = self.peers.rows, self.peers.row
         for i in range(batch.count) if slots is None else slots:
             src = sources[i]
             st = batch.status[i]
@@ -444,6 +451,9 @@ class Engine(DatapathDriver):
             out.append(DeviceFrame(vni, mv[off : off + n], i))
             c.rx_packets += 1
             c.rx_bytes += n
+            p = peers.get(src) or peer(src)
+            p[2] += 1
+            p[3] += n
 
     def handle_datagram(
         self, payload: bytes | bytearray | memoryview, source: str, now: float

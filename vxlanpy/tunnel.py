@@ -41,6 +41,7 @@ from .io.netlink import device_for_address, route_device
 from .io.tap import Device, Devices, DeviceSpec, KernelTaps, TapError, TapGone
 from .io.tgso import LinkRefresher, TunnelGso, TunnelGsoError, default_ttl
 from .io.udp import TransportError, UdpTransport
+from .peers import BatchSizes
 from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps
 from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
 
@@ -108,6 +109,7 @@ class Vtep:
         self.tgso: TunnelGso | None = None  # --tunnel-gso: the redirected TAP
         self._links: LinkRefresher | None = None
         self._links_task: asyncio.Task[None] | None = None
+        self.batches = {"tx": BatchSizes(), "rx": BatchSizes()}  # the Python pumps' reads
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -297,6 +299,7 @@ class Vtep:
                 return
             if n == 0:
                 break
+            self.batches["tx"].add(n)
             engine.handle_frames(vni, batch, self._loop.time())
             transport.send_datagrams(batch, engine.datagrams_to_send())
             self._write_device()
@@ -391,6 +394,7 @@ class Vtep:
             n = transport.recv_batch(batch, sources)
             if n == 0:
                 break
+            self.batches["rx"].add(n)
             engine.handle_datagrams(batch, sources, self._loop.time())
             self._write_device(batch)
             if n < batch.capacity:

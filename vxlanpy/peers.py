@@ -1,0 +1,95 @@
+"""Counters per remote VTEP (peer) and batch sizes, kept bounded whatever others send.
+
+The engine counts what it sends to and delivers from each peer (its slow path; the C datapath
+counts what it does itself, per peer as well: csrc/table.c ``vx_peer_of``); the Python pumps of
+a VTEP without the C datapath count the sizes of the batches they read. Both sides track at
+most :data:`MAX_PEERS` addresses one by one (the first ones seen, as C does) and add the
+others up under :data:`OTHERS`, so a sender forging source addresses grows nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .abi import BATCH_BUCKETS
+from .abi import MAX_PEERS as MAX_PEERS
+
+__all__ = [
+    "PeerCounters",
+    "BatchSizes",
+    "merge_peers",
+    "MAX_PEERS",
+    "OTHERS",
+    "PEER_KEYS",
+    "BUCKETS",
+]
+
+#: the name of the row that adds up the peers past MAX_PEERS
+OTHERS = "other-peers"
+#: the counters of one peer, in the order of its row
+PEER_KEYS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")
+#: batch-size buckets: a batch of n is counted in the first bucket with n <= 2**k
+BUCKETS = tuple(1 << k for k in range(BATCH_BUCKETS))
+
+
+class PeerCounters:
+    """Rows of [tx_packets, tx_bytes, rx_packets, rx_bytes] by peer IP (a string).
+
+    The hot path reads ``rows`` itself: ``rows.get(ip) or counters.row(ip)``, then adds."""
+
+    def __init__(self, limit: int = MAX_PEERS) -> None:
+        self.limit = limit
+        self.rows: dict[str, list[int]] = {}
+        self.others = [0, 0, 0, 0]
+
+    def row(self, ip: str) -> list[int]:
+        """The row of ``ip``, created while fewer than ``limit`` exist, else the others' row."""
+        r = self.rows.get(ip)
+        if r is None:
+            if len(self.rows) >= self.limit:
+                return self.others
+            r = self.rows[ip] = [0, 0, 0, 0]
+        return r
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        out = {ip: dict(zip(PEER_KEYS, r, strict=True)) for ip, r in self.rows.items()}
+        if any(self.others):
+            out[OTHERS] = dict(zip(PEER_KEYS, self.others, strict=True))
+        return out
+
+
+def merge_peers(
+    parts: list[dict[str, dict[str, int]]], limit: int = MAX_PEERS
+) -> dict[str, dict[str, int]]:
+    """Add up peer tables (the engine's, C's): at most ``limit`` peers by name, the rest into
+    :data:`OTHERS`."""
+    out: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for ip, row in part.items():
+            key = ip if ip in out or ip == OTHERS or len(out) < limit else OTHERS
+            have = out.setdefault(key, dict.fromkeys(PEER_KEYS, 0))
+            for k in PEER_KEYS:
+                have[k] += row.get(k, 0)
+    if OTHERS in out:  # last, as in each part
+        out[OTHERS] = out.pop(OTHERS)
+    return out
+
+
+class BatchSizes:
+    """How many batches of each size a pump read (buckets of :data:`BUCKETS`), and the frames
+    they held in all."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(BUCKETS)
+        self.frames = 0
+
+    def add(self, n: int) -> None:
+        if n > 0:
+            self.counts[min(len(BUCKETS) - 1, (n - 1).bit_length())] += 1
+            self.frames += n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sizes": dict(zip(map(str, BUCKETS), self.counts, strict=True)),
+            "frames": self.frames,
+        }
