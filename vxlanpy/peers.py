@@ -66,7 +66,8 @@ def merge_peers(
     out: dict[str, dict[str, int]] = {}
     for part in parts:
         for ip, row in part.items():
-            key = ip if ip in out or ip == OTHERS or len(out) < limit else OTHERS
+            named = len(out) - (OTHERS in out)
+            key = ip if ip in out or ip == OTHERS or named < limit else OTHERS
             have = out.setdefault(key, dict.fromkeys(PEER_KEYS, 0))
             for k in PEER_KEYS:
                 have[k] += row.get(k, 0)
