@@ -10,6 +10,9 @@ further, in C and in the engine. The HTTP server answers scrapes and refuses the
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from test_memory_vtep import A_IP, B_IP, FAST, MAC_A, MAC_B, VNI, _got, _udp, pa
 
 from vxlanpy import datapath
 from vxlanpy.batch import FrameBatch
+from vxlanpy.cli import top
 from vxlanpy.config import ConfigError, parse_listen
 from vxlanpy.datapath import Datapath, set_source
 from vxlanpy.engine import Engine, SegmentConfig
@@ -28,6 +32,7 @@ from vxlanpy.tunnel import Vtep
 from vxlanpy.wire import encode_header
 
 LOCAL = bytes([2, 0, 0, 0, 0, 0xAA])
+DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana-vxlanpy.json"
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -208,3 +213,60 @@ def test_server_answers_scrapes_and_refuses_the_rest() -> None:
                 await server.close()
 
     asyncio.run(main())
+
+
+def dashboard_metrics() -> set[str]:
+    """The metric names docs/grafana-vxlanpy.json queries (panels and variables)."""
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    return set(re.findall(r"\b((?:vxlanpy|process)_[a-z_]+)\b", " ".join(exprs)))
+
+
+def test_dashboard_queries_only_exposed_metrics() -> None:
+    """Every metric the dashboard queries has samples in a live VTEP's exposition (C pumps
+    where built: the fast-path share needs them), and every panel has a query."""
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["panels"] and all(p["targets"] for p in dash["panels"])
+
+    async def main() -> set[str]:
+        async with pair(FAST[0]) as (a, ta, b, tb):
+            await _exchange(a, ta, b, tb, 5)
+            text = exposition(b.stats, process=True)
+            # samples, and the families without any yet (no drop so far): their HELP lines
+            helped = {ln.split()[2] for ln in text.decode().splitlines() if ln[:6] == "# HELP"}
+            return {name for name, _labels in samples(text)} | helped
+
+    exposed = asyncio.run(main())
+    wanted = dashboard_metrics()
+    assert "vxlanpy_rx_packets_total" in wanted and "vxlanpy_batch_size_bucket" in wanted
+    assert not wanted - exposed, wanted - exposed
+
+
+def _st(rx: int, tx: int, drops: int, peer_rx: int) -> dict[str, Any]:
+    seg = {"rx_packets": rx, "rx_bytes": 100 * rx, "tx_packets": tx, "tx_bytes": 100 * tx}
+    seg |= {"dropped": drops, "drops": {"no-destination": drops} if drops else {}}
+    peer = {"tx_packets": tx, "tx_bytes": 100 * tx, "rx_packets": peer_rx, "rx_bytes": 0}
+    return {
+        "segments": {"42": seg},
+        "unattributed": {"drops": {}},
+        "peers": {"198.18.0.2": peer},
+        "tables": {"42": {"fdb": 3}},
+        "fast_path_packets": {"42": {"rx": rx // 2, "tx": tx // 2}},
+        "losses": {"total": 0},
+    }
+
+
+def test_top_rates() -> None:
+    r = top.rates(_st(10, 20, 0, 10), _st(30, 60, 4, 30), 2.0)
+    s = r["segments"]["42"]
+    assert s["rx_packets_s"] == 10.0 and s["tx_packets_s"] == 20.0
+    assert s["rx_bits_s"] == 8 * 100 * 10.0 and s["drops_s"] == 2.0 and s["fdb"] == 3
+    assert s["fast_path_share"] == 0.5
+    assert r["peers"]["198.18.0.2"]["rx_packets_s"] == 10.0
+    assert r["drops"] == {"no-destination": {"total": 4, "per_s": 2.0}}
+    back = top.rates(_st(30, 60, 4, 30), _st(0, 0, 0, 0), 1.0)  # counters went back: no negatives
+    assert all(v >= 0 for v in back["segments"]["42"].values() if isinstance(v, float))
+    assert back["segments"]["42"]["fast_path_share"] is None
+    text = top.render(r)
+    assert "42" in text and "198.18.0.2" in text and "no-destination" in text
