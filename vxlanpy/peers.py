@@ -9,6 +9,7 @@ others up under :data:`OTHERS`, so a sender forging source addresses grows nothi
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from .abi import BATCH_BUCKETS
@@ -62,7 +63,7 @@ def merge_peers(
     parts: list[dict[str, dict[str, int]]], limit: int = MAX_PEERS
 ) -> dict[str, dict[str, int]]:
     """Add up peer tables (the engine's, C's): at most ``limit`` peers by name, the rest into
-    :data:`OTHERS`."""
+    :data:`OTHERS` (last); by address, IPv4 first."""
     out: dict[str, dict[str, int]] = {}
     for part in parts:
         for ip, row in part.items():
@@ -71,9 +72,19 @@ def merge_peers(
             have = out.setdefault(key, dict.fromkeys(PEER_KEYS, 0))
             for k in PEER_KEYS:
                 have[k] += row.get(k, 0)
-    if OTHERS in out:  # last, as in each part
-        out[OTHERS] = out.pop(OTHERS)
+    others = out.pop(OTHERS, None)
+    out = {ip: out[ip] for ip in sorted(out, key=_address_order)}
+    if others is not None:  # last
+        out[OTHERS] = others
     return out
+
+
+def _address_order(ip: str) -> tuple[int, bytes | str]:
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, ip)
+    return (a.version, a.packed)
 
 
 class BatchSizes:
