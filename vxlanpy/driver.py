@@ -90,9 +90,7 @@ class DatapathDriver:
                 self._to_send.append(Datagram(data, t.ip, t.port, batch.sport[i], t.vni, i))
                 c.tx_packets += 1
                 c.tx_bytes += plen - VXLAN_HLEN
-                p = self.peers.row(t.ip)
-                p[0] += 1
-                p[1] += plen - VXLAN_HLEN
+                self.peers.add(t.ip, 0, 1, plen - VXLAN_HLEN)
 
     def forward_datagrams(self, batch: FrameBatch, now: float) -> None:
         """``handle_datagrams`` through the C datapath, sources taken from ``batch.addrs``."""

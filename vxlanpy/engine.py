@@ -304,7 +304,8 @@ class Engine(DatapathDriver):
         mv = memoryview(buf)
         out = self._to_send
         dstport = self.dstport
-        peers, peer = self.peers.rows, self.peers.row
+        run: tuple[Remote, ...] = ()  # per peer: runs of frames to the same remotes
+        run_n = run_b = 0
         for i, remotes in plan:
             hoff = batch.header_offset(i)
             plen = batch.payload_len[i]
@@ -327,9 +328,12 @@ class Engine(DatapathDriver):
                     out.append(Datagram(payload, r.ip, r.port or dstport, sport, vni, i))
                 c.tx_packets += 1
                 c.tx_bytes += plen - VXLAN_HLEN
-                p = peers.get(r.ip) or peer(r.ip)
-                p[0] += 1
-                p[1] += plen - VXLAN_HLEN
+            if remotes is not run:
+                self.peers.add_each(run, run_n, run_b)
+                run, run_n, run_b = remotes, 0, 0
+            run_n += 1
+            run_b += plen - VXLAN_HLEN
+        self.peers.add_each(run, run_n, run_b)
 
     def handle_frame(self, vni: int, frame: bytes | bytearray | memoryview, now: float) -> None:
         """One frame from the device (a copy is taken; outputs are bytes). See handle_frames."""
@@ -387,7 +391,7 @@ class Engine(DatapathDriver):
         mv = memoryview(buf)
         out = self._to_device
         strict_gbp = self.strict_mode() == Strict.GBP
-        peers, peer = self.peers.rows, self.peers.row
+        run_ip, run_n, run_b = "", 0, 0  # per peer: runs of frames from one remote VTEP
         for i in range(batch.count) if slots is None else slots:
             src = sources[i]
             st = batch.status[i]
@@ -451,9 +455,12 @@ class Engine(DatapathDriver):
             out.append(DeviceFrame(vni, mv[off : off + n], i))
             c.rx_packets += 1
             c.rx_bytes += n
-            p = peers.get(src) or peer(src)
-            p[2] += 1
-            p[3] += n
+            if src is not run_ip:
+                self.peers.add(run_ip, 2, run_n, run_b)
+                run_ip, run_n, run_b = src, 0, 0
+            run_n += 1
+            run_b += n
+        self.peers.add(run_ip, 2, run_n, run_b)
 
     def handle_datagram(
         self, payload: bytes | bytearray | memoryview, source: str, now: float

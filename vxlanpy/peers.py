@@ -10,10 +10,14 @@ others up under :data:`OTHERS`, so a sender forging source addresses grows nothi
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from .abi import BATCH_BUCKETS
 from .abi import MAX_PEERS as MAX_PEERS
+
+if TYPE_CHECKING:
+    from .fdb import Remote
 
 __all__ = [
     "PeerCounters",
@@ -34,9 +38,8 @@ BUCKETS = tuple(1 << k for k in range(BATCH_BUCKETS))
 
 
 class PeerCounters:
-    """Rows of [tx_packets, tx_bytes, rx_packets, rx_bytes] by peer IP (a string).
-
-    The hot path reads ``rows`` itself: ``rows.get(ip) or counters.row(ip)``, then adds."""
+    """Rows of [tx_packets, tx_bytes, rx_packets, rx_bytes] by peer IP (a string). The engine
+    adds runs of packets to one peer (:meth:`add`), not each packet."""
 
     def __init__(self, limit: int = MAX_PEERS) -> None:
         self.limit = limit
@@ -51,6 +54,19 @@ class PeerCounters:
                 return self.others
             r = self.rows[ip] = [0, 0, 0, 0]
         return r
+
+    def add(self, ip: str, at: int, packets: int, nbytes: int) -> None:
+        """Count ``packets`` and ``nbytes`` for ``ip``: sent (``at`` 0) or received (2)."""
+        if packets:
+            r = self.rows.get(ip) or self.row(ip)
+            r[at] += packets
+            r[at + 1] += nbytes
+
+    def add_each(self, remotes: Iterable[Remote], packets: int, nbytes: int) -> None:
+        """Count ``packets`` and ``nbytes`` sent to each of ``remotes``."""
+        if packets:
+            for r in remotes:
+                self.add(r.ip, 0, packets, nbytes)
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         out = {ip: dict(zip(PEER_KEYS, r, strict=True)) for ip, r in self.rows.items()}
