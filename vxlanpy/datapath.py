@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -86,6 +87,11 @@ class Entry(NamedTuple):
     @property
     def static(self) -> bool:
         return bool(self.flags & EntryFlag.STATIC)
+
+
+# a vx_peer_counters row: family, address, 6 bytes of padding, four counters
+_PEER_ROW = struct.Struct("=H16s6x4Q")
+_ADDR_LEN = {socket.AF_INET: 4, socket.AF_INET6: 16}
 
 
 def available() -> bool:
@@ -373,18 +379,18 @@ class Datapath:
     def peers(self) -> dict[str, tuple[int, int, int, int]]:
         """What C sent to and delivered from each remote VTEP: (tx_packets, tx_bytes,
         rx_packets, rx_bytes) by IP; ``""`` is the row of the peers past abi.MAX_PEERS."""
+        ffi = self._ffi
         if self._peers is None:
-            self._peers = self._ffi.new(f"vx_peer_counters[{MAX_PEERS + 1}]")
-        rows = self._peers
-        n = min(MAX_PEERS + 1, int(self._lib.vx_dp_read_peers(self.dp, rows, MAX_PEERS + 1)))
+            self._peers = ffi.new(f"vx_peer_counters[{MAX_PEERS + 1}]")
+            assert ffi.sizeof("vx_peer_counters") == _PEER_ROW.size
+        n = min(MAX_PEERS + 1, int(self._lib.vx_dp_read_peers(self.dp, self._peers, MAX_PEERS + 1)))
         out = {}
-        for k in range(n):
-            r = rows[k]
-            if k and r.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            size = 4 if r.family == socket.AF_INET else 16
-            ip = socket.inet_ntop(r.family, bytes(r.addr)[:size]) if k else ""
-            out[ip] = (int(r.tx_packets), int(r.tx_bytes), int(r.rx_packets), int(r.rx_bytes))
+        raw = ffi.buffer(self._peers, n * _PEER_ROW.size)
+        for k, (family, addr, *counts) in enumerate(_PEER_ROW.iter_unpack(raw)):
+            if k == 0:
+                out[""] = tuple(counts)
+            elif family in _ADDR_LEN:
+                out[socket.inet_ntop(family, addr[: _ADDR_LEN[family]])] = tuple(counts)
         return out
 
     # --- matching without I/O --------------------------------------------------------------

@@ -7,8 +7,9 @@ server, no collector). Names follow Prometheus' conventions: ``vxlanpy_`` prefix
 ``_total`` on counters, labels for the dimensions (``vni``, ``reason``, ``peer``, ``where``,
 ``direction``); docs/reference.md lists them, docs/grafana-vxlanpy.json graphs them.
 
-:class:`MetricsServer` serves ``GET /metrics`` over HTTP on the VTEP's own event loop (the
-snapshot is taken in the thread that owns the engine: nothing is read while it changes). It holds
+:class:`MetricsServer` serves ``GET /metrics`` over HTTP on the VTEP's own event loop: the
+snapshot is taken there, in the thread that owns the engine (nothing is read while it changes),
+and written out as text in a worker thread, while the loop goes on forwarding. It holds
 up against any client: at most 16 connections, a request head of 8 KiB read within 10 s, one
 answer per connection. ``prometheus_client`` is an optional dependency (``pip install
 vxlanpy[metrics]``); :func:`require` says so clearly when it is missing.
@@ -165,30 +166,34 @@ def families(st: Mapping[str, Any]) -> Iterator[Any]:
 
 class StatsCollector:
     """A prometheus_client collector: the families of ``snapshot()`` at each scrape, and how
-    long taking it took (``vxlanpy_scrape_duration_seconds``)."""
+    long taking the snapshot took (``vxlanpy_scrape_snapshot_seconds``; ``took``: measured by
+    the caller, who took it)."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, took: float | None = None) -> None:
         self.snapshot = snapshot
+        self.took = took
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
         t0 = time.perf_counter()
         st = self.snapshot()
+        took = time.perf_counter() - t0 if self.took is None else self.took
         yield from families(st)
         g = GaugeMetricFamily(
-            "vxlanpy_scrape_duration_seconds", "time to take the snapshot and build the metrics"
+            "vxlanpy_scrape_snapshot_seconds",
+            "time the VTEP's event loop spent taking this scrape's snapshot",
         )
-        g.add_metric([], time.perf_counter() - t0)
+        g.add_metric([], took)
         yield g
 
 
-def exposition(snapshot: Snapshot, process: bool = False) -> bytes:
+def exposition(snapshot: Snapshot, process: bool = False, took: float | None = None) -> bytes:
     """The text exposition of ``snapshot`` (and the process' CPU and memory, ``process``)."""
     from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(StatsCollector(snapshot))
+    reg.register(StatsCollector(snapshot, took))
     if process:
         ProcessCollector(registry=reg)
     return bytes(generate_latest(reg))
@@ -208,7 +213,6 @@ class MetricsServer:
         self.refused = 0
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
-        self._registry: Any = None
 
     @property
     def url(self) -> str:
@@ -218,11 +222,6 @@ class MetricsServer:
     async def start(self) -> None:
         """Listen; MetricsError if prometheus_client is missing or the address is refused."""
         require()
-        from prometheus_client import CollectorRegistry, ProcessCollector
-
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(StatsCollector(self.vtep.stats))
-        ProcessCollector(registry=self._registry)
         try:
             self._server = await asyncio.start_server(
                 self._client, self.host, self.port, limit=self.MAX_HEAD
@@ -258,9 +257,14 @@ class MetricsServer:
             elif path not in (b"/metrics", b"/"):
                 await self._answer(writer, 404, b"see /metrics\n")
             else:
-                from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+                from prometheus_client import CONTENT_TYPE_LATEST
 
-                body = bytes(generate_latest(self._registry))
+                # the snapshot on this loop (the engine's thread), the text in a worker: the
+                # loop goes on forwarding (the C pumps run without the GIL) while it is written
+                t0 = time.perf_counter()
+                st = self.vtep.stats()
+                took = time.perf_counter() - t0
+                body = await asyncio.to_thread(exposition, lambda: st, True, took)
                 self.scrapes += 1
                 await self._answer(writer, 200, body, CONTENT_TYPE_LATEST, method == b"HEAD")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):

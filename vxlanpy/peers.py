@@ -9,8 +9,8 @@ others up under :data:`OTHERS`, so a sender forging source addresses grows nothi
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
+import socket
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .abi import BATCH_BUCKETS
@@ -76,31 +76,33 @@ class PeerCounters:
 
 
 def merge_peers(
-    parts: list[dict[str, dict[str, int]]], limit: int = MAX_PEERS
+    parts: Sequence[Mapping[str, Sequence[int]]], limit: int = MAX_PEERS
 ) -> dict[str, dict[str, int]]:
-    """Add up peer tables (the engine's, C's): at most ``limit`` peers by name, the rest into
-    :data:`OTHERS` (last); by address, IPv4 first."""
-    out: dict[str, dict[str, int]] = {}
+    """Add up peer tables (the engine's, C's: rows in :data:`PEER_KEYS` order, by IP, maybe an
+    :data:`OTHERS` row): at most ``limit`` peers by name, by address (IPv4 first), then the rest
+    added up under :data:`OTHERS`."""
+    out: dict[str, list[int]] = {}
+    others = [0, 0, 0, 0]
     for part in parts:
         for ip, row in part.items():
-            named = len(out) - (OTHERS in out)
-            key = ip if ip in out or ip == OTHERS or named < limit else OTHERS
-            have = out.setdefault(key, dict.fromkeys(PEER_KEYS, 0))
-            for k in PEER_KEYS:
-                have[k] += row.get(k, 0)
-    others = out.pop(OTHERS, None)
-    out = {ip: out[ip] for ip in sorted(out, key=_address_order)}
-    if others is not None:  # last
-        out[OTHERS] = others
-    return out
+            have = out.get(ip)
+            if have is None:
+                have = others if ip == OTHERS or len(out) >= limit else out.setdefault(ip, [0] * 4)
+            for k in range(4):
+                have[k] += row[k]
+    res = {ip: dict(zip(PEER_KEYS, out[ip], strict=True)) for ip in sorted(out, key=_order)}
+    if any(others):
+        res[OTHERS] = dict(zip(PEER_KEYS, others, strict=True))
+    return res
 
 
-def _address_order(ip: str) -> tuple[int, bytes | str]:
-    try:
-        a = ipaddress.ip_address(ip)
-    except ValueError:
-        return (9, ip)
-    return (a.version, a.packed)
+def _order(ip: str) -> tuple[int, bytes]:
+    for family, rank in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        try:
+            return rank, socket.inet_pton(family, ip)
+        except OSError:
+            pass
+    return 9, ip.encode()
 
 
 class BatchSizes:

@@ -12,11 +12,11 @@ count the same thing (``stats --json`` is what it returns; docs/reference.md lis
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .engine import Engine
-from .peers import BUCKETS, OTHERS, PEER_KEYS, merge_peers
+from .peers import BUCKETS, OTHERS, merge_peers
 
 if TYPE_CHECKING:
     from .tunnel import Vtep
@@ -117,16 +117,15 @@ def peer_stats(engine: Engine) -> dict[str, dict[str, int]]:
     """Per remote VTEP (by IP): packets and inner bytes sent to it and delivered from it, the
     engine's and the C datapath's added up; at most abi.MAX_PEERS by name, the others added up
     under ``other-peers``."""
-    parts = []
+    parts: list[Mapping[str, Sequence[int]]] = []
     dp = engine.datapath
     if dp is not None:
-        c_rows = {
-            ip or OTHERS: dict(zip(PEER_KEYS, r, strict=True)) for ip, r in dp.peers().items()
-        }
-        if not any(c_rows.get(OTHERS, {}).values()):
-            c_rows.pop(OTHERS, None)
-        parts.append(c_rows)
-    parts.append(engine.peers.to_dict())
+        rows: dict[str, Sequence[int]] = dict(dp.peers())
+        rows[OTHERS] = rows.pop("")
+        parts.append(rows)
+    parts.append(engine.peers.rows)
+    if any(engine.peers.others):
+        parts.append({OTHERS: engine.peers.others})
     return merge_peers(parts)
 
 
