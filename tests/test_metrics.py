@@ -138,7 +138,8 @@ def test_peer_tables_are_bounded() -> None:
         r[2] += 1
     d = pc.to_dict()
     assert len(d) == 4 and d[OTHERS]["rx_packets"] == 7
-    merged = merge_peers([d, {"198.18.2.1": {"tx_packets": 5}}], limit=3)
+    rows = {**pc.rows, OTHERS: pc.others}
+    merged = merge_peers([rows, {"198.18.2.1": [5, 0, 0, 0]}], limit=3)
     assert len(merged) == 4 and merged[OTHERS] == {
         "tx_packets": 5,
         "tx_bytes": 0,
