@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from benchmarks import e2e
 from benchmarks.e2e import VARIANTS, Pair
 from vxlanpy.metrics import exposition
 
@@ -65,6 +68,25 @@ def measure(pair: Pair, hz: float, seconds: float) -> dict[str, float]:
     return out
 
 
+def idle_cpu(hz: float, seconds: float) -> tuple[float, int]:
+    """CPU ms a VTEP without traffic spends per second, scraped ``hz`` times a second (0: not
+    scraped), and the scrapes done: CPU time, not wall time, so a busy machine matters less."""
+    pair = Pair("vxlanpymetrics-kernel")
+    try:
+        c0 = pair.cpu_ticks()
+        n = 0
+        if hz:
+            out = pair.a.sh(sys.executable, "-c", SCRAPER, str(hz), str(seconds), URL)
+            n = int(out.split()[0])
+        else:
+            time.sleep(seconds)
+        c1 = pair.cpu_ticks()
+        assert c0 is not None and c1 is not None
+        return 1e3 * (c1 - c0) / os.sysconf("SC_CLK_TCK") / seconds, n
+    finally:
+        pair.close()
+
+
 def peers_exposition() -> tuple[float, int]:
     """ms per exposition of a snapshot with 1024 peers and 16 VNIs, and its size."""
     seg = {k: 1 for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
@@ -105,7 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--peers", action="store_true")
+    ap.add_argument("--idle", action="store_true", help="CPU per scrape of an idle VTEP")
+    ap.add_argument("--baseline", help="a checkout with its own .venv: adds mode 'baseline'")
     a = ap.parse_args(argv)
+    if a.baseline:
+        e2e.BASELINE = Path(a.baseline).resolve()
+        MODES["baseline"] = ("baseline", 0.0)
+    if a.idle:
+        base, _ = idle_cpu(0, 10)
+        for hz in (10.0, 50.0):
+            busy, n = idle_cpu(hz, 10)
+            print(
+                f"idle VTEP: {base:.1f} CPU ms/s not scraped, {busy:.1f} scraped {hz:g}/s "
+                f"({n} scrapes): {(busy - base) * 10 / max(1, n):.2f} CPU ms per scrape"
+            )
     if a.peers:
         ms, size = peers_exposition()
         print(f"exposition of 1024 peers, 16 VNIs: {ms:.1f} ms, {size} bytes")
