@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_memory_vtep import A_IP, B_IP, FAST, MAC_A, MAC_B, VNI, _got, _udp, pair
 
-from vxlanpy import datapath
+from vxlanpy import datapath, metrics
 from vxlanpy.batch import FrameBatch
 from vxlanpy.cli import top
 from vxlanpy.config import ConfigError, parse_listen
 from vxlanpy.datapath import Datapath, set_source
 from vxlanpy.engine import Engine, SegmentConfig
-from vxlanpy.metrics import MetricsServer, exposition
+from vxlanpy.metrics import MetricsError, MetricsServer, exposition
 from vxlanpy.peers import MAX_PEERS, OTHERS, BatchSizes, PeerCounters, merge_peers
 from vxlanpy.stats import peer_stats
 from vxlanpy.tunnel import Vtep
@@ -271,3 +272,9 @@ def test_top_rates() -> None:
     assert back["segments"]["42"]["fast_path_share"] is None
     text = top.render(r)
     assert "42" in text and "198.18.0.2" in text and "no-destination" in text
+
+
+def test_missing_prometheus_client_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails
+    with pytest.raises(MetricsError, match=r"pip install 'vxlanpy\[metrics\]'"):
+        metrics.require()
