@@ -123,3 +123,30 @@ def test_prometheus_scrapes_the_vtep(topo: Topology, tmp_path: Path) -> None:
         topo.stop(prom)
         log.close()
     assert v.stop() == 0
+
+
+_LISTEN = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+    "print(s.getsockname()[1], flush=True); time.sleep(60)"
+)
+
+
+def test_metrics_port_taken_is_a_clear_error(topo: Topology) -> None:
+    a = topo.add_host("a")
+    holder = a.popen([sys.executable, "-c", _LISTEN], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        port = int(holder.stdout.readline())
+        p = subprocess.run(
+            ["ip", "netns", "exec", a.ns, sys.executable, "-m", "vxlanpy.cli", "run"]
+            + ["--vni", "7", "--tap", "vxm", "--metrics", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert p.returncode == 1, p.stderr
+        assert f"error: metrics: cannot listen on 127.0.0.1:{port}" in p.stderr, p.stderr
+        assert "vxm" not in a.ip("-o", "link", "show")  # the TAP went with the VTEP
+    finally:
+        topo.stop(holder)
