@@ -10,9 +10,13 @@ through it (``forward_frames``): the same frames must come out.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.compat import raw
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -29,9 +33,11 @@ from scapy.packet import Packet, Raw
 from vxlanpy import datapath as datapath_mod
 from vxlanpy import nd
 from vxlanpy.batch import FrameBatch
+from vxlanpy.config import load_config
 from vxlanpy.datapath import Datapath
 from vxlanpy.engine import Engine, SegmentConfig
 from vxlanpy.events import Dropped, L3Miss
+from vxlanpy.export import export_commands
 from vxlanpy.wire import DropReason, parse_mac
 
 VNI = 77
@@ -211,3 +217,49 @@ def test_advertisement_flags_and_router() -> None:
     na = Ether(nd.advertisement(sol, parse_mac(HB), router=True))
     assert (na[ICMPv6ND_NA].R, na[ICMPv6ND_NA].S, na[ICMPv6ND_NA].O) == (1, 1, 1)
     assert nd.parse_solicitation(raw(ns(B6))[:70]) is None  # too short to be one
+
+
+def test_ipv6_entries_from_a_config_file_answer_and_export(tmp_path: Path) -> None:
+    """``neigh = [{ ip = "2001:db8::b", ... }]`` in a config file: the engine built from it
+    answers a solicitation for it (the address in any spelling); ``export`` writes the entry
+    for the kernel."""
+    cfg_file = tmp_path / "nd.toml"
+    cfg_file.write_text(
+        '[[segment]]\nvni = 77\nproxy = true\nremotes = ["198.18.0.2"]\n'
+        f'neigh = [{{ ip = "2001:DB8:0::b", lladdr = "{HB}" }}]\n'
+    )
+    cfg, _ = load_config(str(cfg_file))
+    e = Engine(backend="python")
+    e.add_segment(cfg.segments[0].segment_config())
+    e.handle_frame(VNI, raw(ns(B6)), 0.0)
+    assert [bytes(f.frame) for f in e.frames_to_device()] == [expected_na(HA, A6)]
+    out = export_commands(dataclasses.asdict(cfg))
+    # as written in the file (iproute2 reads any spelling)
+    assert f"ip neigh add 2001:DB8:0::b lladdr {HB} dev vxlan77 nud permanent" in out
+
+
+@settings(max_examples=300, deadline=None)
+@given(tail=st.binary(max_size=80), plen=st.integers(0, 120), code=st.sampled_from([0, 0, 1]))
+def test_any_solicitation_bytes_are_answered_dropped_or_forwarded(
+    tail: bytes, plen: int, code: int
+) -> None:
+    """Whatever follows an ICMPv6 type 135 header, the proxy answers, drops with a reason or
+    forwards it; it never raises."""
+    head = bytearray(raw(ns(B6, lladdr=None)))
+    head[18:20] = plen.to_bytes(2, "big")
+    head[55] = code
+    frame = bytes(head) + tail
+    try:
+        sol = nd.parse_solicitation(frame)
+    except nd.BadSolicitation:
+        sol = None
+    if sol is not None:
+        assert len(nd.advertisement(sol, parse_mac(HB))) == 86
+    e = Engine(backend="python")
+    seg = e.add_segment(SegmentConfig(vni=VNI, remotes=REMOTES[:1], proxy=True))
+    seg.neigh.add(B6, parse_mac(HB))
+    e.handle_frame(VNI, frame, 0.0)
+    answered, sent = len(e.frames_to_device()), len(e.datagrams_to_send())
+    dropped = seg.counters.dropped
+    assert answered + sent + dropped == 1, (answered, sent, dict(seg.counters.drops))
+    assert answered == seg.counters.nd_proxied
