@@ -1,7 +1,7 @@
 """The IPv6 ND proxy against the kernel's vxlan, in namespaces.
 
-Host a runs vxlanpy with ``--proxy`` and a neighbour entry for host b's overlay IPv6 address;
-host b is a kernel vxlan device that knows a's address statically (so that it never solicits
+Host a runs vxlanpy with ``--proxy`` and a neighbour entry for host b's overlay IPv6 address
+(``--neigh``, or ``neigh add`` over the control socket at run time); host b is a kernel vxlan device that knows a's address statically (so that it never solicits
 either). A ``ping -6`` across the overlay must succeed while a capture of b's underlay shows
 the echo requests in VXLAN and not one neighbour solicitation; an unknown target is an L3
 miss, and nothing for it reaches the wire. Without ``--proxy`` the same capture sees the
@@ -68,25 +68,39 @@ def _solicitations(frames: list[Ether], target: str | None = None) -> list[Ether
     return [f for f in frames if ICMPv6ND_NS in f and target in (None, f[ICMPv6ND_NS].tgt)]
 
 
-def _pair(topo: Topology, proxy: bool, backend: str) -> tuple[Host, Host, str, Vxlanpy]:
+def _pair(
+    topo: Topology, proxy: bool, backend: str, control: Path | None = None
+) -> tuple[Host, Host, str, Vxlanpy]:
+    """vxlanpy on a, the kernel on b; with ``control``, the neighbour entry is added at run
+    time over that control socket (``neigh add``) instead of ``--neigh``."""
     a, b = topo.add_host("a"), topo.add_host("b")
     dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
     topo.kernel_vxlan(b, vni=VNI, dev=dev, remote=UA, name="vx0", address=f"{B6}/64")
     b.ip("link", "set", "vx0", "address", MAC_B)
     b.ip("-6", "neigh", "add", A6, "lladdr", MAC_A, "dev", "vx0", "nud", "permanent")
     args = ["--vni", str(VNI), "--local", UA, "--remote", UB, "--tap", "vx0", "--mac", MAC_A]
+    if control is not None:
+        args += ["--control", str(control)]
     if proxy:
-        args += ["--proxy", "--neigh", f"{B6}={MAC_B}"]
+        args += ["--proxy"] + ([] if control else ["--neigh", f"{B6}={MAC_B}"])
     v = Vxlanpy(topo, a, [*args, "-v"], backend=backend)
+    if proxy and control is not None:
+        cli = [sys.executable, "-m", "vxlanpy.cli", "neigh", "add", B6, "lladdr", MAC_B]
+        a.sh(*cli, "--control", str(control))
+        shown = a.sh(
+            sys.executable, "-m", "vxlanpy.cli", "neigh", "show", "--control", str(control)
+        )
+        assert shown.split() == [B6, "dev", "vx0", "lladdr", MAC_B, "PERMANENT"], shown
     a.ip("addr", "add", f"{A6}/64", "dev", "vx0", "nodad")
     return a, b, dev, v
 
 
-@pytest.mark.parametrize("backend", ["cffi", "python"])
+@pytest.mark.parametrize(("backend", "control"), [("cffi", False), ("python", True)])
 def test_ping6_resolves_with_no_solicitation_on_the_wire(
-    topo: Topology, tmp_path: Path, backend: str
+    topo: Topology, tmp_path: Path, backend: str, control: bool
 ) -> None:
-    a, b, dev, v = _pair(topo, proxy=True, backend=backend)
+    sock = tmp_path / "ctl.sock" if control else None
+    a, b, dev, v = _pair(topo, proxy=True, backend=backend, control=sock)
     pcap = tmp_path / "underlay.pcap"
     with capture(topo, b, dev, pcap, "udp", "port", "4789", "and", "src", UA):
         ping(a, B6, count=3, extra=("-6",))
