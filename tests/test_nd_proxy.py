@@ -31,13 +31,14 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
 from vxlanpy import datapath as datapath_mod
-from vxlanpy import nd
+from vxlanpy import nd, stats
 from vxlanpy.batch import FrameBatch
 from vxlanpy.config import load_config
 from vxlanpy.datapath import Datapath
 from vxlanpy.engine import Engine, SegmentConfig
 from vxlanpy.events import Dropped, L3Miss
 from vxlanpy.export import export_commands
+from vxlanpy.render import stats_text
 from vxlanpy.wire import DropReason, parse_mac
 
 VNI = 77
@@ -263,3 +264,12 @@ def test_any_solicitation_bytes_are_answered_dropped_or_forwarded(
     dropped = seg.counters.dropped
     assert answered + sent + dropped == 1, (answered, sent, dict(seg.counters.drops))
     assert answered == seg.counters.nd_proxied
+
+
+def test_text_form_shows_nd_proxied_when_not_zero() -> None:
+    v = Vtep("python")
+    v.send(ns(B6))
+    st = {"segments": {str(VNI): stats.segment_stats(v.engine, VNI)}, "unattributed": {"drops": {}}}
+    assert "arp-proxied 0  nd-proxied 1  learned 0" in stats_text(st)
+    st["segments"][str(VNI)]["nd_proxied"] = 0
+    assert "nd-proxied" not in stats_text(st)

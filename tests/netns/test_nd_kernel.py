@@ -1,8 +1,9 @@
 """The IPv6 ND proxy against the kernel's vxlan, in namespaces.
 
 Host a runs vxlanpy with ``--proxy`` and a neighbour entry for host b's overlay IPv6 address
-(``--neigh``, or ``neigh add`` over the control socket at run time); host b is a kernel vxlan device that knows a's address statically (so that it never solicits
-either). A ``ping -6`` across the overlay must succeed while a capture of b's underlay shows
+(``--neigh``, or ``neigh add`` over the control socket at run time); host b is a kernel
+vxlan device that knows a's address statically (so that it never solicits either). A
+``ping -6`` across the overlay must succeed while a capture of b's underlay shows
 the echo requests in VXLAN and not one neighbour solicitation; an unknown target is an L3
 miss, and nothing for it reaches the wire. Without ``--proxy`` the same capture sees the
 solicitations (the capture could see them). A solicitation sent to vxlanpy's TAP and to a
