@@ -499,6 +499,15 @@ class Engine(DatapathDriver):
         out, self._to_send = self._to_send, []
         return out
 
+    def not_sent(self, vni: int, packets: int, nbytes: int) -> None:
+        """Of the datagrams of segment ``vni`` counted as sent (``tx_packets``, ``tx_bytes``:
+        inner bytes), the kernel refused ``packets`` (the driver counts why): take them back, so
+        that tx counts what the kernel took, as the C datapath counts."""
+        if packets:
+            c = self._segments[vni].counters
+            c.tx_packets -= packets
+            c.tx_bytes -= nbytes
+
     def frames_to_device(self) -> list[DeviceFrame]:
         """Frames for the devices produced since the last call."""
         out, self._to_device = self._to_device, []
