@@ -1,0 +1,293 @@
+"""The scaling benchmark's figures (benchmarks/scale.py): medians and spreads, the markdown
+tables and the plot."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.e2e import log
+
+Stat = dict[str, float]
+
+
+def stat(values: list[float]) -> Stat:
+    """Median, min and max of the repetitions."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": float(len(values)),
+    }
+
+
+def _per_rep(reps: list[dict[str, Any]], kind: str, key: str) -> Stat:
+    return stat([float(r[kind][key]) for r in reps])
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "vnis" in data:
+        out["vnis"] = [
+            {
+                "vnis": row["vnis"],
+                "tcp_gbps": stat([r["tcp_gbps"] for r in row["reps"]]),
+                "udp64_kpps": _per_rep(row["reps"], "udp64", "peer_kpps"),
+                "udp64_us": _per_rep(row["reps"], "udp64", "cpu_us_per_copy"),
+                "udp1400_gbps": _per_rep(row["reps"], "udp1400", "peer_gbps"),
+                "udp1400_kpps": _per_rep(row["reps"], "udp1400", "peer_kpps"),
+                "rss_kb_idle": row["rss_kb_idle"],
+                "rss_kb_end": row["rss_kb_end"],
+            }
+            for row in data["vnis"]
+        ]
+    if "flood" in data:
+        rows = []
+        for row in data["flood"]:
+            s: dict[str, Any] = {"remotes": row["remotes"]}
+            for kind in ("bcast", "unknown"):
+                s[f"{kind}_frames_kpps"] = _per_rep(row["reps"], kind, "frames_kpps")
+                s[f"{kind}_copies_kpps"] = _per_rep(row["reps"], kind, "peer_kpps")
+                s[f"{kind}_us_per_copy"] = _per_rep(row["reps"], kind, "cpu_us_per_copy")
+            rows.append(s)
+        out["flood"] = rows
+    if "fdb" in data:
+        out["fdb"] = [
+            {
+                "entries": row["entries"],
+                "udp64_kpps": _per_rep(row["reps"], "udp64", "peer_kpps"),
+                "udp64_us": _per_rep(row["reps"], "udp64", "cpu_us_per_copy"),
+                "add_s": row["add_s"],
+                "sync_s": row["sync_s"],
+                "rss_kb_installed": row["rss_kb_installed"],
+                "rss_kb_per_1e5": (row["rss_kb_installed"] - row["rss_kb_start"])
+                * 1e5
+                / row["entries"],
+            }
+            for row in data["fdb"]
+        ]
+    if "flows" in data:
+        out["flows"] = [
+            {
+                "flows": row["flows"],
+                "udp64_kpps": _per_rep(row["reps"], "udp64", "peer_kpps"),
+                "udp64_us": _per_rep(row["reps"], "udp64", "cpu_us_per_copy"),
+            }
+            for row in data["flows"]
+        ]
+    out["memory"] = memory(out)
+    return out
+
+
+def memory(s: dict[str, Any]) -> dict[str, float]:
+    """RSS per VTEP (idle, 1 VNI), per VNI (the slope from the fewest to the most VNIs), per
+    10^5 FDB entries (at the largest table) and that table's whole RSS, in KiB."""
+    m: dict[str, float] = {}
+    v = s.get("vnis") or []
+    if v:
+        m["vtep_kb"] = float(v[0]["rss_kb_idle"])
+    if len(v) > 1 and v[-1]["vnis"] > v[0]["vnis"]:
+        grow = v[-1]["rss_kb_idle"] - v[0]["rss_kb_idle"]
+        m["per_vni_kb"] = grow / (v[-1]["vnis"] - v[0]["vnis"])
+    f = s.get("fdb") or []
+    if f:
+        m["fdb_entries"] = float(f[-1]["entries"])
+        m["fdb_per_1e5_kb"] = float(f[-1]["rss_kb_per_1e5"])
+        m["fdb_rss_kb"] = float(f[-1]["rss_kb_installed"])
+    return m
+
+
+def _cell(s: Stat, digits: int = 0) -> str:
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(s['median'])} ({f.format(s['min'])}..{f.format(s['max'])})"
+
+
+def _mib(kb: float) -> str:
+    return f"{kb / 1024:.1f}"
+
+
+NOTES = """Host a runs vxlanpy (`benchmarks/scale_vtep.py`: the `Vtep` and control socket of
+`vxlanpy-tunnel run`, with its defaults), host b the kernel's vxlan, in two namespaces joined by
+a veth pair. An AF_PACKET sender (`benchmarks/scale_traffic.py`, 64 frames per `sendmmsg`) writes
+IPv4/UDP frames (1024 flows) to a's TAPs as fast as it can; b's vxlan devices count what arrives
+(rx_packets, rx_bytes: inner frames) and drop it, since the frames are addressed to no device of
+b. So the rates are what vxlanpy forwards with one core while the sender and b's receive use the
+rest; b's receive runs in vxlanpy's sends (veth), so "CPU per frame" (vxlanpy's user + system
+time over the frames or copies it sent) includes it. VNIs: the frames go round-robin over every
+VNI (a TAP and a kernel device each); TCP: 4 iperf3 streams at once, each to its own VNI spread
+over the range (with fewer VNIs, several on one). Flooding: the remotes are addresses of b's
+underlay device, all received by one vxlan device; broadcast frames are flooded in C, unknown
+unicast goes up to the engine (an L2 miss) and is flooded from there; copies = frames × remotes
+in vxlanpy's counters. FDB: static entries installed through the library API (`Fdb.add`, then
+`Engine.sync_datapath` into the C table), no `max_addresses` limit; the frames go to 65,536
+distinct entries spread over the table (all of them when smaller). Memory: VmRSS of the vxlanpy
+process. Each figure: median (min..max) of the repetitions, within one topology per size."""
+
+
+def markdown(data: dict[str, Any], chart: str | None) -> str:
+    s, mach = data["summary"], data["machine"]
+    lines = [
+        "## Scaling",
+        "",
+        f"Command: `{data['command']}` ({data['duration_s']:.0f} s)  ",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, Linux {mach['kernel']}, "
+        f"Python {mach['python']}, vxlanpy backend `{mach['backend']}`  ",
+        f"Run: {mach['date']}; {data['reps']} repetition(s), {data['seconds']:g} s per "
+        "measurement. Cells: median (min..max).",
+    ]
+    if "vnis" in s:
+        lines += [
+            "",
+            "| VNIs | TCP, 4 streams [Gbit/s] | 64-byte UDP [kpps] | CPU per 64-byte frame [µs]"
+            " | 1400-byte UDP [Gbit/s] | RSS idle [MiB] |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in s["vnis"]:
+            lines.append(
+                f"| {r['vnis']} | {_cell(r['tcp_gbps'], 2)} | {_cell(r['udp64_kpps'])} | "
+                f"{_cell(r['udp64_us'], 2)} | {_cell(r['udp1400_gbps'], 2)} | "
+                f"{_mib(r['rss_kb_idle'])} |"
+            )
+    if "flood" in s:
+        lines += [
+            "",
+            "| remotes | broadcast frames [kpps] | copies [kpps] | CPU per copy [µs] | "
+            "unknown unicast frames [kpps] | copies [kpps] | CPU per copy [µs] |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in s["flood"]:
+            cells = [str(r["remotes"])]
+            for kind in ("bcast", "unknown"):
+                cells += [
+                    _cell(r[f"{kind}_frames_kpps"], 1),
+                    _cell(r[f"{kind}_copies_kpps"]),
+                    _cell(r[f"{kind}_us_per_copy"], 2),
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+    if "fdb" in s:
+        lines += [
+            "",
+            "| FDB entries | added [s] | installed in C [s] | 64-byte UDP [kpps] | "
+            "CPU per frame [µs] | RSS [MiB] | RSS per 10^5 entries [MiB] |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in s["fdb"]:
+            lines.append(
+                f"| {r['entries']:,} | {r['add_s']:.2f} | {r['sync_s']:.2f} | "
+                f"{_cell(r['udp64_kpps'])} | {_cell(r['udp64_us'], 2)} | "
+                f"{_mib(r['rss_kb_installed'])} | {_mib(r['rss_kb_per_1e5'])} |"
+            )
+    if "flows" in s:
+        lines += [
+            "",
+            "| flows (outer source ports) | 64-byte UDP [kpps] | CPU per frame [µs] |",
+            "|---|---|---|",
+        ]
+        for r in s["flows"]:
+            lines.append(f"| {r['flows']} | {_cell(r['udp64_kpps'])} | {_cell(r['udp64_us'], 2)} |")
+    m = s["memory"]
+    mem = []
+    if "vtep_kb" in m:
+        mem.append(f"per VTEP {_mib(m['vtep_kb'])} MiB (1 VNI, idle)")
+    if "per_vni_kb" in m:
+        mem.append(f"per VNI {m['per_vni_kb']:.0f} KiB")
+    if "fdb_per_1e5_kb" in m:
+        mem.append(
+            f"per 10^5 FDB entries {_mib(m['fdb_per_1e5_kb'])} MiB "
+            f"({int(m['fdb_entries']):,} entries: {_mib(m['fdb_rss_kb'])} MiB in all)"
+        )
+    if mem:
+        lines += ["", "Memory (VmRSS): " + "; ".join(mem) + "."]
+    if chart:
+        lines += ["", f"![packet rate, flooding and memory as the work grows]({chart})"]
+    lines += ["", NOTES]
+    return "\n".join(lines) + "\n"
+
+
+def _errorbar(ax: Any, xs: list[float], stats: list[Stat], label: str, fmt: str) -> None:
+    med = [st["median"] for st in stats]
+    lo = [st["median"] - st["min"] for st in stats]
+    hi = [st["max"] - st["median"] for st in stats]
+    ax.errorbar(xs, med, yerr=[lo, hi], fmt=fmt, capsize=3, label=label)
+
+
+def plot(s: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no chart")
+        return False
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    if "vnis" in s:
+        ax = axes[0][0]
+        xs = [r["vnis"] for r in s["vnis"]]
+        _errorbar(ax, xs, [r["udp64_kpps"] for r in s["vnis"]], "64-byte UDP [kpps]", "o-")
+        _errorbar(ax, xs, [r["udp1400_kpps"] for r in s["vnis"]], "1400-byte UDP [kpps]", "s-")
+        ax2 = ax.twinx()
+        _errorbar(ax2, xs, [r["tcp_gbps"] for r in s["vnis"]], "TCP 4 streams [Gbit/s]", "^--")
+        ax2.set_ylabel("Gbit/s")
+        ax2.set_ylim(bottom=0)
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("VNIs on one VTEP")
+        ax.set_ylabel("kpps at the peer")
+        ax.set_title("VNIs")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8)
+    if "flood" in s:
+        ax = axes[0][1]
+        xs = [r["remotes"] for r in s["flood"]]
+        for kind, name in (("bcast", "broadcast"), ("unknown", "unknown unicast")):
+            rows = s["flood"]
+            _errorbar(ax, xs, [r[f"{kind}_copies_kpps"] for r in rows], f"{name}: copies", "o-")
+            _errorbar(ax, xs, [r[f"{kind}_frames_kpps"] for r in rows], f"{name}: frames", "s--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("remotes on the flood list")
+        ax.set_ylabel("kpps")
+        ax.set_title("Flooding (head-end replication)")
+        ax.legend(fontsize=8)
+    if "fdb" in s:
+        ax = axes[1][0]
+        xs = [r["entries"] for r in s["fdb"]]
+        _errorbar(ax, xs, [r["udp64_kpps"] for r in s["fdb"]], "64-byte UDP vs FDB entries", "o-")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("static FDB entries")
+        ax.set_ylabel("kpps at the peer")
+        ax.set_title("FDB size, flows")
+    if "flows" in s:
+        ax = axes[1][0]
+        xs = [r["flows"] for r in s["flows"]]
+        _errorbar(ax, xs, [r["udp64_kpps"] for r in s["flows"]], "64-byte UDP vs flows", "s--")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("static FDB entries / flows (one VNI)")
+        ax.set_ylabel("kpps at the peer")
+        ax.set_title("FDB size, flows")
+    if "fdb" in s or "flows" in s:
+        axes[1][0].legend(fontsize=8)
+    ax = axes[1][1]
+    if "vnis" in s:
+        xs = [r["vnis"] for r in s["vnis"]]
+        ax.plot(xs, [r["rss_kb_idle"] / 1024 for r in s["vnis"]], "o-", label="RSS vs VNIs")
+    if "fdb" in s:
+        xs = [r["entries"] for r in s["fdb"]]
+        ys = [r["rss_kb_installed"] / 1024 for r in s["fdb"]]
+        ax.plot(xs, ys, "s-", label="RSS vs FDB entries")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("VNIs / FDB entries")
+    ax.set_ylabel("MiB")
+    ax.set_title("vxlanpy's memory (VmRSS)")
+    ax.legend(fontsize=8)
+    fig.suptitle("vxlanpy as the work grows (against the kernel's vxlan)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
