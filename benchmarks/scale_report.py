@@ -61,6 +61,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 "add_s": row["add_s"],
                 "sync_s": row["sync_s"],
                 "rss_kb_installed": row["rss_kb_installed"],
+                "c_table_kb": c_table_kb(row["entries"]),
                 "rss_kb_per_1e5": (row["rss_kb_installed"] - row["rss_kb_start"])
                 * 1e5
                 / row["entries"],
@@ -78,6 +79,18 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         ]
     out["memory"] = memory(out)
     return out
+
+
+def c_table_kb(entries: int) -> float:
+    """The C flow table's size for ``entries`` (csrc/table.c: 1024 slots at first, then the
+    smallest power of two at least twice the entries, once they fill three quarters of it;
+    24 bytes a slot)."""
+    cap = 1024
+    if entries * 4 > cap * 3:
+        cap = 16
+        while cap < entries * 2:
+            cap <<= 1
+    return cap * 24 / 1024
 
 
 def memory(s: dict[str, Any]) -> dict[str, float]:
@@ -109,19 +122,24 @@ def _mib(kb: float) -> str:
 
 NOTES = """Host a runs vxlanpy (`benchmarks/scale_vtep.py`: the `Vtep` and control socket of
 `vxlanpy-tunnel run`, with its defaults), host b the kernel's vxlan, in two namespaces joined by
-a veth pair. An AF_PACKET sender (`benchmarks/scale_traffic.py`, 64 frames per `sendmmsg`) writes
-IPv4/UDP frames (1024 flows) to a's TAPs as fast as it can; b's vxlan devices count what arrives
-(rx_packets, rx_bytes: inner frames) and drop it, since the frames are addressed to no device of
-b. So the rates are what vxlanpy forwards with one core while the sender and b's receive use the
-rest; b's receive runs in vxlanpy's sends (veth), so "CPU per frame" (vxlanpy's user + system
-time over the frames or copies it sent) includes it. VNIs: the frames go round-robin over every
-VNI (a TAP and a kernel device each); TCP: 4 iperf3 streams at once, each to its own VNI spread
-over the range (with fewer VNIs, several on one). Flooding: the remotes are addresses of b's
-underlay device, all received by one vxlan device; broadcast frames are flooded in C, unknown
-unicast goes up to the engine (an L2 miss) and is flooded from there; copies = frames × remotes
-in vxlanpy's counters. FDB: static entries installed through the library API (`Fdb.add`, then
-`Engine.sync_datapath` into the C table), no `max_addresses` limit; the frames go to 65,536
-distinct entries spread over the table (all of them when smaller). Memory: VmRSS of the vxlanpy
+a veth pair. An AF_PACKET sender (`benchmarks/scale_traffic.py`, 64 frames per `sendmmsg`)
+writes IPv4/UDP frames of one flow to a's TAPs as fast as it can; b's vxlan devices count what
+arrives (rx_packets; rx_bytes, the inner IP packets) and drop it, since the frames are addressed
+to no device of b. So the rates are what vxlanpy forwards with one core while the sender and b's
+receive use the rest (what the TAPs could not queue is counted in vxlanpy's `losses.tap_queue`);
+b's receive runs in vxlanpy's sends (veth), so "CPU per frame" (vxlanpy's user + system time
+over the frames or copies it sent) includes it. VNIs: the frames go round-robin over every VNI
+(a TAP and a kernel device each); TCP: 4 iperf3 streams at once, each to its own VNI spread over
+the range (with fewer VNIs, several on one). Flooding: the remotes are addresses of b's underlay
+device, all received by one vxlan device; broadcast frames are flooded in C, unknown unicast
+goes up to the engine (an L2 miss) and is flooded from there; copies = frames × remotes in
+vxlanpy's counters. FDB: static entries installed through the library API (`Fdb.add`, then
+`Engine.sync_datapath` into the C table; no `max_addresses` limit, and `max_learned` does not
+apply to static entries); the frames go to 65,536 distinct entries spread over the table (all of
+them when smaller); "C table" is the flow table's size by `csrc/table.c`'s rule (a power of two
+at least twice the entries, 24 bytes a slot). Flows: frames of N UDP source ports interleaved
+one by one on one VNI, hence N outer source ports, each sent from a socket bound to it
+(`io/udp.py` keeps 256 such sockets, least recently used closed). Memory: VmRSS of the vxlanpy
 process. Each figure: median (min..max) of the repetitions, within one topology per size."""
 
 
@@ -169,14 +187,15 @@ def markdown(data: dict[str, Any], chart: str | None) -> str:
         lines += [
             "",
             "| FDB entries | added [s] | installed in C [s] | 64-byte UDP [kpps] | "
-            "CPU per frame [µs] | RSS [MiB] | RSS per 10^5 entries [MiB] |",
-            "|---|---|---|---|---|---|---|",
+            "CPU per frame [µs] | RSS [MiB] | RSS per 10^5 entries [MiB] | C table [MiB] |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in s["fdb"]:
             lines.append(
                 f"| {r['entries']:,} | {r['add_s']:.2f} | {r['sync_s']:.2f} | "
                 f"{_cell(r['udp64_kpps'])} | {_cell(r['udp64_us'], 2)} | "
-                f"{_mib(r['rss_kb_installed'])} | {_mib(r['rss_kb_per_1e5'])} |"
+                f"{_mib(r['rss_kb_installed'])} | {_mib(r['rss_kb_per_1e5'])} | "
+                f"{r['c_table_kb'] / 1024:.2f} |"
             )
     if "flows" in s:
         lines += [
@@ -205,11 +224,20 @@ def markdown(data: dict[str, Any], chart: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _errorbar(ax: Any, xs: list[float], stats: list[Stat], label: str, fmt: str) -> None:
+def _errorbar(
+    ax: Any, xs: list[float], stats: list[Stat], label: str, fmt: str, color: str
+) -> None:
     med = [st["median"] for st in stats]
     lo = [st["median"] - st["min"] for st in stats]
     hi = [st["max"] - st["median"] for st in stats]
-    ax.errorbar(xs, med, yerr=[lo, hi], fmt=fmt, capsize=3, label=label)
+    ax.errorbar(xs, med, yerr=[lo, hi], fmt=fmt, capsize=3, label=label, color=color)
+
+
+def _log_x(ax: Any, xs: list[int]) -> None:
+    """A log x axis ticked at the sizes measured, written out."""
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:,}" for x in xs])
+    ax.minorticks_off()
 
 
 def plot(s: dict[str, Any], path: Path) -> bool:
@@ -218,76 +246,76 @@ def plot(s: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         log("matplotlib is not installed: no chart")
         return False
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    (p_vni, p_flood, p_copy), (p_fdb, p_flows, p_mem) = axes
     if "vnis" in s:
-        ax = axes[0][0]
-        xs = [r["vnis"] for r in s["vnis"]]
-        _errorbar(ax, xs, [r["udp64_kpps"] for r in s["vnis"]], "64-byte UDP [kpps]", "o-")
-        _errorbar(ax, xs, [r["udp1400_kpps"] for r in s["vnis"]], "1400-byte UDP [kpps]", "s-")
-        ax2 = ax.twinx()
-        _errorbar(ax2, xs, [r["tcp_gbps"] for r in s["vnis"]], "TCP 4 streams [Gbit/s]", "^--")
+        rows, xs = s["vnis"], [r["vnis"] for r in s["vnis"]]
+        _errorbar(p_vni, xs, [r["udp64_kpps"] for r in rows], "64-byte UDP [kpps]", "o-", "C0")
+        _errorbar(p_vni, xs, [r["udp1400_kpps"] for r in rows], "1400-byte UDP [kpps]", "s-", "C1")
+        ax2 = p_vni.twinx()
+        _errorbar(ax2, xs, [r["tcp_gbps"] for r in rows], "TCP 4 streams [Gbit/s]", "^--", "C2")
         ax2.set_ylabel("Gbit/s")
         ax2.set_ylim(bottom=0)
-        ax.set_xscale("log")
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("VNIs on one VTEP")
-        ax.set_ylabel("kpps at the peer")
-        ax.set_title("VNIs")
-        h1, l1 = ax.get_legend_handles_labels()
+        _log_x(p_vni, xs)
+        p_vni.set(ylim=(0, None), xlabel="VNIs on one VTEP", ylabel="kpps at the peer")
+        p_vni.set_title("VNIs (traffic over all of them)")
+        h1, l1 = p_vni.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=8)
+        p_vni.legend(h1 + h2, l1 + l2, fontsize=8)
     if "flood" in s:
-        ax = axes[0][1]
-        xs = [r["remotes"] for r in s["flood"]]
-        for kind, name in (("bcast", "broadcast"), ("unknown", "unknown unicast")):
-            rows = s["flood"]
-            _errorbar(ax, xs, [r[f"{kind}_copies_kpps"] for r in rows], f"{name}: copies", "o-")
-            _errorbar(ax, xs, [r[f"{kind}_frames_kpps"] for r in rows], f"{name}: frames", "s--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("remotes on the flood list")
-        ax.set_ylabel("kpps")
-        ax.set_title("Flooding (head-end replication)")
-        ax.legend(fontsize=8)
+        rows, xs = s["flood"], [r["remotes"] for r in s["flood"]]
+        for i, (kind, name) in enumerate((("bcast", "broadcast"), ("unknown", "unknown unicast"))):
+            c = f"C{3 + i}"
+            stats = [r[f"{kind}_copies_kpps"] for r in rows]
+            _errorbar(p_flood, xs, stats, f"{name}: copies", "o-", c)
+            stats = [r[f"{kind}_frames_kpps"] for r in rows]
+            _errorbar(p_flood, xs, stats, f"{name}: frames", "s--", c)
+            stats = [r[f"{kind}_us_per_copy"] for r in rows]
+            _errorbar(p_copy, xs, stats, name, "o-", c)
+        for ax in (p_flood, p_copy):
+            _log_x(ax, xs)
+            ax.set_xlabel("remotes on the flood list")
+            ax.legend(fontsize=8)
+        p_flood.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}")
+        p_flood.yaxis.set_major_formatter(plain)
+        p_flood.yaxis.set_minor_formatter(plain)
+        p_flood.set(ylabel="kpps", title="Flooding (head-end replication)")
+        p_copy.set(ylim=(0, None), ylabel="µs of vxlanpy's CPU", title="Cost per copy")
     if "fdb" in s:
-        ax = axes[1][0]
-        xs = [r["entries"] for r in s["fdb"]]
-        _errorbar(ax, xs, [r["udp64_kpps"] for r in s["fdb"]], "64-byte UDP vs FDB entries", "o-")
-        ax.set_xscale("log")
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("static FDB entries")
-        ax.set_ylabel("kpps at the peer")
-        ax.set_title("FDB size, flows")
+        rows, xs = s["fdb"], [r["entries"] for r in s["fdb"]]
+        _errorbar(p_fdb, xs, [r["udp64_kpps"] for r in rows], "64-byte UDP [kpps]", "o-", "C0")
+        _log_x(p_fdb, xs)
+        p_fdb.set(ylim=(0, None), xlabel="static FDB entries", ylabel="kpps at the peer")
+        p_fdb.set_title("FDB size under traffic")
+        p_fdb.legend(fontsize=8)
     if "flows" in s:
-        ax = axes[1][0]
-        xs = [r["flows"] for r in s["flows"]]
-        _errorbar(ax, xs, [r["udp64_kpps"] for r in s["flows"]], "64-byte UDP vs flows", "s--")
-        ax.set_xscale("log")
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("static FDB entries / flows (one VNI)")
-        ax.set_ylabel("kpps at the peer")
-        ax.set_title("FDB size, flows")
-    if "fdb" in s or "flows" in s:
-        axes[1][0].legend(fontsize=8)
-    ax = axes[1][1]
+        rows, xs = s["flows"], [r["flows"] for r in s["flows"]]
+        _errorbar(p_flows, xs, [r["udp64_kpps"] for r in rows], "64-byte UDP [kpps]", "o-", "C0")
+        _log_x(p_flows, xs)
+        p_flows.set(ylim=(0, None), xlabel="flows (outer source ports), interleaved")
+        p_flows.set(ylabel="kpps at the peer", title="Flows on one VNI")
+        p_flows.legend(fontsize=8)
     if "vnis" in s:
         xs = [r["vnis"] for r in s["vnis"]]
-        ax.plot(xs, [r["rss_kb_idle"] / 1024 for r in s["vnis"]], "o-", label="RSS vs VNIs")
+        ys = [r["rss_kb_idle"] / 1024 for r in s["vnis"]]
+        p_mem.plot(xs, ys, "o-", color="C0", label="RSS vs VNIs")
     if "fdb" in s:
         xs = [r["entries"] for r in s["fdb"]]
         ys = [r["rss_kb_installed"] / 1024 for r in s["fdb"]]
-        ax.plot(xs, ys, "s-", label="RSS vs FDB entries")
-    ax.set_xscale("log")
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("VNIs / FDB entries")
-    ax.set_ylabel("MiB")
-    ax.set_title("vxlanpy's memory (VmRSS)")
-    ax.legend(fontsize=8)
-    fig.suptitle("vxlanpy as the work grows (against the kernel's vxlan)")
+        p_mem.plot(xs, ys, "s-", color="C1", label="RSS vs FDB entries")
+        ys = [r["c_table_kb"] / 1024 for r in s["fdb"]]
+        p_mem.plot(xs, ys, "s:", color="C1", label="of which the C table")
+    p_mem.set_xscale("log")
+    p_mem.set(ylim=(0, None), xlabel="VNIs / FDB entries", ylabel="MiB")
+    p_mem.set_title("vxlanpy's memory (VmRSS)")
+    p_mem.legend(fontsize=8)
+    fig.suptitle("vxlanpy as the work grows, against the kernel's vxlan (median, min..max)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
