@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.e2e import log, machine
-from benchmarks.scale_traffic import fmt, peer_mac, tap_mac
+from benchmarks.scale_traffic import fdb_mac, fmt, peer_mac, sink_mac, tap_mac
 from benchmarks.scale_vtep import BASE_VNI, rss_kb
 from vxlanpy.control import request
 from vxlanpy.netns import Host, NetnsError, Topology, have_netns
@@ -60,25 +60,70 @@ def _no_ipv6(h: Host) -> None:
         h.sh("sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1")
 
 
-def _batch(h: Host, lines: list[str]) -> None:
-    """Many iproute2 commands in one ``ip -batch`` (256 devices in a second, not in 30)."""
+def _batch(h: Host, lines: list[str], tool: str = "ip") -> None:
+    """Many iproute2 commands in one ``ip -batch`` (256 devices in a second, not in 30), or
+    ``bridge -batch``."""
     if not lines:
         return
     with tempfile.NamedTemporaryFile("w", suffix=".ip", delete=False) as f:
         f.write("\n".join(lines) + "\n")
     try:
-        h.topo.run(["ip", "-n", h.ns, "-batch", f.name], timeout=120)
+        h.topo.run([tool, "-n", h.ns, "-batch", f.name], timeout=600)
     finally:
         os.unlink(f.name)
 
 
-class Bench:
-    """One topology: vxlanpy on a with ``vnis`` segments, ``remotes`` remotes each and ``fdb``
-    bulk entries; the kernel's vxlan on b (a device per VNI), every remote address on b."""
+def kernel_vtep(h: Host, dev: str, vnis: int, dests: list[str], fdb: int) -> dict[str, Any]:
+    """The reference in a's place: the kernel's vxlan, set up as scale_vtep.py sets up vxlanpy
+    (a device ``vx<k>`` per VNI with its MAC and address, the remotes as flood list, the sink
+    entry, ``fdb`` bulk entries on vx0 through one ``bridge -batch``); how long that took."""
+    lines = []
+    for k in range(vnis):
+        lines.append(
+            f"link add vx{k} address {fmt(tap_mac(k))} type vxlan id {BASE_VNI + k} "
+            f"dstport 4789 local {A_UL} dev {dev}"
+        )
+        if k < 256:
+            lines.append(f"addr add 198.19.{k}.1/24 dev vx{k}")
+        lines.append(f"link set vx{k} up")
+    _batch(h, lines)
+    entries = [
+        f"fdb append 00:00:00:00:00:00 dev vx{k} dst {ip} self permanent"
+        for k in range(vnis)
+        for ip in dests
+    ]
+    entries += [f"fdb add {fmt(sink_mac(k))} dev vx{k} dst {dests[0]} self" for k in range(vnis)]
+    _batch(h, entries, tool="bridge")
+    t0 = time.monotonic()
+    _batch(
+        h,
+        [f"fdb add {fmt(fdb_mac(i))} dev vx0 dst {dests[0]} self permanent" for i in range(fdb)],
+        tool="bridge",
+    )
+    return {"ready": True, "add_s": time.monotonic() - t0, "sync_s": 0.0, "fdb": fdb}
 
-    def __init__(self, vnis: int = 1, remotes: int = 1, fdb: int = 0) -> None:
+
+def _dev_counters(h: Host) -> dict[str, int]:
+    """Packets the vxlan devices of ``h`` sent and dropped, added up."""
+    out = json.loads(h.sh("ip", "-s", "-j", "link", "show", "type", "vxlan"))
+    tx = [d["stats64"]["tx"] for d in out]
+    return {
+        "tx_packets": sum(int(t["packets"]) for t in tx),
+        "floods": 0,
+        "l2_misses": 0,
+        "lost": sum(int(t["dropped"]) + int(t["errors"]) for t in tx),
+        "tap_queue": 0,
+    }
+
+
+class Bench:
+    """One topology: on a, vxlanpy (``impl``, or the kernel's vxlan) with ``vnis`` segments,
+    ``remotes`` remotes each and ``fdb`` bulk entries; the kernel's vxlan on b (a device per
+    VNI), every remote address on b."""
+
+    def __init__(self, vnis: int = 1, remotes: int = 1, fdb: int = 0, impl: str = "vxlanpy"):
         t0 = time.monotonic()
-        self.vnis = vnis
+        self.vnis, self.impl = vnis, impl
         self.topo = Topology()
         self.a, self.b = self.topo.add_host("a"), self.topo.add_host("b")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -115,6 +160,10 @@ class Bench:
             ln for ln in lines if ln.startswith("neigh")
         ]  # neighbours once the devices are up
         _batch(b, lines)
+        if self.impl == "kernel":
+            self.ready = kernel_vtep(a, dev, self.vnis, dests, fdb)
+            self.rss_idle_kb = 0
+            return
         self.control = f"/run/vxlanpy/scale-{self.topo.tag}.sock"
         argv = [sys.executable, "-m", "benchmarks.scale_vtep", "--local", A_UL]
         argv += ["--vnis", str(self.vnis), "--fdb", str(fdb), "--control", self.control]
@@ -131,7 +180,7 @@ class Bench:
                 for k in range(min(self.vnis, 256))
             ],
         )
-        self.rss_idle_kb = self.rss_kb()
+        self.ready["rss_kb_idle"] = self.rss_idle_kb = self.rss_kb()
 
     def _line(self, timeout: float) -> dict[str, Any]:
         """The runner's next JSON line on stdout, within ``timeout`` seconds."""
@@ -165,11 +214,11 @@ class Bench:
     # --- counters ---------------------------------------------------------------------------
 
     def rss_kb(self) -> int:
-        assert self.proc is not None
-        return rss_kb(str(self.proc.pid))
+        return rss_kb(str(self.proc.pid)) if self.proc is not None else 0
 
     def cpu_s(self) -> float:
-        assert self.proc is not None
+        if self.proc is None:
+            return 0.0  # the kernel: the sender counts it
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -181,6 +230,8 @@ class Bench:
         return sum(int(r["packets"]) for r in rx), sum(int(r["bytes"]) for r in rx)
 
     def vtep_counters(self) -> dict[str, int]:
+        if self.impl == "kernel":
+            return _dev_counters(self.a)
         st = request(self.control, {"cmd": "stats"}, timeout=30)
         out = {"tx_packets": 0, "floods": 0, "l2_misses": 0}
         for seg in st["segments"].values():
@@ -218,7 +269,9 @@ class Bench:
         r: dict[str, float] = {"sent": gen["sent"], "seconds": secs}
         r |= {k: float(v) for k, v in d.items()}
         r["peer_rx"], r["peer_rx_bytes"] = p1[0] - p0[0], p1[1] - p0[1]
-        r["cpu_s"] = c1 - c0
+        r["cpu_s"] = c1 - c0 if self.impl == "vxlanpy" else float(gen["cpu_s"])
+        if self.impl == "kernel" and dst in ("bcast", "unknown"):
+            r["floods"] = r["sent"]  # the kernel floods every such frame, counting none
         r["peer_kpps"] = r["peer_rx"] / secs / 1e3
         r["peer_gbps"] = r["peer_rx_bytes"] * 8 / secs / 1e9
         r["cpu_us_per_copy"] = r["cpu_s"] * 1e6 / d["tx_packets"] if d["tx_packets"] else 0.0
@@ -269,11 +322,13 @@ class Bench:
 # --- the sweeps --------------------------------------------------------------------------------
 
 
-def sweep_vnis(sizes: tuple[int, ...], reps: int, seconds: float) -> list[dict[str, Any]]:
+def sweep_vnis(
+    sizes: tuple[int, ...], reps: int, seconds: float, impl: str = "vxlanpy"
+) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
-        log(f"VNIs: {n} (setting up)")
-        bench = Bench(vnis=n)
+        log(f"{impl}, VNIs: {n} (setting up)")
+        bench = Bench(vnis=n, impl=impl)
         row: dict[str, Any] = {"vnis": n, "setup_s": bench.setup_s, "reps": []}
         row["rss_kb_idle"] = bench.rss_idle_kb
         rows.append(row)
@@ -296,11 +351,13 @@ def sweep_vnis(sizes: tuple[int, ...], reps: int, seconds: float) -> list[dict[s
     return rows
 
 
-def sweep_flood(sizes: tuple[int, ...], reps: int, seconds: float) -> list[dict[str, Any]]:
+def sweep_flood(
+    sizes: tuple[int, ...], reps: int, seconds: float, impl: str = "vxlanpy"
+) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
-        log(f"flood remotes: {n}")
-        bench = Bench(remotes=n)
+        log(f"{impl}, flood remotes: {n}")
+        bench = Bench(remotes=n, impl=impl)
         row: dict[str, Any] = {"remotes": n, "reps": []}
         rows.append(row)
         try:
@@ -323,15 +380,20 @@ def sweep_flood(sizes: tuple[int, ...], reps: int, seconds: float) -> list[dict[
     return rows
 
 
-def sweep_fdb(sizes: tuple[int, ...], reps: int, seconds: float) -> list[dict[str, Any]]:
+def sweep_fdb(
+    sizes: tuple[int, ...], reps: int, seconds: float, impl: str = "vxlanpy"
+) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
-        log(f"FDB entries: {n} (installing)")
-        bench = Bench(fdb=n)
+        log(f"{impl}, FDB entries: {n} (installing)")
+        bench = Bench(fdb=n, impl=impl)
         rd = bench.ready
         row: dict[str, Any] = {"entries": n, "reps": [], "setup_s": bench.setup_s}
-        row |= {k: rd[k] for k in ("add_s", "sync_s", "rss_kb_start")}
-        row["rss_kb_installed"] = rd["rss_kb"]
+        row |= {k: rd[k] for k in ("add_s", "sync_s")}
+        row["rss_kb_start"], row["rss_kb_installed"] = (
+            rd.get("rss_kb_start", 0),
+            rd.get("rss_kb", 0),
+        )
         rows.append(row)
         log(f"  added in {rd['add_s']:.1f} s, installed in C in {rd['sync_s']:.1f} s")
         try:
@@ -376,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 rep, 0.5 s")
     ap.add_argument("--sweeps", default=",".join(SWEEPS), help="comma-separated subset")
+    ap.add_argument(
+        "--no-kernel", action="store_true", help="no kernel-kernel reference rows (faster)"
+    )
     ap.add_argument("--out", default=str(ROOT / "build" / "scale"), help="where results go")
     a = ap.parse_args(argv)
     if a.quick:
@@ -393,12 +458,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     data: dict[str, Any] = {"command": command, "machine": machine(), "quick": a.quick}
     data |= {"reps": a.reps, "seconds": a.seconds}
-    if "vnis" in sweeps:
-        data["vnis"] = sweep_vnis(sizes["vnis"], a.reps, a.seconds)
-    if "flood" in sweeps:
-        data["flood"] = sweep_flood(sizes["remotes"], a.reps, a.seconds)
-    if "fdb" in sweeps:
-        data["fdb"] = sweep_fdb(sizes["fdb"], a.reps, a.seconds)
+    kernel: dict[str, Any] = {}
+    for name, sweep, key in (
+        ("vnis", sweep_vnis, "vnis"),
+        ("flood", sweep_flood, "remotes"),
+        ("fdb", sweep_fdb, "fdb"),
+    ):
+        if name in sweeps:
+            data[name] = sweep(sizes[key], a.reps, a.seconds)
+            if not a.no_kernel:
+                kernel[name] = sweep(sizes[key], a.reps, a.seconds, "kernel")
+    if kernel:
+        data["kernel"] = kernel
     if "flows" in sweeps:
         data["flows"] = sweep_flows(sizes["flows"], a.reps, a.seconds)
     data["duration_s"] = time.monotonic() - t0

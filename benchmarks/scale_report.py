@@ -27,6 +27,16 @@ def _per_rep(reps: list[dict[str, Any]], kind: str, key: str) -> Stat:
 
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    """Medians and spreads of every sweep, vxlanpy's and (under ``kernel``) the reference's,
+    and vxlanpy's memory figures."""
+    out = _sweeps(data)
+    if "kernel" in data:
+        out["kernel"] = _sweeps(data["kernel"])
+    out["memory"] = memory(out)
+    return out
+
+
+def _sweeps(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "vnis" in data:
         out["vnis"] = [
@@ -77,7 +87,6 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             }
             for row in data["flows"]
         ]
-    out["memory"] = memory(out)
     return out
 
 
@@ -139,8 +148,86 @@ apply to static entries); the frames go to 65,536 distinct entries spread over t
 them when smaller); "C table" is the flow table's size by `csrc/table.c`'s rule (a power of two
 at least twice the entries, 24 bytes a slot). Flows: frames of N UDP source ports interleaved
 one by one on one VNI, hence N outer source ports, each sent from a socket bound to it
-(`io/udp.py` keeps 256 such sockets, least recently used closed). Memory: VmRSS of the vxlanpy
-process. Each figure: median (min..max) of the repetitions, within one topology per size."""
+(`io/udp.py` keeps 256 such sockets, least recently used closed). Kernel rows: the kernel's
+vxlan in a's place, set up alike (a device per VNI, the flood list as all-zeros FDB entries, the
+bulk entries through one `bridge -batch`: "added"); the same sender writes to its devices, so
+the kernel's whole transmit path, and most of b's receive, runs in the sender's system calls on
+one core, and its CPU per frame is the sender's. Memory: VmRSS of the vxlanpy process. Each
+figure: median (min..max) of the repetitions, within one topology per size."""
+
+
+def _ratio(s: Stat, ref: Stat | None) -> str:
+    return f" ×{s['median'] / ref['median']:.2f}" if ref and ref["median"] else ""
+
+
+def _rows(s: dict[str, Any], sweep: str, key: str) -> list[tuple[str, dict[str, Any], Any]]:
+    """(VTEP, row, the kernel's row of the same size or None) for the table of ``sweep``:
+    vxlanpy's row, then the kernel's."""
+    ref = {r[key]: r for r in s.get("kernel", {}).get(sweep, [])}
+    out: list[tuple[str, dict[str, Any], Any]] = []
+    for r in s[sweep]:
+        out.append(("vxlanpy", r, ref.get(r[key])))
+        if r[key] in ref:
+            out.append(("kernel", ref[r[key]], None))
+    return out
+
+
+def _table_vnis(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "| VNIs | VTEP | TCP, 4 streams [Gbit/s] | 64-byte UDP [kpps] | CPU per 64-byte frame"
+        " [µs] | 1400-byte UDP [Gbit/s] | RSS idle [MiB] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for who, r, k in _rows(s, "vnis", "vnis"):
+        rss = _mib(r["rss_kb_idle"]) if who == "vxlanpy" else "—"
+        lines.append(
+            f"| {r['vnis']} | {who} | {_cell(r['tcp_gbps'], 2)}"
+            f"{_ratio(r['tcp_gbps'], k and k['tcp_gbps'])} | {_cell(r['udp64_kpps'])}"
+            f"{_ratio(r['udp64_kpps'], k and k['udp64_kpps'])} | {_cell(r['udp64_us'], 2)} | "
+            f"{_cell(r['udp1400_gbps'], 2)}{_ratio(r['udp1400_gbps'], k and k['udp1400_gbps'])}"
+            f" | {rss} |"
+        )
+    return lines
+
+
+def _table_flood(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "| remotes | VTEP | broadcast frames [kpps] | copies [kpps] | CPU per copy [µs] | "
+        "unknown unicast frames [kpps] | copies [kpps] | CPU per copy [µs] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for who, r, k in _rows(s, "flood", "remotes"):
+        cells = [str(r["remotes"]), who]
+        for kind in ("bcast", "unknown"):
+            copies = r[f"{kind}_copies_kpps"]
+            cells += [
+                _cell(r[f"{kind}_frames_kpps"], 1),
+                _cell(copies) + _ratio(copies, k and k[f"{kind}_copies_kpps"]),
+                _cell(r[f"{kind}_us_per_copy"], 2),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _table_fdb(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "| FDB entries | VTEP | added [s] | installed in C [s] | 64-byte UDP [kpps] | "
+        "CPU per frame [µs] | RSS [MiB] | RSS per 10^5 entries [MiB] | C table [MiB] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for who, r, k in _rows(s, "fdb", "entries"):
+        if who == "vxlanpy":
+            mem = f"{_mib(r['rss_kb_installed'])} | {_mib(r['rss_kb_per_1e5'])} | "
+            mem += f"{r['c_table_kb'] / 1024:.2f}"
+            sync = f"{r['sync_s']:.2f}"
+        else:
+            mem, sync = "— | — | —", "—"
+        lines.append(
+            f"| {r['entries']:,} | {who} | {r['add_s']:.2f} | {sync} | {_cell(r['udp64_kpps'])}"
+            f"{_ratio(r['udp64_kpps'], k and k['udp64_kpps'])} | {_cell(r['udp64_us'], 2)} | "
+            f"{mem} |"
+        )
+    return lines
 
 
 def markdown(data: dict[str, Any], chart: str | None) -> str:
@@ -152,51 +239,12 @@ def markdown(data: dict[str, Any], chart: str | None) -> str:
         f"Machine: {mach['cpu']}, {mach['cores']} cores, Linux {mach['kernel']}, "
         f"Python {mach['python']}, vxlanpy backend `{mach['backend']}`  ",
         f"Run: {mach['date']}; {data['reps']} repetition(s), {data['seconds']:g} s per "
-        "measurement. Cells: median (min..max).",
+        "measurement. Cells: median (min..max), ×ratio to the kernel's vxlan in a's place "
+        "(kernel rows) at the same size.",
     ]
-    if "vnis" in s:
-        lines += [
-            "",
-            "| VNIs | TCP, 4 streams [Gbit/s] | 64-byte UDP [kpps] | CPU per 64-byte frame [µs]"
-            " | 1400-byte UDP [Gbit/s] | RSS idle [MiB] |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in s["vnis"]:
-            lines.append(
-                f"| {r['vnis']} | {_cell(r['tcp_gbps'], 2)} | {_cell(r['udp64_kpps'])} | "
-                f"{_cell(r['udp64_us'], 2)} | {_cell(r['udp1400_gbps'], 2)} | "
-                f"{_mib(r['rss_kb_idle'])} |"
-            )
-    if "flood" in s:
-        lines += [
-            "",
-            "| remotes | broadcast frames [kpps] | copies [kpps] | CPU per copy [µs] | "
-            "unknown unicast frames [kpps] | copies [kpps] | CPU per copy [µs] |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in s["flood"]:
-            cells = [str(r["remotes"])]
-            for kind in ("bcast", "unknown"):
-                cells += [
-                    _cell(r[f"{kind}_frames_kpps"], 1),
-                    _cell(r[f"{kind}_copies_kpps"]),
-                    _cell(r[f"{kind}_us_per_copy"], 2),
-                ]
-            lines.append("| " + " | ".join(cells) + " |")
-    if "fdb" in s:
-        lines += [
-            "",
-            "| FDB entries | added [s] | installed in C [s] | 64-byte UDP [kpps] | "
-            "CPU per frame [µs] | RSS [MiB] | RSS per 10^5 entries [MiB] | C table [MiB] |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in s["fdb"]:
-            lines.append(
-                f"| {r['entries']:,} | {r['add_s']:.2f} | {r['sync_s']:.2f} | "
-                f"{_cell(r['udp64_kpps'])} | {_cell(r['udp64_us'], 2)} | "
-                f"{_mib(r['rss_kb_installed'])} | {_mib(r['rss_kb_per_1e5'])} | "
-                f"{r['c_table_kb'] / 1024:.2f} |"
-            )
+    for sweep, table in (("vnis", _table_vnis), ("flood", _table_flood), ("fdb", _table_fdb)):
+        if sweep in s:
+            lines += ["", *table(s)]
     if "flows" in s:
         lines += [
             "",
@@ -217,7 +265,7 @@ def markdown(data: dict[str, Any], chart: str | None) -> str:
             f"({int(m['fdb_entries']):,} entries: {_mib(m['fdb_rss_kb'])} MiB in all)"
         )
     if mem:
-        lines += ["", "Memory (VmRSS): " + "; ".join(mem) + "."]
+        lines += ["", "Memory of vxlanpy (VmRSS): " + "; ".join(mem) + "."]
     if chart:
         lines += ["", f"![packet rate, flooding and memory as the work grows]({chart})"]
     lines += ["", NOTES]
@@ -256,6 +304,10 @@ def plot(s: dict[str, Any], path: Path) -> bool:
         rows, xs = s["vnis"], [r["vnis"] for r in s["vnis"]]
         _errorbar(p_vni, xs, [r["udp64_kpps"] for r in rows], "64-byte UDP [kpps]", "o-", "C0")
         _errorbar(p_vni, xs, [r["udp1400_kpps"] for r in rows], "1400-byte UDP [kpps]", "s-", "C1")
+        kr = s.get("kernel", {}).get("vnis")
+        if kr:
+            stats = [r["udp64_kpps"] for r in kr]
+            _errorbar(p_vni, [r["vnis"] for r in kr], stats, "kernel: 64-byte UDP", "o:", "C7")
         ax2 = p_vni.twinx()
         _errorbar(ax2, xs, [r["tcp_gbps"] for r in rows], "TCP 4 streams [Gbit/s]", "^--", "C2")
         ax2.set_ylabel("Gbit/s")
@@ -276,6 +328,13 @@ def plot(s: dict[str, Any], path: Path) -> bool:
             _errorbar(p_flood, xs, stats, f"{name}: frames", "s--", c)
             stats = [r[f"{kind}_us_per_copy"] for r in rows]
             _errorbar(p_copy, xs, stats, name, "o-", c)
+        kr = s.get("kernel", {}).get("flood")
+        if kr:
+            kx = [r["remotes"] for r in kr]
+            stats = [r["bcast_copies_kpps"] for r in kr]
+            _errorbar(p_flood, kx, stats, "kernel: broadcast copies", "o:", "C7")
+            stats = [r["bcast_us_per_copy"] for r in kr]
+            _errorbar(p_copy, kx, stats, "kernel: broadcast (sender's CPU)", "o:", "C7")
         for ax in (p_flood, p_copy):
             _log_x(ax, xs)
             ax.set_xlabel("remotes on the flood list")
@@ -285,10 +344,14 @@ def plot(s: dict[str, Any], path: Path) -> bool:
         p_flood.yaxis.set_major_formatter(plain)
         p_flood.yaxis.set_minor_formatter(plain)
         p_flood.set(ylabel="kpps", title="Flooding (head-end replication)")
-        p_copy.set(ylim=(0, None), ylabel="µs of vxlanpy's CPU", title="Cost per copy")
+        p_copy.set(ylim=(0, None), ylabel="µs of CPU", title="Cost per copy")
     if "fdb" in s:
         rows, xs = s["fdb"], [r["entries"] for r in s["fdb"]]
         _errorbar(p_fdb, xs, [r["udp64_kpps"] for r in rows], "64-byte UDP [kpps]", "o-", "C0")
+        kr = s.get("kernel", {}).get("fdb")
+        if kr:
+            stats = [r["udp64_kpps"] for r in kr]
+            _errorbar(p_fdb, [r["entries"] for r in kr], stats, "kernel: 64-byte UDP", "o:", "C7")
         _log_x(p_fdb, xs)
         p_fdb.set(ylim=(0, None), xlabel="static FDB entries", ylabel="kpps at the peer")
         p_fdb.set_title("FDB size under traffic")

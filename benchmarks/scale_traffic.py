@@ -2,10 +2,10 @@
 with an AF_PACKET socket, 64 per ``sendmmsg`` call, bounded in count and time.
 
 ``python -m benchmarks.scale_traffic --ifaces vx0,vx1 --dst sink --size 64 --seconds 3``
-prints ``{"sent": N, "errors": N, "seconds": S}`` on stdout. Frames are IPv4/UDP (UDP payload
-``--size`` bytes; ``--flows`` UDP source ports, so as many flows and outer source ports at the
-VTEP), round-robin over ``--ifaces`` (frame j goes to interface j mod n). Their destination
-MAC (``--dst``):
+prints ``{"sent": N, "errors": N, "seconds": S, "cpu_s": S}`` on stdout. Frames are IPv4/UDP
+(UDP payload ``--size`` bytes; ``--flows`` UDP source ports, so as many flows and outer source
+ports at the VTEP), round-robin over ``--ifaces`` (frame j goes to interface j mod n). Their
+destination MAC (``--dst``):
 
 - ``sink``: interface k's sink MAC, which the VTEP under test has a static FDB entry for; the
   peer's vxlan device counts the frames (rx_packets) and drops them (not its MAC);
@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import resource
 import socket
 import struct
 import sys
@@ -102,6 +103,13 @@ def destination(mode: str, j: int, k: int) -> bytes:
     raise ValueError(f"unknown --dst {mode!r}")
 
 
+def _cpu_s() -> float:
+    """This process's user + system time: with a kernel VTEP, its whole transmit path and most
+    of the peer's receive run in the sender's system calls."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
@@ -178,6 +186,7 @@ class Sender:
         fd, base, step = self.sock.fileno(), ctypes.addressof(self.msgs), ctypes.sizeof(_Mmsghdr)
         batches = self.ring // BATCH
         sent = errors = calls = 0
+        cpu0 = _cpu_s()
         start = time.monotonic()
         deadline = start + seconds
         while sent < count:
@@ -191,7 +200,8 @@ class Sender:
                     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
                 continue
             sent += n
-        return {"sent": sent, "errors": errors, "seconds": time.monotonic() - start}
+        secs = time.monotonic() - start
+        return {"sent": sent, "errors": errors, "seconds": secs, "cpu_s": _cpu_s() - cpu0}
 
 
 def main(argv: list[str] | None = None) -> int:

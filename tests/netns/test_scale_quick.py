@@ -69,6 +69,17 @@ def test_scale_quick(topo: Topology, tmp_path: Path) -> None:
     for row in data["flows"]:
         forwarded(row["reps"][0]["udp64"])
 
+    # the kernel in a's place, same sweeps: frames at the peer = frames x remotes too
+    kernel = data["kernel"]
+    assert [r["vnis"] for r in kernel["vnis"]] == list(QUICK["vnis"])
+    for row in kernel["vnis"]:
+        assert row["reps"][0]["tcp_gbps"] > 0
+        forwarded(row["reps"][0]["udp64"])
+    for row in kernel["flood"]:
+        forwarded(row["reps"][0]["bcast"], copies=row["remotes"])
+    for row in kernel["fdb"]:
+        forwarded(row["reps"][0]["udp64"])
+
     s = data["summary"]
     assert s["memory"]["vtep_kb"] > 0 and s["memory"]["fdb_rss_kb"] > 0
     for row in s["vnis"] + s["fdb"] + s["flows"]:
@@ -76,7 +87,7 @@ def test_scale_quick(topo: Topology, tmp_path: Path) -> None:
     for row in s["flood"]:
         assert row["bcast_copies_kpps"]["median"] > 0
     md = (tmp_path / "scale.md").read_text()
-    assert "| VNIs | TCP, 4 streams [Gbit/s] |" in md and "| remotes |" in md
-    assert "| FDB entries |" in md and "| flows (outer source ports) |" in md
-    assert "Memory (VmRSS): per VTEP" in md
+    assert "| VNIs | VTEP | TCP, 4 streams [Gbit/s] |" in md and "| remotes | VTEP |" in md
+    assert "| FDB entries | VTEP |" in md and "| flows (outer source ports) |" in md
+    assert "Memory of vxlanpy (VmRSS): per VTEP" in md and "| kernel |" in md
     assert (tmp_path / "scale.png").stat().st_size > 1000
