@@ -1,22 +1,26 @@
 """Scaling benchmark: what vxlanpy costs as the work grows, against the kernel's vxlan.
 
-``python -m benchmarks scale [--quick] [--reps N] [--seconds S] [--out DIR]`` (root;
-``make scale``). Host a runs vxlanpy (benchmarks/scale_vtep.py: ``Vtep`` and its control
-socket), host b the kernel's vxlan, over a veth underlay in fresh namespaces. Three sweeps:
+``python -m benchmarks scale [--quick] [--reps N] [--seconds S] [--sweeps ...] [--no-kernel]
+[--out DIR]`` (root; ``make scale``). Host a runs vxlanpy (benchmarks/scale_vtep.py: ``Vtep``
+and its control socket), host b the kernel's vxlan, over a veth underlay in fresh namespaces.
+Four sweeps:
 
-- VNIs (1, 16, 256 on one VTEP; b has a vxlan device per VNI): TCP throughput (4 iperf3 streams
-  to 4 VNIs spread over the range), and the rate of 64-byte and 1400-byte UDP frames spread
-  round-robin over every VNI;
-- flooding to 1, 8, 64 remotes (addresses on b's underlay device, all received by one vxlan
-  device): broadcast frames (flooded in C) and unknown unicast (an L2 miss: flooded by the
-  engine); frames flooded per second, copies the peer counted, CPU per copy;
-- FDB of 10^3, 10^5, 10^6 static entries (installed in bulk through the library API):
-  64-byte frames to destinations spread over the whole table.
+- vnis: 1, 16, 256 VNIs on one VTEP (b has a vxlan device per VNI): TCP throughput (4 iperf3
+  streams to 4 VNIs spread over the range), and the rate of 64-byte and 1400-byte UDP frames
+  spread round-robin over every VNI;
+- flood: flooding to 1, 8, 64 remotes (addresses on b's underlay device, all received by one
+  vxlan device): broadcast frames (flooded in C) and unknown unicast (an L2 miss: flooded by
+  the engine); frames flooded per second, copies the peer counted, CPU per copy;
+- fdb: 10^3, 10^5, 10^6 static FDB entries (installed in bulk through the library API):
+  64-byte frames to destinations spread over the whole table;
+- flows: 1, 64, 1024 interleaved flows (outer source ports) on one VNI.
 
-Memory: vxlanpy's RSS (VmRSS) idle with 1 VNI (per VTEP), its growth per VNI, and per 10^5 FDB
-entries. Frames are written to a's TAPs by an AF_PACKET sender (scale_traffic.py) as fast as it
-can, for ``--seconds``; b's vxlan devices count what arrives (rx_packets, rx_bytes) and drop
-it (addressed to no device of b). Results: scale.json, scale.md, scale.png in ``--out``.
+The first three run again with the kernel's vxlan in a's place (kernel rows; ``--no-kernel``
+skips them). Memory: vxlanpy's RSS (VmRSS) idle with 1 VNI (per VTEP), its growth per VNI, and
+per 10^5 FDB entries. Frames are written to a's devices by an AF_PACKET sender
+(scale_traffic.py) as fast as it can, for ``--seconds``; b's vxlan devices count what arrives
+(rx_packets, rx_bytes) and drop it (addressed to no device of b). Every loop is bounded (sizes,
+repetitions, seconds, timeouts). Results: scale.json, scale.md, scale.png in ``--out``.
 """
 
 from __future__ import annotations
