@@ -342,7 +342,7 @@ def plot(s: dict[str, Any], path: Path) -> bool:
         p_flood.set_yscale("log")
         plain = matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:g}")
         p_flood.yaxis.set_major_formatter(plain)
-        p_flood.yaxis.set_minor_formatter(plain)
+        p_flood.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         p_flood.set(ylabel="kpps", title="Flooding (head-end replication)")
         p_copy.set(ylim=(0, None), ylabel="µs of CPU", title="Cost per copy")
     if "fdb" in s:
