@@ -338,7 +338,7 @@ def sweep_vnis(
         rows.append(row)
         try:
             for rep in range(reps):
-                r = {
+                r: dict[str, Any] = {
                     "tcp_gbps": bench.tcp(seconds),
                     "udp64": bench.send("sink", 64, seconds),
                     "udp1400": bench.send("sink", 1400, seconds),

@@ -72,7 +72,7 @@ def fmt(mac: bytes) -> str:
 
 
 def _csum(header: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    s: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
