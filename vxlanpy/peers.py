@@ -68,6 +68,12 @@ class PeerCounters:
             for r in remotes:
                 self.add(r.ip, 0, packets, nbytes)
 
+    def not_sent(self, by_host: Mapping[str, tuple[int, int]]) -> None:
+        """Take back what the kernel refused of what was counted sent (the transport's
+        ``unsent_by_host``: packets and inner bytes by destination), as ``Engine.not_sent``."""
+        for host, (n, b) in by_host.items():
+            self.add(host, 0, -n, -b)
+
     def to_dict(self) -> dict[str, dict[str, int]]:
         out = {ip: dict(zip(PEER_KEYS, r, strict=True)) for ip, r in self.rows.items()}
         if any(self.others):

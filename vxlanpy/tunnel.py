@@ -302,6 +302,7 @@ class Vtep:
             self.batches["tx"].add(n)
             engine.handle_frames(vni, batch, self._loop.time())
             engine.not_sent(vni, *transport.send_datagrams(batch, engine.datagrams_to_send()))
+            engine.peers.not_sent(transport.unsent_by_host)
             self._write_device()
             if n < batch.capacity:
                 break
@@ -324,6 +325,7 @@ class Vtep:
                 slots = [i for i in range(n) if act[i] < 0]
                 engine.handle_frames(vni, batch, self._loop.time(), slots)
                 engine.not_sent(vni, *transport.send_datagrams(batch, engine.datagrams_to_send()))
+                engine.peers.not_sent(transport.unsent_by_host)
                 self._write_device()
                 if self._stopped.is_set():
                     return
