@@ -53,4 +53,9 @@ def test_top_follows_the_traffic(topo: Topology) -> None:
 
     text = _top(a, "--count", "2")  # stdout is a pipe: plain blocks, no escape sequences
     assert "\x1b" not in text and text.count("VNI ") == 2 and "198.18.0.2" in text
+    spawn = "import pty, sys; pty.spawn(sys.argv[1:])"  # on a terminal: redrawn in place
+    tty = a.sh(
+        sys.executable, "-c", spawn, sys.executable, "-m", "vxlanpy.cli", "top", "--count", "2"
+    )
+    assert tty.count("\x1b[H\x1b[2J") == 2 and tty.count("VNI ") == 2, tty
     assert v.stop() == 0
