@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from . import trace
 from .abi import EntryFlag, Verdict
 from .batch import FrameBatch
 from .datapath import Datapath
@@ -24,6 +25,7 @@ class DatapathDriver:
     _segments: dict[int, Segment]
     _to_send: list[Datagram]
     _to_device: list[DeviceFrame]
+    tracer: trace.Tracer | None
 
     def sync_datapath(self) -> None:
         raise NotImplementedError
@@ -61,6 +63,8 @@ class DatapathDriver:
             return
         self.sync_datapath()
         dp.tx_classify(vni, batch)
+        if self.tracer is not None:
+            trace.fast_tx(self, vni, batch, batch.count)
         self.datagrams_of_hits(vni, batch)
         up = [i for i in range(batch.count) if batch.action[i] < 0]
         if up:
@@ -96,6 +100,8 @@ class DatapathDriver:
             raise RuntimeError("no datapath attached")
         self.sync_datapath()
         dp.rx_classify(batch, now)
+        if self.tracer is not None:
+            trace.fast_rx(self, batch, range(batch.count))
         mv = memoryview(batch.buf)
         for i in range(batch.count):
             if batch.action[i] >= 0:

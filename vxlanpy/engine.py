@@ -59,7 +59,7 @@ import ipaddress
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from . import gbp, kernels
+from . import gbp, kernels, trace
 from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, Strict, TxMatch
 from .batch import FrameBatch
 from .datapath import Datapath, Network, Rule, Target
@@ -133,6 +133,8 @@ class Engine(DatapathDriver):
         self.datapath: Datapath | None = None
         self._mirror: Mirror | None = None  # what this engine installed in the datapath
         self._refusals: dict[int, tuple[int, float]] = {}  # refused learnings not yet reported
+        # where each packet's decision is told (trace.py), or None: checked once per batch
+        self.tracer: trace.Tracer | None = None
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -257,6 +259,9 @@ class Engine(DatapathDriver):
 
         Next: send ``datagrams_to_send()`` and write ``frames_to_device()``, then reuse the batch.
         """
+        if self.tracer is not None:  # one slot at a time, each decision recorded
+            trace.frames(self, vni, batch, now, slots)
+            return
         seg = self._segments[vni]
         c = seg.counters
         fdb = seg.fdb
@@ -371,11 +376,10 @@ class Engine(DatapathDriver):
         Next: write ``frames_to_device()`` to each segment's device, then reuse the batch.
         """
         if not prepared:
-            self.kernels.decap_batch(batch, self.strict_mode())
-            if self.outer.ecn_decap:
-                self.kernels.ecn_decap(batch)
-            if self.complete_checksums:
-                self.checksums_completed += self.kernels.complete_checksums(batch)
+            self.prepare_datagrams(batch)
+        if self.tracer is not None:  # one slot at a time, each decision recorded
+            trace.datagrams(self, batch, sources, now, slots)
+            return
         fresh: tuple[bytes, str, int] = _NONE3
         buf = batch.buf
         mv = memoryview(buf)
@@ -444,6 +448,14 @@ class Engine(DatapathDriver):
             out.append(DeviceFrame(vni, mv[off : off + n], i))
             c.rx_packets += 1
             c.rx_bytes += n
+
+    def prepare_datagrams(self, batch: FrameBatch) -> None:
+        """Decapsulate the received payloads of ``batch`` (the C datapath does it itself)."""
+        self.kernels.decap_batch(batch, self.strict_mode())
+        if self.outer.ecn_decap:
+            self.kernels.ecn_decap(batch)
+        if self.complete_checksums:
+            self.checksums_completed += self.kernels.complete_checksums(batch)
 
     def handle_datagram(
         self, payload: bytes | bytearray | memoryview, source: str, now: float
