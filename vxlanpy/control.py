@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from . import trace_live
 from .events import Event
 from .fdb import FdbError
 from .neigh import NeighExists, NeighNotFound
@@ -227,6 +228,9 @@ class ControlServer:
             if req.get("cmd") == "events":
                 await self._events(reader, writer)
                 return
+            if req.get("cmd") == "trace" and req.get("op") == "live":
+                await self._trace(reader, writer, req)
+                return
             await self._send(writer, self.handle(req))
 
     async def _refuse(self, writer: asyncio.StreamWriter, kind: str, why: str) -> None:
@@ -268,6 +272,35 @@ class ControlServer:
                     await nxt
             await stream.aclose()
 
+    async def _trace(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: dict[str, Any]
+    ) -> None:
+        """``trace`` ``live``: records as they happen (trace_live.py), then a last line
+        ``{"end": true, "records": N, "lost": N}``; bounded by count and timeout."""
+        try:
+            flt, count, timeout, with_bytes = trace_live.live_filter(req)
+        except ValueError as exc:
+            await self._send(writer, {"ok": False, "error": str(exc)})
+            return
+        if self._subscribers >= self.max_subscribers:
+            why = f"too many event subscribers ({self.max_subscribers})"
+            await self._refuse(writer, "subscribers", why)
+            return
+        self._subscribers += 1
+        ts = trace_live.TraceStream(self.vtep, flt)
+        gone = asyncio.ensure_future(_until_eof(reader))
+        try:
+            await self._send(writer, {"ok": True})
+            async for rec in ts.records(count, timeout):
+                if gone.done():
+                    return
+                await self._send(writer, rec.to_dict(with_bytes))
+            await self._send(writer, {"end": True, "records": ts.sent, "lost": ts.lost})
+        finally:
+            ts.close()
+            self._subscribers -= 1
+            gone.cancel()
+
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         """Answer one request (everything but ``events``); never raises."""
         try:
@@ -289,6 +322,8 @@ class ControlServer:
             return v.stats()
         if cmd == "config":
             return config_dict(v)
+        if cmd == "trace":  # what would happen (the live trace streams: _trace)
+            return trace_live.simulate_request(v, req)
         if cmd not in ("fdb", "neigh"):
             raise ValueError(f"unknown command {cmd!r}")
         if not isinstance(op, str):
@@ -447,16 +482,22 @@ def request(path: str, req: dict[str, Any], timeout: float = 5.0) -> Any:
     return resp.get("result")
 
 
-def stream(path: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Send a streaming request (``events``) and yield each object that comes back."""
+def stream(
+    path: str, req: dict[str, Any], timeout: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Send a streaming request (``events``, ``trace``) and yield each object that comes
+    back (``timeout``: at most that long between two lines)."""
     with _connect(path, 5.0) as s:
         s.sendall(json.dumps(req).encode() + b"\n")
-        s.settimeout(None)
+        s.settimeout(timeout)
         f = s.makefile("rb")
         try:
             first = f.readline()
             if not first or not json.loads(first).get("ok"):
-                raise ControlError(f"events refused: {first!r}")
+                resp = json.loads(first) if first else {}
+                why = resp.get("error") if isinstance(resp, dict) else None
+                why = why or first.decode(errors="replace").strip() or "closed"
+                raise ControlError(f"{req.get('cmd')} refused: {why}")
             for line in f:
                 yield json.loads(line)
         finally:

@@ -140,7 +140,9 @@ def _ip_packet(w: list[str], version: int) -> tuple[int, bytes]:
         proto = _PROTOS[w.pop(0)]
     data = bytes(8)
     if version == 4:
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), 0, 0x4000, 64, proto, 0, src, dst)
+        hdr = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), 0, 0x4000, 64, proto, 0, src, dst
+        )
         hdr = hdr[:10] + struct.pack("!H", ipv4_checksum(hdr)) + hdr[12:]
         return ETH_P_IPV4, hdr + data
     hdr = struct.pack("!IHBB16s16s", 6 << 28, len(data), proto, 64, src, dst)
@@ -200,7 +202,7 @@ def describe_frame(frame: bytes) -> str:
 def ipv4_checksum(header: bytes) -> int:
     """The Internet checksum of an IPv4 header whose checksum field is zero (RFC 1071)."""
     data = header + b"\0" * (len(header) & 1)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF

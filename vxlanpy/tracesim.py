@@ -21,7 +21,7 @@ from .datapath import Datapath, set_source
 from .engine import Engine
 from .events import Event
 from .packets import Datagram, DeviceFrame
-from .trace import TraceRecord, Tracer
+from .trace import Tracer, TraceRecord
 from .wire import ETH_HLEN, VXLAN_HLEN, VXLAN_PORT, encode_header, parse_mac
 
 __all__ = ["Outcome", "clone_engine", "engine_from_config", "simulate"]
@@ -40,7 +40,13 @@ class Outcome:
         return {
             "records": [r.to_dict() for r in self.records],
             "datagrams": [
-                {"host": d.host, "port": d.port, "sport": d.sport, "vni": d.vni, "bytes": len(d.payload)}
+                {
+                    "host": d.host,
+                    "port": d.port,
+                    "sport": d.sport,
+                    "vni": d.vni,
+                    "bytes": len(d.payload),
+                }
                 for d in self.datagrams
             ],
             "to_device": [{"vni": f.vni, "bytes": len(f.frame)} for f in self.to_device],
