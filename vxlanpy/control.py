@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import trace_live
@@ -483,10 +483,14 @@ def request(path: str, req: dict[str, Any], timeout: float = 5.0) -> Any:
 
 
 def stream(
-    path: str, req: dict[str, Any], timeout: float | None = None
+    path: str,
+    req: dict[str, Any],
+    timeout: float | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Send a streaming request (``events``, ``trace``) and yield each object that comes
-    back (``timeout``: at most that long between two lines)."""
+    back (``timeout``: at most that long between two lines; ``ready`` is called once the
+    VTEP has accepted the request)."""
     with _connect(path, 5.0) as s:
         s.sendall(json.dumps(req).encode() + b"\n")
         s.settimeout(timeout)
@@ -498,6 +502,8 @@ def stream(
                 why = resp.get("error") if isinstance(resp, dict) else None
                 why = why or first.decode(errors="replace").strip() or "closed"
                 raise ControlError(f"{req.get('cmd')} refused: {why}")
+            if ready is not None:
+                ready()
             for line in f:
                 yield json.loads(line)
         finally:

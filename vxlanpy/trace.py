@@ -26,7 +26,7 @@ from .batch import FrameBatch
 from .events import Dropped, Event, L2Miss, MacMoved
 from .framedesc import frame_fields
 from .packets import Datagram, DeviceFrame
-from .wire import ETH_HLEN, STATUS_REASONS, DropReason, parse_mac
+from .wire import ETH_HLEN, STATUS_REASONS, DropReason, encode_header, parse_mac
 
 if TYPE_CHECKING:
     from .driver import DatapathDriver
@@ -460,7 +460,8 @@ def fast_rx(driver: DatapathDriver, batch: FrameBatch, slots: Iterable[int]) -> 
             vni = batch.vni[i]
             frame = bytes(batch.frame(i))
             rec = TraceRecord("rx", vni, FAST_PATH, "delivered", "deliver", "rx.5", frame)
-            rec.payload = bytes(batch.payload(i))
+            # the header is rebuilt: writing to a TAP with a virtio-net header overwrote it
+            rec.payload = encode_header(vni) + frame
             seg = driver._segments.get(vni)
             if seg is not None:
                 rec.fdb = _fdb_state(seg, frame[6:12])

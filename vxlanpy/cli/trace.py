@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..capture import Capture
@@ -173,13 +174,21 @@ def main(a: argparse.Namespace) -> int:
     if a.words or a.hex or a.datagram or a.config:
         raise UsageError("--live traces real packets: no frame and no --config")
     end: dict[str, Any] = {}
-    for rec in stream(find_socket(a.control), _live(a, False), timeout=a.timeout + 10):
+    path = find_socket(a.control)
+    for rec in stream(path, _live(a, False), timeout=a.timeout + 10, ready=_ready(a)):
         if rec.get("end"):
             end = rec
             break
         print(json.dumps(rec) if a.json else record_line(rec), flush=True)
     _summary(end)
     return 0
+
+
+def _ready(a: argparse.Namespace) -> Callable[[], None]:
+    def say() -> None:
+        print(f"tracing up to {a.count} packets for {a.timeout:g} s", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _summary(end: dict[str, Any]) -> None:
@@ -194,7 +203,7 @@ def capture_main(a: argparse.Namespace) -> int:
     with open(a.write, "wb") as f:
         cap = Capture(f, cfg.get("local"), int(cfg.get("dstport", 4789)))
         end: dict[str, Any] = {}
-        for rec in stream(path, _live(a, True), timeout=a.timeout + 10):
+        for rec in stream(path, _live(a, True), timeout=a.timeout + 10, ready=_ready(a)):
             if rec.get("end"):
                 end = rec
                 break
