@@ -37,6 +37,8 @@ control = "/run/vxlanpy/test-config.sock"
 allow = ["198.18.0.0/24"]
 user = "nobody"
 group = "nogroup"
+capture = "/tmp/vxlanpy-test-config.pcapng"
+capture_drops = true
 
 [[segment]]
 vni = 10
@@ -120,6 +122,8 @@ EXPECTED = VtepConfig(
     allow=["198.18.0.0/24"],
     user="nobody",
     run_group="nogroup",
+    capture="/tmp/vxlanpy-test-config.pcapng",
+    capture_drops=True,
 )
 
 

@@ -35,7 +35,11 @@ def _live_flags(p: argparse.ArgumentParser, count: int, timeout: float) -> None:
         default=timeout,
         help=f"stop after this many seconds (default {timeout:g})",
     )
-    p.add_argument("--vni", type=int_in("VNI", 0, 0xFFFFFF), help="only this segment")
+    p.add_argument(
+        "--vni",
+        type=int_in("VNI", 0, 0xFFFFFF),
+        help="only this segment (trace without --live: the frame's segment)",
+    )
     p.add_argument("--drops", action="store_true", help="only dropped packets")
     p.add_argument("--control", help="control socket of the running VTEP")
 
