@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .abi import Status, Verdict
@@ -105,11 +105,13 @@ class TraceRecord:
     drop: str | None = None
     outer: dict[str, int] | None = None
     time: float = 0.0
-    fields: dict[str, Any] = field(default_factory=dict)
+    frame_info: dict[str, Any] | None = None  # frame_fields(frame), made when first asked
 
-    def __post_init__(self) -> None:
-        if not self.fields:
-            self.fields = frame_fields(self.frame) if self.frame else {}
+    def info(self) -> dict[str, Any]:
+        """What the frame is (framedesc.frame_fields), computed once."""
+        if self.frame_info is None:
+            self.frame_info = frame_fields(self.frame) if self.frame else {}
+        return self.frame_info
 
     def to_dict(self, with_bytes: bool = False) -> dict[str, Any]:
         """JSON-friendly; ``with_bytes``: the frame and payload as hex too (for captures)."""
@@ -120,7 +122,7 @@ class TraceRecord:
             "verdict": self.verdict,
             "rule": self.rule,
             "step": self.step,
-            "frame": self.fields,
+            "frame": self.info(),
             "time": self.time,
         }
         for k in ("fdb", "source", "learn", "proxy", "drop", "outer"):
@@ -156,7 +158,7 @@ class TraceRecord:
             drop=d.get("drop"),
             outer=d.get("outer"),
             time=d.get("time", 0.0),
-            fields=d.get("frame", {}),
+            frame_info=d.get("frame"),
         )
 
 
@@ -177,7 +179,7 @@ class TraceFilter(NamedTuple):
             return False
         if self.direction is not None and r.direction != self.direction:
             return False
-        f = r.fields
+        f = r.info()
         if self.mac is not None:
             mac = _norm_mac(self.mac)
             if mac not in (f.get("src"), f.get("dst")):
