@@ -322,3 +322,35 @@ def test_filters() -> None:
     assert not TraceFilter(direction="tx").matches(rec)
     d = rec.to_dict(with_bytes=True)
     assert TraceRecord.from_dict(d).to_dict(with_bytes=True) == d
+
+
+def test_a_slow_client_loses_records_not_the_dataplane() -> None:
+    """TraceStream: records past its queue are dropped and counted, never waited for; the
+    stream ends at its count or timeout; the tracer goes when its last sink does."""
+    import asyncio
+
+    from vxlanpy.trace_live import TraceStream
+
+    class FakeVtep:
+        def __init__(self) -> None:
+            self.engine = make_engine(False)
+
+        async def wait_stopped(self) -> None:
+            await asyncio.sleep(3600)
+
+    async def main() -> None:
+        v = FakeVtep()
+        ts = TraceStream(v, TraceFilter(), maxsize=4)  # type: ignore[arg-type]
+        assert v.engine.tracer is not None
+        b = _mixed_batch()
+        v.engine.handle_frames(VNI, b, 1.0)  # 6 records, room for 4: the engine does not wait
+        assert (ts.queue.qsize(), ts.lost) == (4, 2)
+        got = [r.rule async for r in ts.records(count=3, timeout=5)]
+        assert got == ["fdb-hit", "flood", "proxy-arp"]
+        t0 = asyncio.get_running_loop().time()
+        rest = [r.rule async for r in ts.records(count=10, timeout=0.2)]
+        assert rest == ["l3-miss"] and asyncio.get_running_loop().time() - t0 < 2
+        ts.close()
+        assert v.engine.tracer is None  # off again: nothing to check per packet
+
+    asyncio.run(main())

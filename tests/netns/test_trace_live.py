@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import Vxlanpy, ping
 
+from vxlanpy.control import request
 from vxlanpy.netns import Host, NetnsError, Topology, ensure_tools, wait_for
 from vxlanpy.pcapng import read_pcapng
 
@@ -187,3 +189,25 @@ def test_drop_capture_under_hostile_load(topo: Topology, tmp_path: Path) -> None
     rows = _tshark_rows(path)
     _capinfos_clean(path)
     assert len(rows) == len(pkts)
+
+
+def test_a_client_that_does_not_read_holds_up_nothing(topo: Topology, tmp_path: Path) -> None:
+    a, b, v, ctl = _pair(topo, tmp_path)
+    ping(a, OB, count=2)
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.connect(ctl)
+    req = {"cmd": "trace", "op": "live", "count": 1000000, "timeout": 60, "bytes": True}
+    stuck.sendall(json.dumps(req).encode() + b"\n")  # and never reads
+    try:
+        # 1600 records: more than its queue (1024) and the socket buffer hold
+        out = ping(a, OB, count=800, extra=("-i", "0.003", "-s", "1200"))
+        assert " 0% packet loss" in out
+        assert "segments" in request(ctl, {"cmd": "stats"})  # the control socket still answers
+    finally:
+        stuck.close()
+    # its subscription went with it: another client traces at once
+    got = _streaming(a, "trace", "--live", "--control", ctl, "--count", "1", "--timeout", "5")
+    ping(a, OB, count=1)
+    _, err = got.communicate(timeout=20)
+    assert got.returncode == 0 and b"1 packets traced" in err, err
+    assert v.stop() == 0
