@@ -354,3 +354,18 @@ def test_a_slow_client_loses_records_not_the_dataplane() -> None:
         assert v.engine.tracer is None  # off again: nothing to check per packet
 
     asyncio.run(main())
+
+
+def test_a_failing_sink_is_removed_and_forwarding_goes_on() -> None:
+    e = make_engine(False)
+    e.tracer = Tracer()
+
+    def full(rec: TraceRecord) -> None:
+        raise OSError(28, "No space left on device")
+
+    kept: list[TraceRecord] = []
+    e.tracer.add(full)
+    e.tracer.add(kept.append)
+    e.handle_frames(VNI, _mixed_batch(), 1.0)
+    assert len(e.datagrams_to_send()) == 1 + 2 + 2  # hit, flood, L2 miss flooded
+    assert len(kept) == 6 and len(e.tracer) == 1 and "No space" in e.tracer.failed[0]

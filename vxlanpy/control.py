@@ -1,9 +1,11 @@
-"""Runtime control of a running VTEP over a Unix socket: fdb, neigh, stats, events, config.
+"""Runtime control of a running VTEP over a Unix socket: fdb, neigh, stats, events, config,
+trace.
 
 Protocol: one JSON object per line each way. A request names ``cmd`` (``fdb``, ``neigh``,
-``stats``, ``events``, ``config``), an ``op`` where it has several, and its arguments; the
-answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``. ``events``
-answers ``{"ok": true}`` and then streams one event object per line until the client leaves.
+``stats``, ``events``, ``config``, ``trace``), an ``op`` where it has several, and its
+arguments; the answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
+``events`` answers ``{"ok": true}`` and then streams one event object per line until the client
+leaves; ``trace`` ``live`` streams records likewise, bounded (trace_live.py).
 The socket is created mode 0600 in a 0700 directory: root only.
 
 The server holds up against any client: every line is answered (a malformed one with an

@@ -15,6 +15,7 @@ No rule lives here: a record says what happened, never what should.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +46,8 @@ __all__ = [
     "fast_tx",
     "fast_rx",
 ]
+
+log = logging.getLogger("vxlanpy")
 
 FAST_PATH, ENGINE = "fast-path", "engine"
 TRUNCATED = "truncated"  # a datagram larger than its receive slot (dropped by C)
@@ -205,6 +208,7 @@ class Tracer:
     def __init__(self) -> None:
         self._sinks: dict[int, tuple[TraceFilter, Sink]] = {}
         self._next = 0
+        self.failed: list[str] = []  # why sinks were removed
 
     def add(self, sink: Sink, flt: TraceFilter | None = None) -> int:
         """Send matching records to ``sink`` from now on; a token for :meth:`remove`."""
@@ -219,10 +223,17 @@ class Tracer:
         return len(self._sinks)
 
     def emit(self, rec: TraceRecord) -> None:
+        """Hand ``rec`` to each sink whose filter it matches. A sink that raises (a capture's
+        disk full) is removed, and logged once: forwarding goes on."""
         rec.time = time.time()
-        for flt, sink in list(self._sinks.values()):
+        for token, (flt, sink) in list(self._sinks.items()):
             if flt.matches(rec):
-                sink(rec)
+                try:
+                    sink(rec)
+                except Exception as exc:
+                    self._sinks.pop(token, None)
+                    self.failed.append(f"{type(exc).__name__}: {exc}")
+                    log.error("trace sink removed: %s: %s", type(exc).__name__, exc)
 
 
 # --- the engine's decisions, one slot at a time ------------------------------------------------
