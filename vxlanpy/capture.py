@@ -10,6 +10,7 @@ drop is the one packet that was dropped (a received datagram: its outer packet).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from typing import Any, BinaryIO
@@ -25,24 +26,28 @@ __all__ = ["Capture", "outer_packet"]
 _MAX_IP = 65535
 
 
+@functools.lru_cache(maxsize=4096)
+def _addr(text: str) -> tuple[int, bytes]:
+    ip = ipaddress.ip_address(text)
+    return ip.version, ip.packed
+
+
 def outer_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes | None:
     """An IPv4 or IPv6 + UDP packet around ``payload`` (None if it would exceed 64 KiB: a
     TCP super-frame, which goes out cut in several datagrams). UDP checksum 0 over IPv4."""
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    (sv, s), (dv, d) = _addr(src), _addr(dst)
     udp_len = 8 + len(payload)
-    if s.version != d.version:
-        s = ipaddress.ip_address("::" if d.version == 6 else "0.0.0.0")
-    if s.version == 4:
+    if sv != dv:
+        sv, s = _addr("::" if dv == 6 else "0.0.0.0")
+    if sv == 4:
         if udp_len + 20 > _MAX_IP:
             return None
-        ip = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, s.packed, d.packed
-        )
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, s, d)
         ip = ip[:10] + struct.pack("!H", ipv4_checksum(ip)) + ip[12:]
     else:
         if udp_len > _MAX_IP:
             return None
-        ip = struct.pack("!IHBB16s16s", 6 << 28, udp_len, 17, 64, s.packed, d.packed)
+        ip = struct.pack("!IHBB16s16s", 6 << 28, udp_len, 17, 64, s, d)
     return ip + struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
 
 

@@ -182,6 +182,8 @@ class TraceFilter(NamedTuple):
             return False
         if self.direction is not None and r.direction != self.direction:
             return False
+        if self.mac is None and self.ip is None:
+            return True
         f = r.info()
         if self.mac is not None:
             mac = _norm_mac(self.mac)
