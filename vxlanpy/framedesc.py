@@ -12,6 +12,7 @@ Description grammar (keywords in any order before the payload keyword)::
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -149,6 +150,14 @@ def _ip_packet(w: list[str], version: int) -> tuple[int, bytes]:
     return ETH_P_IPV6, hdr + data
 
 
+def _v4(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET, b)
+
+
+def _v6(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, b)
+
+
 def frame_fields(frame: bytes) -> dict[str, Any]:
     """What a frame is, for records and filters: ``dst``, ``src`` (MAC strings), ``ethertype``,
     ``vlan``, and where they can be read ``src_ip``/``dst_ip`` (ARP: sender and target),
@@ -167,16 +176,16 @@ def frame_fields(frame: bytes) -> dict[str, Any]:
     if et == ETH_P_ARP and len(p) >= 28:
         op = (p[6] << 8) | p[7]
         out["arp"] = {ARP_REQUEST: "request", ARP_REPLY: "reply"}.get(op, str(op))
-        out["src_ip"] = str(ipaddress.IPv4Address(p[14:18]))
-        out["dst_ip"] = str(ipaddress.IPv4Address(p[24:28]))
+        out["src_ip"] = _v4(p[14:18])
+        out["dst_ip"] = _v4(p[24:28])
         out["arp_sha"] = format_mac(p[8:14])
     elif et == ETH_P_IPV4 and len(p) >= 20 and p[0] >> 4 == 4:
-        out["src_ip"] = str(ipaddress.IPv4Address(p[12:16]))
-        out["dst_ip"] = str(ipaddress.IPv4Address(p[16:20]))
+        out["src_ip"] = _v4(p[12:16])
+        out["dst_ip"] = _v4(p[16:20])
         out["proto"] = _NAMES.get(p[9], p[9])
     elif et == ETH_P_IPV6 and len(p) >= 40 and p[0] >> 4 == 6:
-        out["src_ip"] = str(ipaddress.IPv6Address(p[8:24]))
-        out["dst_ip"] = str(ipaddress.IPv6Address(p[24:40]))
+        out["src_ip"] = _v6(p[8:24])
+        out["dst_ip"] = _v6(p[24:40])
         out["proto"] = _NAMES.get(p[6], p[6])
     return out
 
