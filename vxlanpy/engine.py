@@ -10,6 +10,8 @@ what the engine wants written. One call per batch, in the style of aioquic's con
   Then drain ``frames_to_device()``.
 - ``get_timer()`` / ``handle_timer(now)``: FDB ageing.
 - ``next_event()``: learned / moved / aged / L2 miss / L3 miss / dropped.
+- ``tracer``: None, or a trace.Tracer that is told each packet's decision (checked once per
+  batch; on, the rules run one slot at a time).
 
 Fast path / slow path (``attach_datapath``), as in Open vSwitch: **the C datapath executes
 what this engine decided and installed; it holds no policy of its own.** For each segment the

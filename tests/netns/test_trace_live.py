@@ -42,7 +42,9 @@ def _run(h: Host, *args: str, timeout: float = 30) -> str:
     return p.stdout
 
 
-def _pair(topo: Topology, tmp: Path, *extra: str) -> tuple[Host, Host, Vxlanpy, str]:
+def _pair(
+    topo: Topology, tmp: Path, *extra: str, backend: str = "cffi"
+) -> tuple[Host, Host, Vxlanpy, str]:
     a, b = topo.add_host("a"), topo.add_host("b")
     for h in (a, b):  # no IPv6 chatter: the only frames are the test's
         h.sh("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
@@ -55,7 +57,7 @@ def _pair(topo: Topology, tmp: Path, *extra: str) -> tuple[Host, Host, Vxlanpy, 
         a,
         ["--vni", "42", "--local", UA, "--remote", UB, "--tap", "vx0"]
         + ["--address", f"{OA}/24", "--control", ctl, *extra],
-        backend="cffi",
+        backend=backend,
     )
     return a, b, v, ctl
 
@@ -121,10 +123,11 @@ def _capinfos_clean(path: str) -> None:
     assert p.returncode == 0 and not p.stderr.strip(), p.stderr
 
 
-def test_capture_during_p2p_ping(topo: Topology, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["cffi", "python"])
+def test_capture_during_p2p_ping(topo: Topology, tmp_path: Path, backend: str) -> None:
     _tools()
     start = str(tmp_path / "start.pcapng")
-    a, b, v, ctl = _pair(topo, tmp_path, "--capture", start)
+    a, b, v, ctl = _pair(topo, tmp_path, "--capture", start, backend=backend)
     live = str(tmp_path / "live.pcapng")
     cap = _streaming(a, "capture", "-w", live, "--control", ctl, "--count", "8", "--timeout", "20")
     ping(a, OB, count=4)
