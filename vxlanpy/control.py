@@ -231,8 +231,9 @@ class ControlServer:
                 await self._events(reader, writer)
                 return
             if req.get("cmd") == "trace" and req.get("op") == "live":
-                await self._trace(reader, writer, req)
-                return
+                if not await self._trace(reader, writer, req):
+                    return  # the client left, or was refused
+                continue
             await self._send(writer, self.handle(req))
 
     async def _refuse(self, writer: asyncio.StreamWriter, kind: str, why: str) -> None:
@@ -276,28 +277,30 @@ class ControlServer:
 
     async def _trace(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: dict[str, Any]
-    ) -> None:
+    ) -> bool:
         """``trace`` ``live``: records as they happen (trace_live.py), then a last line
-        ``{"end": true, "records": N, "lost": N}``; bounded by count and timeout."""
+        ``{"end": true, "records": N, "lost": N}``; bounded by count and timeout. False if
+        the connection is done (the client left, or too many subscribers)."""
         try:
             flt, count, timeout, with_bytes = trace_live.live_filter(req)
         except ValueError as exc:
             await self._send(writer, {"ok": False, "error": str(exc)})
-            return
+            return True
         if self._subscribers >= self.max_subscribers:
             why = f"too many event subscribers ({self.max_subscribers})"
             await self._refuse(writer, "subscribers", why)
-            return
+            return False
         self._subscribers += 1
         ts = trace_live.TraceStream(self.vtep, flt)
         gone = asyncio.ensure_future(_until_eof(reader))
         try:
             await self._send(writer, {"ok": True})
-            async for rec in ts.records(count, timeout):
+            async for rec in ts.records(count, timeout, gone):
                 if gone.done():
-                    return
+                    return False
                 await self._send(writer, rec.to_dict(with_bytes))
             await self._send(writer, {"end": True, "records": ts.sent, "lost": ts.lost})
+            return not gone.done()
         finally:
             ts.close()
             self._subscribers -= 1

@@ -61,7 +61,11 @@ class TraceStream:
         except asyncio.QueueFull:
             self.lost += 1
 
-    async def records(self, count: int, timeout: float) -> AsyncIterator[TraceRecord]:
+    async def records(
+        self, count: int, timeout: float, until: asyncio.Future[None] | None = None
+    ) -> AsyncIterator[TraceRecord]:
+        """Up to ``count`` records for at most ``timeout`` seconds, or until the VTEP stops or
+        ``until`` is done (the client left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         stop = asyncio.ensure_future(self.vtep.wait_stopped())
@@ -71,7 +75,10 @@ class TraceStream:
                 if left <= 0:
                     return
                 get = asyncio.ensure_future(self.queue.get())
-                await asyncio.wait({get, stop}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                waits: set[asyncio.Future[Any]] = {get, stop}
+                if until is not None:
+                    waits.add(until)
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
                     get.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -167,11 +174,12 @@ def simulate_request(vtep: Vtep, req: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             raise ValueError(f"{key!r} must be hex") from None
 
-    assert vtep._loop is not None
+    if req.get("op", "simulate") != "simulate":
+        raise ValueError(f"unknown trace operation {req.get('op')!r} (simulate, live)")
     port = _opt(req, "source_port", int)
     out = simulate(
         clone_engine(vtep.engine),
-        now=vtep._loop.time(),
+        now=asyncio.get_running_loop().time(),  # the VTEP's clock (its loop's)
         vni=_opt(req, "vni", int),
         frame=hexarg("frame"),
         payload=hexarg("payload"),

@@ -320,7 +320,7 @@ class Vtep:
         engine.sync_datapath()
         upcalls = False
         for _ in range(_READ_BUDGET):
-            n, up = pumps.tx(vni, batch, 1 if engine.tracer else _PUMP_ROUNDS)
+            n, up = pumps.tx(vni, batch, 1 if engine.tracer is not None else _PUMP_ROUNDS)
             if n < 0:
                 self._fail(tap.gone(-n))
                 return
@@ -357,7 +357,9 @@ class Vtep:
         more = RX_DRAINED
         for _ in range(_READ_BUDGET):
             now = self._loop.time()
-            rounds = 1 if engine.tracer else _PUMP_ROUNDS  # traced: C returns every batch
+            rounds = (
+                1 if engine.tracer is not None else _PUMP_ROUNDS
+            )  # traced: C returns every batch
             n, up, gone, more = pumps.rx(fd, batch, now, rounds, self._rx_spill)
             if n < 0:
                 if gone >= 0:
