@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark ethtool:ethtool ip:iproute2 bridge:iproute2 nstat:iproute2 etcd:etcd-server etcdctl:etcd-client nft:nftables
 
-.PHONY: setup system-deps test lint typecheck pytest docs lab bench microbench fuzz soak clean
+.PHONY: setup system-deps test lint typecheck pytest docs lab bench microbench scale fuzz soak clean
 
 setup: system-deps $(STAMP)
 
@@ -63,6 +63,14 @@ bench: setup
 	$(PY) -m benchmarks micro
 	$(PY) -m benchmarks e2e $(BENCH_ARGS)
 
+# Scaling (namespaces, root): VNIs, flood remotes and FDB entries against the kernel's vxlan, and
+# vxlanpy's memory; scale.json, scale.md and scale.png in SCALE_OUT. SCALE_ARGS: e.g. --quick.
+SCALE_OUT ?= build/scale
+SCALE_ARGS ?=
+scale: setup
+	@if [ "$$(id -u)" != 0 ]; then echo "make scale needs root (network namespaces, TAP devices)"; exit 1; fi
+	$(PY) -m benchmarks scale --out $(SCALE_OUT) $(SCALE_ARGS)
+
 # Fuzzing (atheris): every target for FUZZ_RUNS inputs or FUZZ_SECONDS each, whichever comes
 # first; the receive path's C backend built with ASan + UBSan (fuzz/build_asan.py) and run with
 # atheris' sanitizer runtime preloaded. Logs and crashes under build/fuzz/.
@@ -79,7 +87,7 @@ fuzz: setup
 	$(PY) fuzz/build_asan.py build/fuzz/asan
 	@mkdir -p build/fuzz/logs
 	@for t in $(FUZZ_TARGETS); do \
-	  case $$t in rx-cffi) env="$(SANITIZER_ENV)";; *) env="";; esac; \
+	  case $$t in rx-cffi|rx-datapath) env="$(SANITIZER_ENV)";; *) env="";; esac; \
 	  echo "fuzz $$t: $(FUZZ_RUNS) inputs or $(FUZZ_SECONDS) s (log build/fuzz/logs/$$t.log)"; \
 	  env $$env $(PY) fuzz/run.py $$t -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) \
 	    -print_final_stats=1 $(FUZZ_FLAGS) > build/fuzz/logs/$$t.log 2>&1 \

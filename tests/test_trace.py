@@ -112,8 +112,8 @@ def real_rx(e: Engine, payload: bytes, source: str, now: float = 1.0) -> Real:
     return Real([], dev, e.segment(VNI).counters.to_dict(), delta, c_hit, evs)
 
 
-def trace_then_do_tx(e: Engine, words: str) -> tuple[TraceRecord, Real]:
-    frame = build_frame(words.split())
+def trace_then_do_tx(e: Engine, words: str | bytes) -> tuple[TraceRecord, Real]:
+    frame = build_frame(words.split()) if isinstance(words, str) else words
     out = simulate(clone_engine(e), now=1.0, vni=VNI, frame=frame)
     assert len(out.records) == 1, out.records
     rec = out.records[0]
@@ -369,3 +369,21 @@ def test_a_failing_sink_is_removed_and_forwarding_goes_on() -> None:
     e.handle_frames(VNI, _mixed_batch(), 1.0)
     assert len(e.datagrams_to_send()) == 1 + 2 + 2  # hit, flood, L2 miss flooded
     assert len(kept) == 6 and len(e.tracer) == 1 and "No space" in e.tracer.failed[0]
+
+
+def test_nd_proxy_answer_and_dad(fast: bool) -> None:
+    from scapy.compat import raw
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+    from scapy.layers.l2 import Ether
+
+    e = make_engine(fast, neigh=[("2001:db8::9", parse_mac(STATIC))])
+    eth = Ether(dst="33:33:ff:00:00:09", src="02:00:00:00:00:01")
+    ns = IPv6(src="2001:db8::1", dst="ff02::1:ff00:9", hlim=255) / ICMPv6ND_NS(tgt="2001:db8::9")
+    rec, real = trace_then_do_tx(
+        e, raw(eth / ns / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:01"))
+    )
+    assert (rec.rule, rec.step, rec.verdict, rec.proxy) == ("proxy-nd", "tx.3", "proxied", STATIC)
+    assert real.counters["nd_proxied"] == 1 and real.datagrams == []
+    dad = IPv6(src="::", dst="ff02::1:ff00:9", hlim=255) / ICMPv6ND_NS(tgt="2001:db8::9")
+    rec, real = trace_then_do_tx(e, raw(eth / dad))
+    assert (rec.rule, rec.step, rec.verdict) == ("nd-dad", "tx.3", "dropped")

@@ -56,6 +56,8 @@ _TX_STEP = {
     DropReason.INNER_TOO_SHORT: "tx.1",
     DropReason.VLAN_TAGGED: "tx.2",
     DropReason.L3_MISS: "tx.3",
+    DropReason.ND_DAD: "tx.3",
+    DropReason.BAD_ND: "tx.3",
     DropReason.NO_DESTINATION: "tx.6",
 }
 _RX_STEP = {
@@ -279,7 +281,8 @@ def frames(
     try:
         for i in _slots(batch, slots):
             frame = bytes(batch.frame(i))
-            ns, nd, proxied = len(engine._to_send), len(engine._to_device), c.arp_proxied
+            ns, nd = len(engine._to_send), len(engine._to_device)
+            arp, ndp = c.arp_proxied, c.nd_proxied
 
             def one(i: int = i) -> None:
                 engine.handle_frames(vni, batch, now, (i,))
@@ -287,7 +290,10 @@ def frames(
             evs = _run(engine, one)
             sent = engine._to_send[ns:]
             dev = engine._to_device[nd:]
-            tracer.emit(_tx_record(seg, batch, i, frame, sent, dev, evs, c.arp_proxied > proxied))
+            proxied = (
+                "proxy-arp" if c.arp_proxied > arp else "proxy-nd" if c.nd_proxied > ndp else ""
+            )
+            tracer.emit(_tx_record(seg, batch, i, frame, sent, dev, evs, proxied))
     finally:
         engine.tracer = tracer
 
@@ -308,20 +314,22 @@ def _tx_record(
     sent: Sequence[Datagram],
     dev: Sequence[DeviceFrame],
     evs: Sequence[Event],
-    proxied: bool,
+    proxied: str,
 ) -> TraceRecord:
     drop = next((e.reason for e in evs if isinstance(e, Dropped)), None)
     group = len(frame) >= ETH_HLEN and bool(frame[0] & 1)
     fdb = None if group or len(frame) < ETH_HLEN else _fdb_state(seg, frame[:6])
     rec = TraceRecord("tx", seg.vni, ENGINE, "sent", "", "", frame)
     if drop is not None:
-        rec.verdict, rec.rule, rec.step, rec.drop = "dropped", drop.value, _TX_STEP[drop], drop
+        rec.verdict, rec.rule, rec.drop = "dropped", drop.value, drop.value
+        rec.step = _TX_STEP.get(drop, "tx.3")  # a proxy's own reasons otherwise
         rec.fdb = fdb if drop == DropReason.NO_DESTINATION else None
         return rec
     if proxied:
-        reply = bytes(dev[-1].frame) if dev else b""
-        rec.verdict, rec.rule, rec.step = "proxied", "proxy-arp", "tx.3"
-        rec.proxy = frame_fields(reply).get("arp_sha")
+        reply = frame_fields(bytes(dev[-1].frame)) if dev else {}
+        rec.verdict, rec.rule, rec.step = "proxied", proxied, "tx.3"
+        # the MAC answered: ARP's sender hardware address; an advertisement comes from it
+        rec.proxy = reply.get("arp_sha") if proxied == "proxy-arp" else reply.get("src")
         return rec
     if group:
         rec.rule, rec.step = "flood", "tx.4"

@@ -12,12 +12,13 @@ _RULES = {
     "l2-miss": "unicast, FDB miss (L2 miss): flooded to the flood list",
     "flood": "broadcast/multicast destination: replicated to the flood list",
     "proxy-arp": "ARP request answered by the proxy from the neighbour table",
+    "proxy-nd": "IPv6 neighbour solicitation answered by the proxy from the neighbour table",
     "deliver": "delivered to the segment's device",
 }
 _STEPS = {
     "tx.1": "frame shorter than an Ethernet header",
     "tx.2": "802.1Q/802.1ad tagged frame, VLANs not allowed on the segment",
-    "tx.3": "ARP proxy on and an ARP request",
+    "tx.3": "proxy on and an ARP request or IPv6 neighbour solicitation",
     "tx.4": "broadcast or multicast destination",
     "tx.5": "unicast destination: FDB lookup",
     "tx.6": "nothing to send to",
@@ -88,7 +89,8 @@ def record_steps(r: dict[str, Any]) -> list[str]:
     if r["verdict"] == "dropped":
         out.append(f"  result: dropped, reason {r.get('drop', r['rule'])}")
     elif r["verdict"] == "proxied":
-        out.append(f"  result: {_RULES['proxy-arp']}: is-at {r.get('proxy')}; nothing on the wire")
+        rule = _RULES.get(r["rule"], r["rule"])
+        out.append(f"  result: {rule}: is-at {r.get('proxy')}; nothing on the wire")
     elif r["verdict"] == "sent":
         out.append(f"  result: {_RULES.get(r['rule'], r['rule'])}")
         o = r.get("outer") or {}
