@@ -38,6 +38,8 @@ allow = ["198.18.0.0/24"]
 user = "nobody"
 group = "nogroup"
 metrics = "127.0.0.1:9477"
+capture = "/tmp/vxlanpy-test-config.pcapng"
+capture_drops = true
 
 [[segment]]
 vni = 10
@@ -122,6 +124,8 @@ EXPECTED = VtepConfig(
     user="nobody",
     run_group="nogroup",
     metrics="127.0.0.1:9477",
+    capture="/tmp/vxlanpy-test-config.pcapng",
+    capture_drops=True,
 )
 
 

@@ -123,6 +123,8 @@ class VtepConfig:
     user: str | None = None  # switch to this user (name or uid) once TAPs and sockets are open
     run_group: str | None = None  # ... and group (default: the user's); [vtep] group in a file
     metrics: str | None = None  # "ADDR:PORT": serve Prometheus metrics there (metrics.py)
+    capture: str | None = None  # write a pcapng capture of every packet's decision to this file
+    capture_drops: bool = False  # ... of the dropped packets only
 
     def outer(self) -> Outer:
         """The outer header's TOS, TTL and DF as the kernel's ``tos``/``ttl``/``df`` settings
@@ -357,6 +359,8 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "user": ((str, int), "a user name or uid"),
     "group": ((str, int), "a group name or gid (of the user to run as)"),
     "metrics": (str, 'an "ADDR:PORT" string'),
+    "capture": (str, "a path (a pcapng file to write)"),
+    "capture_drops": (bool, "true or false"),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "vni": (int, "an integer 0..16777215"),
@@ -510,6 +514,8 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         user=None if vt.get("user") is None else str(vt["user"]),
         run_group=None if vt.get("group") is None else str(vt["group"]),
         metrics=vt.get("metrics"),  # type: ignore[arg-type]
+        capture=vt.get("capture"),  # type: ignore[arg-type]
+        capture_drops=bool(vt.get("capture_drops", False)),
     )
     try:
         cfg.validate(in_file=True)

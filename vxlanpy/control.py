@@ -1,9 +1,11 @@
-"""Runtime control of a running VTEP over a Unix socket: fdb, neigh, stats, events, config.
+"""Runtime control of a running VTEP over a Unix socket: fdb, neigh, stats, events, config,
+trace.
 
 Protocol: one JSON object per line each way. A request names ``cmd`` (``fdb``, ``neigh``,
-``stats``, ``events``, ``config``), an ``op`` where it has several, and its arguments; the
-answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``. ``events``
-answers ``{"ok": true}`` and then streams one event object per line until the client leaves.
+``stats``, ``events``, ``config``, ``trace``), an ``op`` where it has several, and its
+arguments; the answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
+``events`` answers ``{"ok": true}`` and then streams one event object per line until the client
+leaves; ``trace`` ``live`` streams records likewise, bounded (trace_live.py).
 The socket is created mode 0600 in a 0700 directory: root only.
 
 The server holds up against any client: every line is answered (a malformed one with an
@@ -23,9 +25,10 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from . import trace_live
 from .events import Event
 from .fdb import FdbError
 from .neigh import NeighExists, NeighNotFound
@@ -227,6 +230,10 @@ class ControlServer:
             if req.get("cmd") == "events":
                 await self._events(reader, writer)
                 return
+            if req.get("cmd") == "trace" and req.get("op") == "live":
+                if not await self._trace(reader, writer, req):
+                    return  # the client left, or was refused
+                continue
             await self._send(writer, self.handle(req))
 
     async def _refuse(self, writer: asyncio.StreamWriter, kind: str, why: str) -> None:
@@ -268,6 +275,37 @@ class ControlServer:
                     await nxt
             await stream.aclose()
 
+    async def _trace(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: dict[str, Any]
+    ) -> bool:
+        """``trace`` ``live``: records as they happen (trace_live.py), then a last line
+        ``{"end": true, "records": N, "lost": N}``; bounded by count and timeout. False if
+        the connection is done (the client left, or too many subscribers)."""
+        try:
+            flt, count, timeout, with_bytes = trace_live.live_filter(req)
+        except ValueError as exc:
+            await self._send(writer, {"ok": False, "error": str(exc)})
+            return True
+        if self._subscribers >= self.max_subscribers:
+            why = f"too many event subscribers ({self.max_subscribers})"
+            await self._refuse(writer, "subscribers", why)
+            return False
+        self._subscribers += 1
+        ts = trace_live.TraceStream(self.vtep, flt)
+        gone = asyncio.ensure_future(_until_eof(reader))
+        try:
+            await self._send(writer, {"ok": True})
+            async for rec in ts.records(count, timeout, gone):
+                if gone.done():
+                    return False
+                await self._send(writer, rec.to_dict(with_bytes))
+            await self._send(writer, {"end": True, "records": ts.sent, "lost": ts.lost})
+            return not gone.done()
+        finally:
+            ts.close()
+            self._subscribers -= 1
+            gone.cancel()
+
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         """Answer one request (everything but ``events``); never raises."""
         try:
@@ -289,6 +327,8 @@ class ControlServer:
             return v.stats()
         if cmd == "config":
             return config_dict(v)
+        if cmd == "trace":  # what would happen (the live trace streams: _trace)
+            return trace_live.simulate_request(v, req)
         if cmd not in ("fdb", "neigh"):
             raise ValueError(f"unknown command {cmd!r}")
         if not isinstance(op, str):
@@ -447,16 +487,28 @@ def request(path: str, req: dict[str, Any], timeout: float = 5.0) -> Any:
     return resp.get("result")
 
 
-def stream(path: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Send a streaming request (``events``) and yield each object that comes back."""
+def stream(
+    path: str,
+    req: dict[str, Any],
+    timeout: float | None = None,
+    ready: Callable[[], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Send a streaming request (``events``, ``trace``) and yield each object that comes
+    back (``timeout``: at most that long between two lines; ``ready`` is called once the
+    VTEP has accepted the request)."""
     with _connect(path, 5.0) as s:
         s.sendall(json.dumps(req).encode() + b"\n")
-        s.settimeout(None)
+        s.settimeout(timeout)
         f = s.makefile("rb")
         try:
             first = f.readline()
             if not first or not json.loads(first).get("ok"):
-                raise ControlError(f"events refused: {first!r}")
+                resp = json.loads(first) if first else {}
+                why = resp.get("error") if isinstance(resp, dict) else None
+                why = why or first.decode(errors="replace").strip() or "closed"
+                raise ControlError(f"{req.get('cmd')} refused: {why}")
+            if ready is not None:
+                ready()
             for line in f:
                 yield json.loads(line)
         finally:

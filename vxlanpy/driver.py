@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import trace
 from .abi import EntryFlag, Verdict
 from .batch import FrameBatch
 from .datapath import Datapath
@@ -26,6 +27,7 @@ class DatapathDriver:
     _to_send: list[Datagram]
     _to_device: list[DeviceFrame]
     peers: PeerCounters
+    tracer: trace.Tracer | None
 
     # the engine's (engine.py): installing what changed, and its rules for what C sent up
     sync_datapath: Callable[[], None]
@@ -50,6 +52,8 @@ class DatapathDriver:
             return
         self.sync_datapath()
         dp.tx_classify(vni, batch)
+        if self.tracer is not None:
+            trace.fast_tx(self, vni, batch, batch.count)
         self.datagrams_of_hits(vni, batch)
         up = [i for i in range(batch.count) if batch.action[i] < 0]
         if up:
@@ -86,6 +90,8 @@ class DatapathDriver:
             raise RuntimeError("no datapath attached")
         self.sync_datapath()
         dp.rx_classify(batch, now)
+        if self.tracer is not None:
+            trace.fast_rx(self, batch, range(batch.count))
         mv = memoryview(batch.buf)
         for i in range(batch.count):
             if batch.action[i] >= 0:

@@ -10,6 +10,8 @@ what the engine wants written. One call per batch, in the style of aioquic's con
   Then drain ``frames_to_device()``.
 - ``get_timer()`` / ``handle_timer(now)``: FDB ageing.
 - ``next_event()``: learned / moved / aged / L2 miss / L3 miss / dropped.
+- ``tracer``: None, or a trace.Tracer that is told each packet's decision (checked once per
+  batch; on, the rules run one slot at a time).
 
 Fast path / slow path (``attach_datapath``), as in Open vSwitch: **the C datapath executes
 what this engine decided and installed; it holds no policy of its own.** For each segment the
@@ -62,7 +64,7 @@ import ipaddress
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from . import gbp, kernels, nd
+from . import gbp, kernels, nd, trace
 from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, Strict, TxMatch
 from .batch import FrameBatch
 from .datapath import Datapath, Network, Rule, Target
@@ -139,6 +141,8 @@ class Engine(DatapathDriver):
         self.datapath: Datapath | None = None
         self._mirror: Mirror | None = None  # what this engine installed in the datapath
         self._refusals: dict[int, tuple[int, float]] = {}  # refused learnings not yet reported
+        # where each packet's decision is told (trace.py), or None: checked once per batch
+        self.tracer: trace.Tracer | None = None
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -265,6 +269,9 @@ class Engine(DatapathDriver):
 
         Next: send ``datagrams_to_send()`` and write ``frames_to_device()``, then reuse the batch.
         """
+        if self.tracer is not None:  # one slot at a time, each decision recorded
+            trace.frames(self, vni, batch, now, slots)
+            return
         seg = self._segments[vni]
         c = seg.counters
         fdb = seg.fdb
@@ -414,11 +421,10 @@ class Engine(DatapathDriver):
         Next: write ``frames_to_device()`` to each segment's device, then reuse the batch.
         """
         if not prepared:
-            self.kernels.decap_batch(batch, self.strict_mode())
-            if self.outer.ecn_decap:
-                self.kernels.ecn_decap(batch)
-            if self.complete_checksums:
-                self.checksums_completed += self.kernels.complete_checksums(batch)
+            self.prepare_datagrams(batch)
+        if self.tracer is not None:  # one slot at a time, each decision recorded
+            trace.datagrams(self, batch, sources, now, slots)
+            return
         fresh: tuple[bytes, str, int] = _NONE3
         buf = batch.buf
         mv = memoryview(buf)
@@ -494,6 +500,14 @@ class Engine(DatapathDriver):
             run_n += 1
             run_b += n
         self.peers.add(run_ip, 2, run_n, run_b)
+
+    def prepare_datagrams(self, batch: FrameBatch) -> None:
+        """Decapsulate the received payloads of ``batch`` (the C datapath does it itself)."""
+        self.kernels.decap_batch(batch, self.strict_mode())
+        if self.outer.ecn_decap:
+            self.kernels.ecn_decap(batch)
+        if self.complete_checksums:
+            self.checksums_completed += self.kernels.complete_checksums(batch)
 
     def handle_datagram(
         self, payload: bytes | bytearray | memoryview, source: str, now: float

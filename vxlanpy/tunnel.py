@@ -30,6 +30,7 @@ from typing import Any
 
 from . import datapath as datapath_mod
 from . import stats as stats_mod
+from . import trace, trace_live
 from .abi import MAX_BATCH
 from .batch import DEFAULT_BATCH, FrameBatch
 from .config import VtepConfig
@@ -110,6 +111,7 @@ class Vtep:
         self._links: LinkRefresher | None = None
         self._links_task: asyncio.Task[None] | None = None
         self.batches = {"tx": BatchSizes(), "rx": BatchSizes()}  # the Python pumps' reads
+        self._capture: object | None = None  # run --capture: the file being written
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -151,6 +153,11 @@ class Vtep:
         for vni, tap in self.taps.items():
             loop.add_reader(tap.fd, self._on_tap, vni)
         loop.add_reader(self.transport.fileno(), self._on_udp)
+        try:
+            self._capture = trace_live.start_capture(self)
+        except OSError as exc:
+            self._teardown()
+            raise VtepError(f"cannot write the capture {self.config.capture}: {exc}") from exc
         self.transport.watch_errors(loop, self._publish)  # ICMP errors: counted, an event
 
     def _attach_datapath(self, max_frame: int) -> None:
@@ -250,6 +257,8 @@ class Vtep:
 
     def _teardown(self) -> None:
         loop = self._loop
+        trace_live.stop_capture(self, self._capture)
+        self._capture = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -315,10 +324,12 @@ class Vtep:
         engine.sync_datapath()
         upcalls = False
         for _ in range(_READ_BUDGET):
-            n, up = pumps.tx(vni, batch, _PUMP_ROUNDS)
+            n, up = pumps.tx(vni, batch, 1 if engine.tracer is not None else _PUMP_ROUNDS)
             if n < 0:
                 self._fail(tap.gone(-n))
                 return
+            if engine.tracer is not None and n > 0:  # what C did with this batch
+                trace.fast_tx(engine, vni, batch, n)
             if up:
                 upcalls = True
                 act = batch.action
@@ -351,7 +362,10 @@ class Vtep:
         more = RX_DRAINED
         for _ in range(_READ_BUDGET):
             now = self._loop.time()
-            n, up, gone, more = pumps.rx(fd, batch, now, _PUMP_ROUNDS, self._rx_spill)
+            rounds = (
+                1 if engine.tracer is not None else _PUMP_ROUNDS
+            )  # traced: C returns every batch
+            n, up, gone, more = pumps.rx(fd, batch, now, rounds, self._rx_spill)
             if n < 0:
                 if gone >= 0:
                     self._fail(self.taps[gone].gone(-n))
@@ -359,6 +373,8 @@ class Vtep:
                 transport.count_error(-n)  # an ICMP report surfaced on the socket
                 more = RX_MORE
                 continue
+            if engine.tracer is not None and n > 0:
+                trace.fast_rx(engine, batch, batch.order[:n])
             if up:
                 upcalls = True
                 engine.handle_upcalls(batch, now)

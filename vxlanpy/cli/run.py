@@ -174,6 +174,15 @@ def register(sub: Any) -> None:
         help="serve Prometheus metrics on http://ADDR:PORT/metrics (needs prometheus_client: "
         "pip install 'vxlanpy[metrics]')",
     )
+    run.add_argument(
+        "--capture",
+        metavar="FILE",
+        help="write a pcapng capture of every packet and its decision to FILE from the start "
+        "(inner frames and outer datagrams, a comment each; see `vxlanpy-tunnel capture`)",
+    )
+    run.add_argument(
+        "--capture-drops", action="store_true", help="with --capture: the dropped packets only"
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="log every event")
 
 
@@ -264,6 +273,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         send_thread=not a.no_send_thread,
         gro=not a.no_gro,
         tunnel_gso=a.tunnel_gso,
+        capture=a.capture,
+        capture_drops=a.capture_drops,
         user=user,
         run_group=run_group,
         metrics=a.metrics,

@@ -276,7 +276,8 @@ static int rx_write(vx_dp *dp, vx_batch *b, uint32_t n, uint32_t *upcalls, int64
  * Wire -> device: receive a batch from the UDP socket fd (recvmmsg, into slots
  * 0..capacity-spill-1), split or coalesce UDP GRO receives (rx_expand; the last `spill` slots
  * take split datagrams), classify and write the delivered frames to their TAPs. Repeats up to
- * `rounds` receives while nothing needs the engine. Returns datagrams in the last batch, listed
+ * `rounds` batches while nothing needs the engine (1: every batch comes back, for a tracer to
+ * see what C did with it). Returns datagrams in the last batch, listed
  * in order[0..n) (upcall slots marked, out[0] of them), 0 when the socket is drained, or
  * -errno: a socket error (an ICMP report; *gone_vni = -1) or a TAP gone (*gone_vni = its VNI).
  * out[1]: 0 the socket is drained; 1 it may hold more; 2 received datagrams still wait in the
@@ -289,7 +290,7 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
     *gone_vni = -1;
     if (b->capacity > VX_MAX_BATCH || spill >= b->capacity)
         return -EINVAL;
-    uint32_t area = b->capacity - spill, received = 0;
+    uint32_t area = b->capacity - spill, received = 0, handled = 0;
     if (dp->pend_hi > dp->pend_lo && dp->pend_buf != b->buf) {
         pthread_mutex_lock(&dp->lock);
         dp->c.gro_pending_dropped += dp->pend_hi - dp->pend_lo;
@@ -346,7 +347,7 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
         if (w < 0)
             return w;
         out[1] = m < hi ? 2 : full;
-        if (out[0] || out[1] == 0)
+        if (out[0] || out[1] == 0 || ++handled == rounds)
             return (int)nout;
     }
 }
