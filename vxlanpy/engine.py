@@ -319,8 +319,7 @@ class Engine(DatapathDriver):
         mv = memoryview(buf)
         out = self._to_send
         dstport = self.dstport
-        run: tuple[Remote, ...] = ()  # per peer: runs of frames to the same remotes
-        run_n = run_b = 0
+        sent: list[tuple[tuple[Remote, ...], int]] = []  # per peer: (remotes, inner bytes)
         for i, remotes in plan:
             hoff = batch.header_offset(i)
             plen = batch.payload_len[i]
@@ -343,12 +342,8 @@ class Engine(DatapathDriver):
                     out.append(Datagram(payload, r.ip, r.port or dstport, sport, vni, i))
                 c.tx_packets += 1
                 c.tx_bytes += plen - VXLAN_HLEN
-            if remotes is not run:
-                self.peers.add_each(run, run_n, run_b)
-                run, run_n, run_b = remotes, 0, 0
-            run_n += 1
-            run_b += plen - VXLAN_HLEN
-        self.peers.add_each(run, run_n, run_b)
+            sent.append((remotes, plen - VXLAN_HLEN))
+        self.peers.sent(sent)
 
     def handle_frame(self, vni: int, frame: bytes | bytearray | memoryview, now: float) -> None:
         """One frame from the device (a copy is taken; outputs are bytes). See handle_frames."""
@@ -430,7 +425,7 @@ class Engine(DatapathDriver):
         mv = memoryview(buf)
         out = self._to_device
         strict_gbp = self.strict_mode() == Strict.GBP
-        run_ip, run_n, run_b = "", 0, 0  # per peer: runs of frames from one remote VTEP
+        got: list[tuple[str, int]] = []  # per peer: (remote VTEP, inner bytes)
         for i in range(batch.count) if slots is None else slots:
             src = sources[i]
             st = batch.status[i]
@@ -494,12 +489,8 @@ class Engine(DatapathDriver):
             out.append(DeviceFrame(vni, mv[off : off + n], i))
             c.rx_packets += 1
             c.rx_bytes += n
-            if src is not run_ip:
-                self.peers.add(run_ip, 2, run_n, run_b)
-                run_ip, run_n, run_b = src, 0, 0
-            run_n += 1
-            run_b += n
-        self.peers.add(run_ip, 2, run_n, run_b)
+            got.append((src, n))
+        self.peers.received(got)
 
     def prepare_datagrams(self, batch: FrameBatch) -> None:
         """Decapsulate the received payloads of ``batch`` (the C datapath does it itself)."""

@@ -10,7 +10,7 @@ others up under :data:`OTHERS`, so a sender forging source addresses grows nothi
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .abi import BATCH_BUCKETS
@@ -62,11 +62,32 @@ class PeerCounters:
             r[at] += packets
             r[at + 1] += nbytes
 
-    def add_each(self, remotes: Iterable[Remote], packets: int, nbytes: int) -> None:
-        """Count ``packets`` and ``nbytes`` sent to each of ``remotes``."""
-        if packets:
-            for r in remotes:
-                self.add(r.ip, 0, packets, nbytes)
+    def sent(self, frames: Sequence[tuple[tuple[Remote, ...], int]]) -> None:
+        """Count frames sent (each to its remotes, with its inner bytes), run by run: the
+        frames of a batch mostly go to the same remotes."""
+        run: tuple[Remote, ...] = ()
+        n = b = 0
+        for remotes, nbytes in frames:
+            if remotes is not run:
+                for r in run:
+                    self.add(r.ip, 0, n, b)
+                run, n, b = remotes, 0, 0
+            n += 1
+            b += nbytes
+        for r in run:
+            self.add(r.ip, 0, n, b)
+
+    def received(self, frames: Sequence[tuple[str, int]]) -> None:
+        """Count frames delivered (each from its remote VTEP, with its inner bytes)."""
+        run = ""
+        n = b = 0
+        for ip, nbytes in frames:
+            if ip is not run:
+                self.add(run, 2, n, b)
+                run, n, b = ip, 0, 0
+            n += 1
+            b += nbytes
+        self.add(run, 2, n, b)
 
     def not_sent(self, by_host: Mapping[str, tuple[int, int]]) -> None:
         """Take back what the kernel refused of what was counted sent (the transport's
