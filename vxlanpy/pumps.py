@@ -66,9 +66,9 @@ class Pumps:
     def rx(self, fd: int, batch: FrameBatch, now: float, rounds: int, spill: int = 0) -> RxPump:
         """Receive from the UDP socket ``fd`` (into slots ``0..capacity - spill - 1``) and
         deliver what matches to the TAPs, up to ``rounds`` batches while nothing needs the
-        engine (1: every batch comes back, for a tracer). A UDP GRO receive (the socket has ``UDP_GRO`` on) is coalesced into one TCP
-        super-frame where it can be, else split into its datagrams, which take the last
-        ``spill`` slots. The datagrams of the last batch are ``batch.order[:n]``, in wire
+        engine (1: every batch comes back, for a tracer). A UDP GRO receive (the socket has
+        ``UDP_GRO`` on) is coalesced into one TCP super-frame where it can be, else split into
+        its datagrams, which take the last ``spill`` slots. The datagrams of the last batch are ``batch.order[:n]``, in wire
         order; ``batch.count`` is set to ``n``."""
         b = self.datapath.cbatch(batch)
         n = int(
