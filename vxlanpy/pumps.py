@@ -68,8 +68,8 @@ class Pumps:
         deliver what matches to the TAPs, up to ``rounds`` batches while nothing needs the
         engine (1: every batch comes back, for a tracer). A UDP GRO receive (the socket has
         ``UDP_GRO`` on) is coalesced into one TCP super-frame where it can be, else split into
-        its datagrams, which take the last ``spill`` slots. The datagrams of the last batch are ``batch.order[:n]``, in wire
-        order; ``batch.count`` is set to ``n``."""
+        its datagrams, which take the last ``spill`` slots. The datagrams of the last batch
+        are ``batch.order[:n]``, in wire order; ``batch.count`` is set to ``n``."""
         b = self.datapath.cbatch(batch)
         n = int(
             self._lib.vx_rx_pump(self._dp, fd, b, _ms(now), rounds, spill, self._u32, self._i64)
