@@ -12,6 +12,7 @@ from mdrun import REPO, Section, needs_root, parse, run_section
 DOCS = [
     "docs/tutorial.md",
     "docs/api.md",
+    "docs/flannel.md",
 ]
 
 SECTIONS = [s for doc in DOCS for s in parse(REPO / doc)]
