@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_TOOLS := ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark ethtool:ethtool ip:iproute2 bridge:iproute2 nstat:iproute2 etcd:etcd-server etcdctl:etcd-client nft:nftables
+SYSTEM_TOOLS := ping:iputils-ping iperf3:iperf3 tcpdump:tcpdump tshark:tshark ethtool:ethtool ip:iproute2 bridge:iproute2 nstat:iproute2 etcd:etcd-server etcdctl:etcd-client nft:nftables prometheus:prometheus promtool:prometheus
 
 .PHONY: setup system-deps test lint typecheck pytest docs lab bench microbench scale fuzz soak clean
 

@@ -37,6 +37,7 @@ control = "/run/vxlanpy/test-config.sock"
 allow = ["198.18.0.0/24"]
 user = "nobody"
 group = "nogroup"
+metrics = "127.0.0.1:9477"
 capture = "/tmp/vxlanpy-test-config.pcapng"
 capture_drops = true
 
@@ -122,6 +123,7 @@ EXPECTED = VtepConfig(
     allow=["198.18.0.0/24"],
     user="nobody",
     run_group="nogroup",
+    metrics="127.0.0.1:9477",
     capture="/tmp/vxlanpy-test-config.pcapng",
     capture_drops=True,
 )
@@ -591,3 +593,15 @@ def test_cli_gbp_flags() -> None:
 def test_cli_tunnel_gso_refusals(extra: list[str], needle: str) -> None:
     p = _cli("run", "--vni", "10", "--tunnel-gso", *extra)
     assert p.returncode == 2 and needle in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1", "localhost:9477", "::1:9477", "127.0.0.1:70000"])
+def test_cli_metrics_address_refused(bad: str) -> None:
+    p = _cli("run", "--vni", "10", "--metrics", bad)
+    assert p.returncode == 2 and 'metrics must be "ADDR:PORT"' in p.stderr, p.stderr
+
+
+def test_file_metrics_address_refused(tmp_path: Path) -> None:
+    text = GOOD.replace('metrics = "127.0.0.1:9477"', 'metrics = "nowhere"')
+    with pytest.raises(ConfigError, match="metrics must be"):
+        load_config(_write(tmp_path, text))

@@ -66,6 +66,7 @@ def test_refused_sends_are_not_counted_as_sent(name: str, monkeypatch: pytest.Mo
             engine.handle_frames(VNI, batch, 0.0)
             refused = t.send_datagrams(batch, engine.datagrams_to_send())
             engine.not_sent(VNI, *refused)
+            engine.peers.not_sent(t.unsent_by_host)
         finally:
             t.close()
         got = [peer.recv(2048)[8:] for _ in range(5)]
@@ -74,3 +75,10 @@ def test_refused_sends_are_not_counted_as_sent(name: str, monkeypatch: pytest.Mo
     assert (c.tx_packets, c.tx_bytes) == (5, sum(len(f) for f in frames[:5]))
     assert t.errors["EAGAIN"] == 7 and t.tx_packets == 5
     assert got == frames[:5]
+    # and per peer: the datagrams the kernel took
+    assert engine.peers.to_dict()[LO] == {
+        "tx_packets": 5,
+        "tx_bytes": sum(len(f) for f in frames[:5]),
+        "rx_packets": 0,
+        "rx_bytes": 0,
+    }

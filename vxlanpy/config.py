@@ -122,6 +122,7 @@ class VtepConfig:
     allow: list[str] | str | None = None  # VTEPs accepted by segments without their own list
     user: str | None = None  # switch to this user (name or uid) once TAPs and sockets are open
     run_group: str | None = None  # ... and group (default: the user's); [vtep] group in a file
+    metrics: str | None = None  # "ADDR:PORT": serve Prometheus metrics there (metrics.py)
     capture: str | None = None  # write a pcapng capture of every packet's decision to this file
     capture_drops: bool = False  # ... of the dropped packets only
 
@@ -177,6 +178,8 @@ class VtepConfig:
             raise ConfigError("tunnel_gso needs the C fast path and offloads")
         if self.tunnel_gso and self.family() != 4:
             raise ConfigError("tunnel_gso works over an IPv4 underlay only")
+        if self.metrics is not None:
+            parse_listen(self.metrics)
         if self.run_group is not None and self.user is None:
             raise ConfigError("group needs user (the user to run as)")
         if self.user is not None:
@@ -286,6 +289,27 @@ def _port(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a UDP port in 1..65535, got {value!r}")
 
 
+def parse_listen(text: object) -> tuple[str, int]:
+    """``"ADDR:PORT"`` (an IPv6 address in brackets: ``"[::1]:9477"``) -> (ADDR, PORT), for
+    ``metrics``; ConfigError otherwise."""
+    form = 'metrics must be "ADDR:PORT" (an IP address, a TCP port 1..65535)'
+    if not isinstance(text, str):
+        raise ConfigError(f"{form}, got {text!r}")
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address needs its brackets
+    try:
+        addr = ipaddress.ip_address(host)
+        num = int(port)
+    except ValueError:
+        raise ConfigError(f"{form}, got {text!r}") from None
+    if not sep or not 1 <= num <= 65535 or addr.is_multicast:
+        raise ConfigError(f"{form}, got {text!r}")
+    return str(addr), num
+
+
 def _ip(what: str, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(text)
@@ -334,6 +358,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "allow": ((str, list), 'a list of CIDR strings and/or "configured"'),
     "user": ((str, int), "a user name or uid"),
     "group": ((str, int), "a group name or gid (of the user to run as)"),
+    "metrics": (str, 'an "ADDR:PORT" string'),
     "capture": (str, "a path (a pcapng file to write)"),
     "capture_drops": (bool, "true or false"),
 }
@@ -488,6 +513,7 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         allow=vt.get("allow"),  # type: ignore[arg-type]
         user=None if vt.get("user") is None else str(vt["user"]),
         run_group=None if vt.get("group") is None else str(vt["group"]),
+        metrics=vt.get("metrics"),  # type: ignore[arg-type]
         capture=vt.get("capture"),  # type: ignore[arg-type]
         capture_drops=bool(vt.get("capture_drops", False)),
     )

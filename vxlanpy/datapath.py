@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -35,6 +36,7 @@ from .abi import (
     DP_COUNTERS,
     MAX_ACTIONS,
     MAX_BATCH,
+    MAX_PEERS,
     MAX_REMOTES,
     SEG_COUNTERS,
     EntryFlag,
@@ -85,6 +87,11 @@ class Entry(NamedTuple):
     @property
     def static(self) -> bool:
         return bool(self.flags & EntryFlag.STATIC)
+
+
+# a vx_peer_counters row: family, address, 6 bytes of padding, four counters
+_PEER_ROW = struct.Struct("=H16s6x4Q")
+_ADDR_LEN = {socket.AF_INET: 4, socket.AF_INET6: 16}
 
 
 def available() -> bool:
@@ -177,6 +184,7 @@ class Datapath:
         self._cfg = self._ffi.new("vx_config *")
         self._seg_c = self._ffi.new("vx_seg_counters *")
         self._dp_c = self._ffi.new("vx_dp_counters *")
+        self._peers: Any = None
 
     # --- settings, segments, devices, sockets ----------------------------------------------
 
@@ -358,11 +366,31 @@ class Datapath:
         """Datapath-wide counters (abi.DP_COUNTERS); ``send_errors`` by errno name."""
         c = self._dp_c
         self._lib.vx_dp_read_counters(self.dp, c)
-        out: dict[str, Any] = {n: int(getattr(c, n)) for n in DP_COUNTERS if n != "send_errors"}
-        errs = c.send_errors
+        out: dict[str, Any] = {}
+        for n in DP_COUNTERS:
+            v = getattr(c, n)
+            out[n] = int(v) if isinstance(v, int) else [int(x) for x in v]
+        errs = out.pop("send_errors")
         out["send_errors"] = {
             errno.errorcode.get(e, str(e)): int(errs[e]) for e in range(len(errs)) if errs[e]
         }
+        return out
+
+    def peers(self) -> dict[str, tuple[int, int, int, int]]:
+        """What C sent to and delivered from each remote VTEP: (tx_packets, tx_bytes,
+        rx_packets, rx_bytes) by IP; ``""`` is the row of the peers past abi.MAX_PEERS."""
+        ffi = self._ffi
+        if self._peers is None:
+            self._peers = ffi.new(f"vx_peer_counters[{MAX_PEERS + 1}]")
+            assert ffi.sizeof("vx_peer_counters") == _PEER_ROW.size
+        n = min(MAX_PEERS + 1, int(self._lib.vx_dp_read_peers(self.dp, self._peers, MAX_PEERS + 1)))
+        out = {}
+        raw = ffi.buffer(self._peers, n * _PEER_ROW.size)
+        for k, (family, addr, *counts) in enumerate(_PEER_ROW.iter_unpack(raw)):
+            if k == 0:
+                out[""] = tuple(counts)
+            elif family in _ADDR_LEN:
+                out[socket.inet_ntop(family, addr[: _ADDR_LEN[family]])] = tuple(counts)
         return out
 
     # --- matching without I/O --------------------------------------------------------------

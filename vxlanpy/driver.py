@@ -12,6 +12,7 @@ from .abi import EntryFlag, Verdict
 from .batch import FrameBatch
 from .datapath import Datapath
 from .packets import Datagram, DeviceFrame
+from .peers import PeerCounters
 from .segment import Segment
 from .wire import VXLAN_HLEN, encode_header
 
@@ -25,6 +26,7 @@ class DatapathDriver:
     _segments: dict[int, Segment]
     _to_send: list[Datagram]
     _to_device: list[DeviceFrame]
+    peers: PeerCounters
     tracer: trace.Tracer | None
 
     # the engine's (engine.py): installing what changed, and its rules for what C sent up
@@ -79,6 +81,7 @@ class DatapathDriver:
                 self._to_send.append(Datagram(data, t.ip, t.port, batch.sport[i], t.vni, i))
                 c.tx_packets += 1
                 c.tx_bytes += plen - VXLAN_HLEN
+                self.peers.add(t.ip, 0, 1, plen - VXLAN_HLEN)
 
     def forward_datagrams(self, batch: FrameBatch, now: float) -> None:
         """``handle_datagrams`` through the C datapath, sources taken from ``batch.addrs``."""

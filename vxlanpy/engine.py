@@ -75,6 +75,7 @@ from .headers import DEFAULT_OUTER, Outer
 from .mirror import Mirror
 from .neigh import arp_reply
 from .packets import Datagram, DeviceFrame
+from .peers import PeerCounters
 from .segment import Counters, Segment, SegmentConfig
 from .wire import (
     ARP_REQUEST,
@@ -130,6 +131,7 @@ class Engine(DatapathDriver):
         self.outer = outer
         self.kernels = kernels.load(backend) if backend else kernels.backend
         self.counters = Counters()  # drops before a VNI is known
+        self.peers = PeerCounters()  # what this engine sent to / delivered from each VTEP
         self.events_lost = 0
         self._segments: dict[int, Segment] = {}
         self._events: deque[Event] = deque()
@@ -317,6 +319,8 @@ class Engine(DatapathDriver):
         mv = memoryview(buf)
         out = self._to_send
         dstport = self.dstport
+        run: tuple[Remote, ...] = ()  # per peer: runs of frames to the same remotes
+        run_n = run_b = 0
         for i, remotes in plan:
             hoff = batch.header_offset(i)
             plen = batch.payload_len[i]
@@ -339,6 +343,12 @@ class Engine(DatapathDriver):
                     out.append(Datagram(payload, r.ip, r.port or dstport, sport, vni, i))
                 c.tx_packets += 1
                 c.tx_bytes += plen - VXLAN_HLEN
+            if remotes is not run:
+                self.peers.add_each(run, run_n, run_b)
+                run, run_n, run_b = remotes, 0, 0
+            run_n += 1
+            run_b += plen - VXLAN_HLEN
+        self.peers.add_each(run, run_n, run_b)
 
     def handle_frame(self, vni: int, frame: bytes | bytearray | memoryview, now: float) -> None:
         """One frame from the device (a copy is taken; outputs are bytes). See handle_frames."""
@@ -420,6 +430,7 @@ class Engine(DatapathDriver):
         mv = memoryview(buf)
         out = self._to_device
         strict_gbp = self.strict_mode() == Strict.GBP
+        run_ip, run_n, run_b = "", 0, 0  # per peer: runs of frames from one remote VTEP
         for i in range(batch.count) if slots is None else slots:
             src = sources[i]
             st = batch.status[i]
@@ -483,6 +494,12 @@ class Engine(DatapathDriver):
             out.append(DeviceFrame(vni, mv[off : off + n], i))
             c.rx_packets += 1
             c.rx_bytes += n
+            if src is not run_ip:
+                self.peers.add(run_ip, 2, run_n, run_b)
+                run_ip, run_n, run_b = src, 0, 0
+            run_n += 1
+            run_b += n
+        self.peers.add(run_ip, 2, run_n, run_b)
 
     def prepare_datagrams(self, batch: FrameBatch) -> None:
         """Decapsulate the received payloads of ``batch`` (the C datapath does it itself)."""

@@ -62,6 +62,11 @@ def stats_text(st: dict[str, Any]) -> str:
         lines.append(f"lost: {lost['total']} ({where})")
     for ip, c in (st.get("icmp") or {}).items():
         lines.append(_icmp_line(ip, c))
+    for ip, c in (st.get("peers") or {}).items():
+        lines.append(
+            f"peer {ip}: rx {c['rx_packets']} packets {c['rx_bytes']} bytes, "
+            f"tx {c['tx_packets']} packets {c['tx_bytes']} bytes"
+        )
     lines.append(f"checksums completed: {st.get('checksums_completed', 0)}")
     return "\n".join(lines)
 

@@ -12,15 +12,25 @@ count the same thing (``stats --json`` is what it returns; docs/reference.md lis
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .engine import Engine
+from .peers import BUCKETS, OTHERS, merge_peers
 
 if TYPE_CHECKING:
     from .tunnel import Vtep
 
-__all__ = ["segment_stats", "vtep_stats", "losses", "device_tx_dropped", "GRO_KEYS"]
+__all__ = [
+    "segment_stats",
+    "vtep_stats",
+    "losses",
+    "device_tx_dropped",
+    "peer_stats",
+    "table_sizes",
+    "batch_stats",
+    "GRO_KEYS",
+]
 
 #: the UDP GRO counters of the receive pump, as ``stats["gro"]`` names them
 GRO_KEYS = {
@@ -91,7 +101,64 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
             "frames": dp.counters()["tgso_frames"] if dp is not None else 0,
             "remotes_linked": vtep.tunnel_gso_links,
         },
+        "peers": peer_stats(engine),
+        "tables": table_sizes(engine),
+        "fast_path_packets": {
+            vni: {k: c[f"{k}_packets"] for k in ("rx", "tx")}
+            for vni, c in ((v, dp.segment_counters(v)) for v in engine.segments)
+        }
+        if dp is not None
+        else {},
+        "batches": batch_stats(vtep),
     }
+
+
+def peer_stats(engine: Engine) -> dict[str, dict[str, int]]:
+    """Per remote VTEP (by IP): packets and inner bytes sent to it and delivered from it, the
+    engine's and the C datapath's added up; at most abi.MAX_PEERS by name, the others added up
+    under ``other-peers``."""
+    parts: list[Mapping[str, Sequence[int]]] = []
+    dp = engine.datapath
+    if dp is not None:
+        rows: dict[str, Sequence[int]] = dict(dp.peers())
+        rows[OTHERS] = rows.pop("")
+        parts.append(rows)
+    parts.append(engine.peers.rows)
+    if any(engine.peers.others):
+        parts.append({OTHERS: engine.peers.others})
+    return merge_peers(parts)
+
+
+def table_sizes(engine: Engine) -> dict[int, dict[str, int]]:
+    """Per VNI: unicast FDB entries (``fdb``, static and learned), of them ``learned``, the
+    flood list's remotes (``flood``) and the neighbour table's entries (``neigh``)."""
+    out = {}
+    for vni, seg in engine.segments.items():
+        fdb = seg.fdb
+        out[vni] = {
+            "fdb": fdb.address_count,
+            "learned": fdb.learned_count,
+            "flood": len(fdb.flood_list()),
+            "neigh": len(seg.neigh),
+        }
+    return out
+
+
+def batch_stats(vtep: Vtep) -> dict[str, Any]:
+    """The sizes of the batches the pumps read (``tx``: from the TAPs, ``rx``: from the
+    socket), C's and the Python pumps' added up: ``sizes`` (batches of at most N frames, for N
+    in 1, 2, 4, ... 1024, each batch in the first that holds it) and ``frames`` (in all)."""
+    out = {}
+    dp = vtep.engine.datapath
+    c = dp.counters() if dp is not None else None
+    for way, py in vtep.batches.items():
+        sizes = list(py.counts)
+        frames = py.frames
+        if c is not None:
+            sizes = [a + b for a, b in zip(sizes, c[f"{way}_batches"], strict=True)]
+            frames += c[f"{way}_batch_frames"]
+        out[way] = {"sizes": dict(zip(map(str, BUCKETS), sizes, strict=True)), "frames": frames}
+    return out
 
 
 # socket_errors that lose no packet: a fallback source port, a stray datagram on a send

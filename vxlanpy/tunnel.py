@@ -42,6 +42,7 @@ from .io.netlink import device_for_address, route_device
 from .io.tap import Device, Devices, DeviceSpec, KernelTaps, TapError, TapGone
 from .io.tgso import LinkRefresher, TunnelGso, TunnelGsoError, default_ttl
 from .io.udp import TransportError, UdpTransport
+from .peers import BatchSizes
 from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps
 from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
 
@@ -109,6 +110,7 @@ class Vtep:
         self.tgso: TunnelGso | None = None  # --tunnel-gso: the redirected TAP
         self._links: LinkRefresher | None = None
         self._links_task: asyncio.Task[None] | None = None
+        self.batches = {"tx": BatchSizes(), "rx": BatchSizes()}  # the Python pumps' reads
         self._capture: object | None = None  # run --capture: the file being written
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -306,8 +308,10 @@ class Vtep:
                 return
             if n == 0:
                 break
+            self.batches["tx"].add(n)
             engine.handle_frames(vni, batch, self._loop.time())
             engine.not_sent(vni, *transport.send_datagrams(batch, engine.datagrams_to_send()))
+            engine.peers.not_sent(transport.unsent_by_host)
             self._write_device()
             if n < batch.capacity:
                 break
@@ -332,6 +336,7 @@ class Vtep:
                 slots = [i for i in range(n) if act[i] < 0]
                 engine.handle_frames(vni, batch, self._loop.time(), slots)
                 engine.not_sent(vni, *transport.send_datagrams(batch, engine.datagrams_to_send()))
+                engine.peers.not_sent(transport.unsent_by_host)
                 self._write_device()
                 if self._stopped.is_set():
                     return
@@ -407,6 +412,7 @@ class Vtep:
             n = transport.recv_batch(batch, sources)
             if n == 0:
                 break
+            self.batches["rx"].add(n)
             engine.handle_datagrams(batch, sources, self._loop.time())
             self._write_device(batch)
             if n < batch.capacity:

@@ -228,7 +228,9 @@ def test_text_form_omissions(live_stats: dict[str, Any]) -> None:
 
     # a peer's ICMP errors, as a VTEP whose remote's port was closed would have them
     icmp = {"198.18.0.9": {"unreachable": 1, "last": {"type": 3, "code": 3, "from": "x"}}}
-    st = mark({**live_stats, "icmp": live_stats["icmp"] or icmp})
+    # and a peer's counters, as a VTEP that exchanged traffic has them
+    peer = {"198.18.0.9": dict.fromkeys(("tx_packets", "tx_bytes", "rx_packets", "rx_bytes"), 1)}
+    st = mark({**live_stats, "icmp": live_stats["icmp"] or icmp, "peers": peer})
     full = stats_text(st)
     shown = set()
     for key in st:

@@ -4,6 +4,7 @@
     vxlanpy-tunnel fdb show | add|append|replace MAC dst IP [port N] [vni N] | del MAC [dst IP]
     vxlanpy-tunnel neigh show | add|replace IP lladdr MAC | del IP
     vxlanpy-tunnel stats | events | export (--config FILE | --control PATH)
+    vxlanpy-tunnel top [--interval S] [--count N] [--json]
     vxlanpy-tunnel trace FRAME... --vni N [-c FILE] | trace --live | capture -w FILE
     vxlanpy-tunnel lab [--hosts 2|3] [--peer kernel|vxlanpy] [--keep]
     vxlanpy-tunnel flannel --etcd-endpoints URL[,URL...] [--iface IF | --public-ip IP] ...
@@ -24,13 +25,13 @@ from collections.abc import Sequence
 
 from ..config import ConfigError
 from ..control import ControlError
-from . import client, export, flannel, lab, run, trace
+from . import client, export, flannel, lab, run, top, trace
 from .common import PROG, Parser, UsageError, err
 from .run import config_from_args
 
 __all__ = ["main", "build_parser", "config_from_args", "PROG"]
 
-_COMMANDS = (run, client, trace, export, lab, flannel)
+_COMMANDS = (run, client, top, trace, export, lab, flannel)
 
 
 def build_parser() -> argparse.ArgumentParser:

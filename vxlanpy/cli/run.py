@@ -10,8 +10,15 @@ import signal
 import sys
 from typing import Any
 
-from .. import kernels, privdrop
-from ..config import ConfigError, SegmentSpec, VtepConfig, load_config, parse_srcport
+from .. import kernels, metrics, privdrop
+from ..config import (
+    ConfigError,
+    SegmentSpec,
+    VtepConfig,
+    load_config,
+    parse_listen,
+    parse_srcport,
+)
 from ..control import ControlError, ControlServer, default_path
 from ..fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED
 from ..tunnel import Vtep, VtepError, install_uvloop
@@ -162,6 +169,12 @@ def register(sub: Any) -> None:
         "ids; default group: the user's), keeping only the capabilities still needed",
     )
     run.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics (needs prometheus_client: "
+        "pip install 'vxlanpy[metrics]')",
+    )
+    run.add_argument(
         "--capture",
         metavar="FILE",
         help="write a pcapng capture of every packet and its decision to FILE from the start "
@@ -264,6 +277,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         capture_drops=a.capture_drops,
         user=user,
         run_group=run_group,
+        metrics=a.metrics,
     ).validate()
     return cfg, a.control
 
@@ -274,15 +288,22 @@ async def run_vtep(
     """Run a VTEP and its control socket until SIGINT/SIGTERM or a failure; the exit code."""
     vtep = Vtep(cfg)
     try:
+        if cfg.metrics is not None:
+            metrics.require()
         await vtep.start()
-    except VtepError as exc:
+    except (VtepError, metrics.MetricsError) as exc:
         err(str(exc))
         return 1
     path = control or default_path(cfg.segments[0].tap_name)
     server = ControlServer(vtep, path)
+    scrape = None
     try:
         await server.start()
-    except ControlError as exc:
+        if cfg.metrics is not None:
+            scrape = metrics.MetricsServer(vtep, *parse_listen(cfg.metrics))
+            await scrape.start()
+    except (ControlError, metrics.MetricsError) as exc:
+        await server.close()
         await vtep.close()
         err(str(exc))
         return 1
@@ -299,8 +320,10 @@ async def run_vtep(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    served = f"; metrics {scrape.url}" if scrape is not None else ""
     print(
-        f"{PROG}: {vtep.describe()}; control {path}; backend {kernels.BACKEND}, loop {loop_name}",
+        f"{PROG}: {vtep.describe()}; control {path}{served}; backend {kernels.BACKEND}, loop "
+        f"{loop_name}",
         file=sys.stderr,
         flush=True,
     )
@@ -314,6 +337,8 @@ async def run_vtep(
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
+    if scrape is not None:
+        await scrape.close()
     await server.close()
     await vtep.close()
     if logger is not None:

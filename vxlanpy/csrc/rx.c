@@ -89,7 +89,8 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
     /* Source MACs sent up in this batch: the engine may learn or move them, so their later
      * frames go up too (the engine sees each MAC's frames in order, as without C). */
     uint64_t up[64];
-    uint32_t nup = 0;
+    uint32_t nup = 0, peer = 0;
+    const uint8_t *last_src = NULL; /* the source of the last delivery, its row peer */
     pthread_mutex_lock(&dp->lock);
     int last_vni = -1, s = -1, strict_gbp = dp->cfg.strict == VX_STRICT_GBP;
     for (uint32_t k = 0; k < n; k++) {
@@ -140,6 +141,12 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
         b->action[i] = s;
         g->c.rx_packets++;
         g->c.rx_bytes += b->frame_len[i];
+        if (last_src == NULL || !same_ip(last_src, src)) {
+            peer = vx_peer_of(dp, src);
+            last_src = src;
+        }
+        dp->peers[peer].rx_packets++;
+        dp->peers[peer].rx_bytes += b->frame_len[i];
         hits++;
     }
     pthread_mutex_unlock(&dp->lock);
@@ -315,6 +322,10 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
                 out[1] = 0;
                 return 0;
             }
+            pthread_mutex_lock(&dp->lock);
+            dp->c.rx_batches[vx_batch_bucket((uint32_t)n)]++;
+            dp->c.rx_batch_frames += (uint32_t)n;
+            pthread_mutex_unlock(&dp->lock);
             lo = 0;
             hi = (uint32_t)n;
             full = hi == area;

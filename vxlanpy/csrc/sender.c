@@ -24,7 +24,7 @@ static void *sender_main(void *arg)
         pthread_mutex_unlock(&t->lock);
         int rc = vx_udp_send(j->fd, &j->b, 0, j->n, j->r.sa, j->r.salen, &dp->no_gso,
                              &j->outer);
-        vx_count_send(dp, &dp->segs[j->seg], &j->b, 0, j->n, rc, j->bytes);
+        vx_count_send(dp, &dp->segs[j->seg], &j->r, &j->b, 0, j->n, rc, j->bytes);
         pthread_mutex_lock(&dp->lock);
         dp->c.sender_jobs++;
         pthread_mutex_unlock(&dp->lock);

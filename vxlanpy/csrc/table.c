@@ -271,6 +271,7 @@ int vx_dp_remote(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen)
     memset(&dp->remotes[id], 0, sizeof(vx_remote));
     memcpy(dp->remotes[id].sa, sa, salen);
     dp->remotes[id].salen = salen;
+    dp->remotes[id].peer = vx_peer_of(dp, dp->remotes[id].sa);
     pthread_mutex_unlock(&dp->lock);
     return 0;
 }
@@ -446,16 +447,61 @@ void vx_dp_read_counters(vx_dp *dp, vx_dp_counters *out)
     pthread_mutex_unlock(&dp->lock);
 }
 
+/* The row of the remote VTEP at sockaddr sa (its address; the port does not count): found, or
+ * added while fewer than VX_MAX_PEERS are, else row 0 (the others). Call with dp->lock held. */
+uint32_t vx_peer_of(vx_dp *dp, const uint8_t *sa)
+{
+    uint16_t fam;
+    memcpy(&fam, sa, 2);
+    uint8_t addr[16] = {0};
+    if (fam == AF_INET)
+        memcpy(addr, sa + 4, 4);
+    else if (fam == AF_INET6)
+        memcpy(addr, sa + 8, 16);
+    else
+        return 0;
+    uint32_t h = fam;
+    for (int k = 0; k < 16; k += 4)
+        h = vx_fmix32(h ^ vx_get32(addr + k));
+    const uint32_t mask = 2 * VX_MAX_PEERS - 1;
+    for (uint32_t i = h & mask;; i = (i + 1) & mask) {
+        uint32_t row = dp->peer_slot[i];
+        if (row == 0) {
+            if (dp->npeers == VX_MAX_PEERS)
+                return 0;
+            row = ++dp->npeers;
+            dp->peer_slot[i] = (uint16_t)row;
+            dp->peers[row].family = fam;
+            memcpy(dp->peers[row].addr, addr, 16);
+            return row;
+        }
+        if (dp->peers[row].family == fam && memcmp(dp->peers[row].addr, addr, 16) == 0)
+            return row;
+    }
+}
+
+/* Copy up to cap peer rows (row 0 first: the others); returns how many there are in all. */
+uint32_t vx_dp_read_peers(vx_dp *dp, vx_peer_counters *out, uint32_t cap)
+{
+    pthread_mutex_lock(&dp->lock);
+    uint32_t n = dp->npeers + 1;
+    memcpy(out, dp->peers, (n < cap ? n : cap) * sizeof(vx_peer_counters));
+    pthread_mutex_unlock(&dp->lock);
+    return n;
+}
+
 /*
- * Count a send of slots first..first+n-1 of b that returned r (vx_udp_send): what the kernel
- * took as tx_packets / tx_bytes (inner bytes) of segment g, the rest as send errors by errno
+ * Count a send of slots first..first+n-1 of b to remote `to` that returned r (vx_udp_send):
+ * what the kernel took as tx_packets / tx_bytes (inner bytes) of segment g and of the remote's
+ * peer row, the rest as send errors by errno
  * (EAGAIN when the socket buffer was full). With bytes == 0 each datagram is a packet; else
  * the n datagrams are the chunks of one super-frame of `bytes` bytes, one packet if the kernel
  * took them all.
  */
-void vx_count_send(vx_dp *dp, vx_segment *g, const vx_batch *b, uint32_t first, uint32_t n,
-                   int r, uint64_t bytes)
+void vx_count_send(vx_dp *dp, vx_segment *g, const vx_remote *to, const vx_batch *b,
+                   uint32_t first, uint32_t n, int r, uint64_t bytes)
 {
+    vx_peer_counters *p = &dp->peers[to->peer];
     uint32_t sent = r > 0 ? (uint32_t)r : 0;
     uint64_t by = 0;
     if (bytes == 0)
@@ -465,9 +511,13 @@ void vx_count_send(vx_dp *dp, vx_segment *g, const vx_batch *b, uint32_t first, 
     if (bytes == 0) {
         g->c.tx_packets += sent;
         g->c.tx_bytes += by;
+        p->tx_packets += sent;
+        p->tx_bytes += by;
     } else if (sent == n) {
         g->c.tx_packets++;
         g->c.tx_bytes += bytes;
+        p->tx_packets++;
+        p->tx_bytes += bytes;
     }
     if (r < 0)
         dp->c.send_errors[-r < VX_NERRNO ? -r : VX_NERRNO - 1] += n;

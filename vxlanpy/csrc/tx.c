@@ -103,7 +103,7 @@ static int forward_super(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t i, uint32_
     if (link >= 0 && r->l2_ok) { /* tunnel GSO: whole, to the TAP redirected to the underlay */
         int rc = vx_tgso_send(dp, link, b, i, a->vni[k], r);
         if (rc != -EPROTO && rc != -EMSGSIZE) {
-            vx_count_send(dp, g, b, i, 1, rc == 0 ? 1 : rc, b->frame_len[i]);
+            vx_count_send(dp, g, r, b, i, 1, rc == 0 ? 1 : rc, b->frame_len[i]);
             pthread_mutex_lock(&dp->lock);
             g->c.gso_frames++;
             dp->c.tgso_frames += rc == 0;
@@ -122,7 +122,7 @@ static int forward_super(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t i, uint32_
         if (n == 0)
             return -1;
         int rc = send_to(dp, fd, &dp->scratch, 0, n, r, &outer);
-        vx_count_send(dp, g, &dp->scratch, 0, n, rc, b->frame_len[i]);
+        vx_count_send(dp, g, r, &dp->scratch, 0, n, rc, b->frame_len[i]);
     } else {
         vx_job *j = vx_sender_claim(t);
         uint32_t n = vx_super_prepare(b, i, a->vni[k], &j->b, lo, hi, &outer);
@@ -159,8 +159,9 @@ static uint32_t forward_run(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t first, 
     for (uint32_t k = 0; k < a->n; k++) {
         if (k && a->vni[k] != a->vni[k - 1])
             set_vni(b, first, n, a->vni[k]); /* sendmmsg copied the previous copies */
-        int rc = send_to(dp, fd, b, first, n, &dp->remotes[a->remote[k]], &outer);
-        vx_count_send(dp, g, b, first, n, rc, 0);
+        const vx_remote *r = &dp->remotes[a->remote[k]];
+        int rc = send_to(dp, fd, b, first, n, r, &outer);
+        vx_count_send(dp, g, r, b, first, n, rc, 0);
     }
     if (vx_frame(b, first)[0] & 1) { /* the segment's group action: a flood */
         pthread_mutex_lock(&dp->lock);
@@ -223,9 +224,13 @@ int vx_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t *
     for (uint32_t round = 0; round < rounds; round++) {
         uint32_t completed = 0;
         n = vx_tap_read(fd, vnet, b, 0, &completed);
-        if (completed) {
+        if (completed || n > 0) {
             pthread_mutex_lock(&dp->lock);
             dp->c.checksums_completed += completed;
+            if (n > 0) {
+                dp->c.tx_batches[vx_batch_bucket((uint32_t)n)]++;
+                dp->c.tx_batch_frames += (uint32_t)n;
+            }
             pthread_mutex_unlock(&dp->lock);
         }
         if (n <= 0)

@@ -33,7 +33,9 @@ enum vx_const {
     VX_GSO_MAX_BYTES = 65000,   /* bytes of one UDP GSO send */
     VX_NERRNO = 256,            /* send errors are counted per errno below this */
     VX_RECV_CHUNK = 64,         /* datagrams per recvmmsg / sendmmsg call */
-    VX_ALLOW_PREFIXES = 64      /* source prefixes of one segment's allowlist */
+    VX_ALLOW_PREFIXES = 64,     /* source prefixes of one segment's allowlist */
+    VX_MAX_PEERS = 1024,        /* remote VTEPs counted one by one (vx_peer_counters) */
+    VX_BATCH_BUCKETS = 11       /* batch-size histogram: sizes up to 1, 2, 4, ... 1024 */
 };
 
 /* Header check of a received payload (vx_batch.status); wire.STATUS_REASONS names them. */
@@ -217,7 +219,20 @@ typedef struct vx_dp_counters {
     uint64_t sender_jobs;          /* super-frames sent by the sender thread */
     uint64_t tgso_frames;          /* super-frames sent whole with tunnel GSO */
     uint64_t send_errors[256];     /* datagrams refused, by errno (EAGAIN: socket buffer full) */
+    uint64_t tx_batches[11];       /* TAP reads of the pump by size: bucket k, up to 2^k frames */
+    uint64_t rx_batches[11];       /* socket receives of the pump by size (datagrams), alike */
+    uint64_t tx_batch_frames;      /* frames of those TAP reads, in all */
+    uint64_t rx_batch_frames;      /* datagrams of those receives, in all */
 } vx_dp_counters;
+
+/* What C sent to and delivered from one remote VTEP (an underlay address, any port): tx as
+ * vx_seg_counters counts it, rx the frames delivered from datagrams it sent. The first
+ * VX_MAX_PEERS addresses seen are counted one by one; family 0 is the row of all the others. */
+typedef struct vx_peer_counters {
+    uint16_t family;               /* AF_INET, AF_INET6; 0: the peers past VX_MAX_PEERS */
+    uint8_t addr[16];
+    uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
+} vx_peer_counters;
 
 /* --- codec (codec.c): VXLAN header and inner-flow hash --------------------------------- */
 uint32_t vx_flow_hash(const uint8_t *frame, uint32_t len);
@@ -272,6 +287,7 @@ uint32_t vx_dp_dump(vx_dp *dp, uint32_t vni, uint8_t *macs, uint32_t *actions,
                     uint32_t *flags, uint64_t *seen_ms, uint32_t cap);
 int vx_dp_read_seg_counters(vx_dp *dp, uint32_t vni, vx_seg_counters *out);
 void vx_dp_read_counters(vx_dp *dp, vx_dp_counters *out);
+uint32_t vx_dp_read_peers(vx_dp *dp, vx_peer_counters *out, uint32_t cap);
 int vx_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_t n);
 int vx_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t *upcalls);
 int vx_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms);

@@ -129,6 +129,7 @@ typedef struct {
     uint32_t salen;
     /* tunnel GSO (tgso.c): the link to it, if the engine installed one (IPv4 only) */
     uint8_t l2_ok, l2_dst[6], l2_src[6], l2_saddr[4];
+    uint32_t peer;           /* its row in vx_dp.peers (0: the others' row) */
 } vx_remote;
 
 typedef struct {
@@ -180,15 +181,28 @@ struct vx_dp {
     int32_t link_fd;        /* tunnel GSO: the TAP redirected to the underlay, -1: off */
     uint32_t link_ttl;      /* its outer TTL when the settings leave it to the system */
     uint32_t ip_id;         /* its outer IPv4 identification */
+    /* per remote VTEP counters: row 0 adds up the peers past VX_MAX_PEERS, rows 1..npeers
+     * are the addresses in the order seen; peer_slot (open addressing) holds row numbers */
+    vx_peer_counters peers[VX_MAX_PEERS + 1];
+    uint32_t npeers;
+    uint16_t peer_slot[2 * VX_MAX_PEERS];
 };
+
+/* The batch-size bucket of n (>= 1): the smallest k with n <= 2^k, at most the last. */
+static inline uint32_t vx_batch_bucket(uint32_t n)
+{
+    uint32_t k = n <= 1 ? 0 : 32 - (uint32_t)__builtin_clz(n - 1);
+    return k < VX_BATCH_BUCKETS ? k : VX_BATCH_BUCKETS - 1;
+}
 
 /* table.c */
 int vx_seg_index(const vx_dp *dp, uint32_t vni);
 vx_entry *vx_find(const vx_dp *dp, uint32_t seg, const uint8_t *mac);
 int vx_batch_alloc(vx_batch *b, uint32_t capacity, uint32_t max_frame);
 void vx_batch_release(vx_batch *b);
-void vx_count_send(vx_dp *dp, vx_segment *g, const vx_batch *b, uint32_t first, uint32_t n,
-                   int r, uint64_t bytes);
+void vx_count_send(vx_dp *dp, vx_segment *g, const vx_remote *to, const vx_batch *b,
+                   uint32_t first, uint32_t n, int r, uint64_t bytes);
+uint32_t vx_peer_of(vx_dp *dp, const uint8_t *sa);
 
 /* tgso.c */
 int vx_tgso_send(vx_dp *dp, int fd, const vx_batch *b, uint32_t i, uint32_t vni,

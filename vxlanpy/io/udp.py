@@ -110,6 +110,7 @@ class UdpTransport:
         self.gso_frames = 0  # TCP super-frames cut into chunks and sent
         self.gso_errors = 0  # super-frames that could not be cut (dropped)
         self._unsent = [0, 0]  # of the current send_datagrams: packets, inner bytes
+        self.unsent_by_host: dict[str, tuple[int, int]] = {}  # ... and by destination
         self._srcport = srcport
         self._chunks = FrameBatch(MAX_CHUNKS, chunk_max_frame)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -376,7 +377,7 @@ class UdpTransport:
                 sock.sendmsg([d.payload], anc, 0, addr)  # once more: see batchio.icmp_pending
         except OSError as exc:
             self._count(exc.errno)
-            self._not_sent(1, len(d.payload) - VXLAN_HLEN)
+            self._not_sent(1, len(d.payload) - VXLAN_HLEN, d.host)
             return False
         self.tx_packets += 1
         return True
@@ -389,6 +390,7 @@ class UdpTransport:
         packet, not taken unless all its chunks were), which the engine counted as sent
         (``Engine.not_sent``): as the C datapath counts (``vx_count_send``)."""
         self._unsent = [0, 0]
+        self.unsent_by_host.clear()
         first = count = port = 0
         host = ""
         for d in datagrams:
@@ -409,9 +411,11 @@ class UdpTransport:
             self.send_slots(batch, first, count, port, host)
         return self._unsent[0], self._unsent[1]
 
-    def _not_sent(self, packets: int, nbytes: int) -> None:
+    def _not_sent(self, packets: int, nbytes: int, host: str) -> None:
         self._unsent[0] += packets
         self._unsent[1] += nbytes
+        n, b = self.unsent_by_host.get(host, (0, 0))
+        self.unsent_by_host[host] = (n + packets, b + nbytes)
 
     def send_slots(self, batch: FrameBatch, first: int, n: int, port: int, host: str) -> int:
         """Send slots ``first..first+n-1`` of ``batch`` (as ``encap_batch`` left them) to
@@ -430,7 +434,8 @@ class UdpTransport:
             sent += got
             if got < j - i:
                 lost = range(i + got, j)
-                self._not_sent(len(lost), sum(batch.payload_len[k] - VXLAN_HLEN for k in lost))
+                nbytes = sum(batch.payload_len[k] - VXLAN_HLEN for k in lost)
+                self._not_sent(len(lost), nbytes, host)
             i = j
         return sent
 
@@ -444,11 +449,11 @@ class UdpTransport:
         )
         if k == 0:
             self.gso_errors += 1
-            self._not_sent(1, batch.payload_len[d.slot] - VXLAN_HLEN)
+            self._not_sent(1, batch.payload_len[d.slot] - VXLAN_HLEN, d.host)
             return
         self.gso_frames += 1
         if self._done(sent, k) < k:
-            self._not_sent(1, batch.payload_len[d.slot] - VXLAN_HLEN)
+            self._not_sent(1, batch.payload_len[d.slot] - VXLAN_HLEN, d.host)
 
     def _done(self, sent: int, n: int) -> int:
         if sent < 0:
