@@ -206,6 +206,7 @@ class Vtep:
                 dev=cfg.dev,
                 srcport=cfg.srcport,
                 outer=self.engine.outer,
+                zero_csum_rx=cfg.udp6zerocsumrx,
                 chunk_max_frame=max_frame,
             )
         except (TapError, TransportError, TunnelGsoError, OSError, ValueError) as exc:
