@@ -124,8 +124,8 @@ class OvsVtep:
         base = int(host.sh("cat", f"/sys/class/net/{dev}/mtu"))
         host.ip("addr", "flush", "dev", dev)
         # OVS reads the veth with an AF_PACKET socket, which sees frames before the netdev
-        # ingress hook: dropping them there keeps the host's own stack from answering them too (a port
-        # unreachable for every VXLAN datagram, as nothing in the stack listens on the port)
+        # ingress hook: dropping them there keeps the host's own stack from answering them
+        # too (a port unreachable for every VXLAN datagram: nothing in it listens there)
         rule = f"table netdev ovs_{dev} {{ chain rx {{ type filter hook ingress device {dev} "
         host.sh("nft", rule + "priority 0; policy drop; }; }")
         self.vsctl("add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev")

@@ -42,9 +42,7 @@ def _pair(topo: Topology, workdir: Path, v6: bool, *flags: str) -> tuple[Host, H
     ua, ub, plen = U6 if v6 else U4
     a, b = topo.add_host("a"), topo.add_host("b")
     dev = topo.link(a, b, f"{ua}/{plen}", f"{ub}/{plen}")
-    ovs = OvsVtep(
-        b, workdir, dev=dev, local=ub, plen=plen, remote=ua, vni=7, address=f"{OB}/24"
-    )
+    ovs = OvsVtep(b, workdir, dev=dev, local=ub, plen=plen, remote=ua, vni=7, address=f"{OB}/24")
     Vxlanpy(topo, a, ["--vni", "7", "--local", ua, "--remote", ub, "--tap", "vx0"] + [
         "--address", f"{OA}/24", *flags,
     ])  # fmt: skip
