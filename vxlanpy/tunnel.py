@@ -35,12 +35,14 @@ from .batch import DEFAULT_BATCH, FrameBatch
 from .config import VtepConfig
 from .datapath import Datapath
 from .engine import Engine, Segment
-from .events import Event
+from .events import Event, PeerMismatch
 from .fdb import FdbEntry, Remote
 from .io.netlink import device_for_address, route_device
+from .io.peersock import PeerSocket, open_watch
 from .io.tap import Device, Devices, DeviceSpec, KernelTaps, TapError, TapGone
 from .io.tgso import LinkRefresher, TunnelGso, TunnelGsoError, default_ttl
 from .io.udp import TransportError, UdpTransport
+from .peerwatch import PeerWatch
 from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps
 from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
 
@@ -108,6 +110,7 @@ class Vtep:
         self.tgso: TunnelGso | None = None  # --tunnel-gso: the redirected TAP
         self._links: LinkRefresher | None = None
         self._links_task: asyncio.Task[None] | None = None
+        self.peer_watch: PeerSocket | None = None  # peerwatch.py: once-per-peer mismatches
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -150,6 +153,19 @@ class Vtep:
             loop.add_reader(tap.fd, self._on_tap, vni)
         loop.add_reader(self.transport.fileno(), self._on_udp)
         self.transport.watch_errors(loop, self._publish)  # ICMP errors: counted, an event
+        cfg = self.config
+        if cfg.peer_watch:
+            gbp = any(s.gbp for s in cfg.segments)
+            w = PeerWatch(cfg.family() == 6, cfg.dstport, cfg.zero_csum_tx(), gbp)
+            self.peer_watch = open_watch(w, self._mismatch)
+            if self.peer_watch is not None:
+                self.peer_watch.start(loop)
+
+    def _mismatch(self, ev: PeerMismatch) -> None:
+        log.warning(
+            "peer %s expects other settings (%s): %s", ev.remote, ", ".join(ev.kinds), ev.hint
+        )
+        self._publish(ev)
 
     def _attach_datapath(self, max_frame: int) -> None:
         """Forward in C what the engine installs (fast path); the engine gets the rest."""
@@ -260,6 +276,9 @@ class Vtep:
                 self.engine.datapath.set_link(-1, 0)
             self.tgso.close()
             self.tgso = None
+        if self.peer_watch is not None:
+            self.peer_watch.close()
+            self.peer_watch = None
         self._tap_dropped.update(self.tap_queue_dropped())
         for tap in self.taps.values():
             if loop is not None and not tap.closed:
