@@ -11,7 +11,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from vxlanpy.peerwatch import FILTERED, SNAP, PeerWatch, program
+from vxlanpy.peerwatch import FILTERED, SNAP, PeerWatch
 
 
 def run_bpf(prog: list[tuple[int, int, int, int]], pkt: bytes) -> int:
@@ -57,8 +57,12 @@ def v4(src: str = "198.18.0.2", csum: int | None = None, flags: int = 0x08, **kw
     udp = UDP(sport=50000, dport=4789)
     if csum is not None:
         udp.chksum = csum
-    p = IP(src=src, dst="198.18.0.1", **kw) / udp / VXLAN(flags=flags, vni=7) / Ether() / (
-        b"x" * 64
+    p = (
+        IP(src=src, dst="198.18.0.1", **kw)
+        / udp
+        / VXLAN(flags=flags, vni=7)
+        / Ether()
+        / (b"x" * 64)
     )
     return bytes(p)
 
