@@ -54,6 +54,8 @@ VARIANTS: dict[str, list[str]] = {
     "vxlanpy_poll": ["--busy-poll", str(BUSY_POLL_US)],
     "vxlanpy_1t": ["--no-send-thread"],
     "vxlanpy_nogro": ["--no-gro"],
+    "vxlanpy_nocsum": ["--noudpcsum"],  # zero outer checksums: sendmmsg, no UDP GSO
+    "vxlanpy_nocsumtg": ["--noudpcsum", "--tunnel-gso"],  # ... with tunnel GSO
 }
 METRICS: dict[str, tuple[str, str, bool]] = {
     # key: (label, unit, higher is better)

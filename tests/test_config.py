@@ -37,6 +37,11 @@ control = "/run/vxlanpy/test-config.sock"
 allow = ["198.18.0.0/24"]
 user = "nobody"
 group = "nogroup"
+profile = "rfc"
+udpcsum = true
+udp6zerocsumtx = true
+udp6zerocsumrx = false
+peer_watch = false
 
 [[segment]]
 vni = 10
@@ -120,6 +125,11 @@ EXPECTED = VtepConfig(
     allow=["198.18.0.0/24"],
     user="nobody",
     run_group="nogroup",
+    profile="rfc",  # its udpcsum false and udp6zerocsumrx true: the keys given win
+    udpcsum=True,
+    udp6zerocsumtx=True,
+    udp6zerocsumrx=False,
+    peer_watch=False,
 )
 
 

@@ -171,7 +171,7 @@ def register(sub: Any) -> None:
 # run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
 # --user and the --no-* switches of SWITCHES, apply to both forms)
 # --no-* flags of VtepConfig fields
-SWITCHES = ("offload", "fast_path", "send_thread", "gro", "peer_watch")
+SWITCHES = ("offload", "fast_path", "send_thread", "gro")
 _NOT_CONFIG = {"command", "func", "config", "control", "no_uvloop", "verbose", "user"} | {
     "no_" + key for key in SWITCHES
 }
