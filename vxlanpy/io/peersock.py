@@ -79,7 +79,10 @@ class PeerSocket:
             if ev is not None:
                 changed = True
                 self.emit(ev)
-        if changed and len(self.watch.warned) <= FILTERED:
+        if changed and len(self.watch.warned) >= self.watch.max_peers:
+            log.warning("peer watch: %d peers warned about, watching no more", self.watch.max_peers)
+            self.close()
+        elif changed and len(self.watch.warned) <= FILTERED:
             with contextlib.suppress(OSError):
                 attach(self.sock, self.watch.program())
 
