@@ -44,8 +44,8 @@ PAIRS = (
     "vxlanpy_poll-kernel",
     "vxlanpy-vxlanpy",
     "vxlanpy_nogro-vxlanpy_nogro",
-    "naive-naive",
     "ovs-kernel",
+    "naive-naive",
 )
 BUSY_POLL_US = 20000  # vxlanpy_poll: --busy-poll, longer than ping's 10 ms interval
 # vxlanpy's variants by the flags they add: vxlanpy_1t sends from its event loop's thread only
