@@ -89,7 +89,7 @@ fuzz: setup
 	$(PY) fuzz/build_asan.py build/fuzz/asan
 	@mkdir -p build/fuzz/logs
 	@for t in $(FUZZ_TARGETS); do \
-	  case $$t in rx-cffi) env="$(SANITIZER_ENV)";; *) env="";; esac; \
+	  case $$t in rx-cffi|rx-datapath) env="$(SANITIZER_ENV)";; *) env="";; esac; \
 	  echo "fuzz $$t: $(FUZZ_RUNS) inputs or $(FUZZ_SECONDS) s (log build/fuzz/logs/$$t.log)"; \
 	  env $$env $(PY) fuzz/run.py $$t -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) \
 	    -print_final_stats=1 $(FUZZ_FLAGS) > build/fuzz/logs/$$t.log 2>&1 \

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "build" / "fuzz"
-TARGETS = ("config", "control", "table", "rx-python", "rx-cffi", "rx-compare")
+TARGETS = ("config", "control", "table", "rx-python", "rx-cffi", "rx-compare", "rx-datapath")
 _SANITIZER = re.compile(r"ERROR: AddressSanitizer|runtime error:|ERROR: UndefinedBehaviorSanitizer")
 
 

@@ -9,10 +9,12 @@
   :func:`table_request`: a UsageError, or a request the control server answers (as above);
 - ``rx-python``, ``rx-cffi``: received datagrams through ``Engine.handle_datagrams`` on one
   kernels backend: counted drops or frames within the datagrams, never an exception;
-  ``rx-compare``: the same input through both backends, which must agree.
+  ``rx-compare``: the same input through both backends, which must agree;
+- ``rx-datapath``: the same datagrams through the C datapath (rx.c, table.c) and through the
+  engine alone, which must agree.
 
 ``run.py`` runs one; ``tests/test_fuzz.py`` runs each briefly; ``make fuzz`` runs them long
-(the C backend built with ASan and UBSan).
+(``rx-cffi`` and ``rx-datapath`` on the C extension built with ASan and UBSan).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The C datapath (fast path) against the Python engine (slow path).
 
 Two engines get the same random history: frames from the devices of two segments (unicast,
-broadcast, ARP requests for the proxy, VLAN-tagged), datagrams from three remote VTEPs (learning
-and moves, tagged frames, bad source MACs, unknown VNIs, reserved header bits), admin ``fdb``
-changes with per-entry port and VNI overrides, neighbour entries, settings switched at run time
+broadcast, ARP requests and IPv6 neighbour solicitations for the proxy, VLAN-tagged),
+datagrams from three remote VTEPs (learning and moves, tagged frames, bad source MACs,
+unknown VNIs, reserved header bits), admin ``fdb`` changes with per-entry port and VNI
+overrides, neighbour entries (IPv4 and IPv6), settings switched at run time
 (learning, proxy, VLANs, strict parsing, allowlists), an FDB address limit, a cap and a rate
 limit on learning, time passing (ageing), and VXLAN-GBP headers, with a third segment that
 has GBP on in some runs.
@@ -16,6 +17,7 @@ recent as the FDB's.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -48,6 +50,7 @@ LOCAL = bytes([2, 0, 0, 0, 0, 0xAA])
 BCAST = b"\xff" * 6
 GROUP = bytes([0x33, 0x33, 0, 0, 0, 1])
 IPS = ["198.19.0.1", "198.19.0.2", "198.19.0.3"]
+IPS6 = ["2001:db8::1", "2001:db8::2"]
 
 
 def frame(dst: bytes, src: bytes, n: int = 0, vlan: bool = False) -> bytes:
@@ -62,6 +65,17 @@ def arp_request(src: bytes, target: str) -> bytes:
     tpa = bytes(int(x) for x in target.split("."))
     body = bytes([0, 1, 8, 0, 6, 4, 0, 1]) + src + bytes([198, 19, 0, 1]) + bytes(6) + tpa
     return BCAST + src + b"\x08\x06" + body + bytes(18)
+
+
+def solicitation(target: str, dad: bool = False, code: int = 0, opt_units: int = 1) -> bytes:
+    """An IPv6 neighbour solicitation from MACS[0] (the ICMPv6 checksum is left 0: the proxy
+    does not check it, as the kernel's); ``opt_units`` 0: a malformed option."""
+    tgt = ipaddress.IPv6Address(target).packed
+    src = bytes(16) if dad else ipaddress.IPv6Address("2001:db8::a").packed
+    dst = bytes.fromhex("ff0200000000000000000001ff") + tgt[-3:]
+    icmp = bytes([135, code, 0, 0, 0, 0, 0, 0]) + tgt + bytes([1, opt_units]) + MACS[0]
+    ip6 = b"\x60\x00\x00\x00" + len(icmp).to_bytes(2, "big") + b"\x3a\xff" + src + dst
+    return b"\x33\x33\xff" + tgt[-3:] + MACS[0] + b"\x86\xdd" + ip6 + icmp
 
 
 def make_engine(
@@ -161,6 +175,10 @@ TX_FRAMES = st.one_of(
         lambda t: frame(t[0], MACS[0], t[1], vlan=t[2])
     ),
     st.sampled_from(IPS).map(lambda ip: arp_request(MACS[0], ip)),
+    st.tuples(
+        st.sampled_from(IPS6),
+        st.sampled_from([(False, 0, 1), (True, 0, 1), (False, 1, 1), (False, 0, 0)]),
+    ).map(lambda t: solicitation(t[0], *t[1])),
     st.just(b"\x02" * 10),  # shorter than an Ethernet header
 )
 VALID = st.sampled_from(VNIS).map(encode_header)
@@ -196,7 +214,9 @@ OPS = st.one_of(
         REMOTE_SPECS,
     ),
     st.tuples(
-        st.sampled_from(["neigh-add", "neigh-del"]), st.sampled_from(IPS), st.sampled_from(MACS)
+        st.sampled_from(["neigh-add", "neigh-del"]),
+        st.sampled_from(IPS + IPS6),
+        st.sampled_from(MACS),
     ),
     st.tuples(st.just("wait"), st.floats(0.1, 40.0)),
     st.tuples(

@@ -5,7 +5,7 @@ made here: which frames C handles alone is what the engine installed (``Engine._
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable
 
 from .abi import EntryFlag, Verdict
 from .batch import FrameBatch
@@ -25,23 +25,10 @@ class DatapathDriver:
     _to_send: list[Datagram]
     _to_device: list[DeviceFrame]
 
-    def sync_datapath(self) -> None:
-        raise NotImplementedError
-
-    def handle_frames(
-        self, vni: int, batch: FrameBatch, now: float, slots: Iterable[int] | None = None
-    ) -> None:
-        raise NotImplementedError
-
-    def handle_datagrams(
-        self,
-        batch: FrameBatch,
-        sources: Sequence[str],
-        now: float,
-        slots: Iterable[int] | None = None,
-        prepared: bool = False,
-    ) -> None:
-        raise NotImplementedError
+    # the engine's (engine.py): installing what changed, and its rules for what C sent up
+    sync_datapath: Callable[[], None]
+    handle_frames: Callable[..., None]
+    handle_datagrams: Callable[..., None]
 
     def refresh_from_datapath(self, vni: int) -> None:
         """Copy the last-seen times C recorded into the FDB of ``vni`` (before showing ages)."""

@@ -5,7 +5,7 @@ what the engine wants written. One call per batch, in the style of aioquic's con
 
 - ``handle_frames(vni, batch, now)``: frames the segment's device produced. Then drain
   ``datagrams_to_send()`` (send each to ``host:port`` from ``sport``) and ``frames_to_device()``
-  (ARP-proxy replies go back to the device).
+  (ARP and ND proxy replies go back to the device).
 - ``handle_datagrams(batch, sources, now)``: UDP payloads received, with each outer source IP.
   Then drain ``frames_to_device()``.
 - ``get_timer()`` / ``handle_timer(now)``: FDB ageing.
@@ -29,7 +29,10 @@ Rules, device -> wire (``handle_frames``):
   1. frames shorter than an Ethernet header: drop (inner-too-short);
   2. 802.1Q/802.1ad tagged frames: drop unless the segment allows VLANs (RFC 7348 section 6.1);
   3. proxy on and an ARP request: answer from the neighbour table (nothing goes on the wire);
-     unknown target: L3 miss event and drop (l3-miss), as the kernel does, no flood;
+     unknown target: L3 miss event and drop (l3-miss), as the kernel does, no flood; the same
+     for an IPv6 neighbour solicitation (nd.py), answered with an advertisement; one for
+     duplicate address detection is not answered (drop nd-dad), a malformed one dropped
+     (bad-nd), neither flooded (the kernel consumes every solicitation it takes for one);
   4. broadcast/multicast destination: replicate to the flood list;
   5. unicast: FDB hit -> its remotes; miss -> L2 miss event, then the flood list;
   6. nothing to send to: drop (no-destination).
@@ -59,7 +62,7 @@ import ipaddress
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from . import gbp, kernels
+from . import gbp, kernels, nd
 from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, Strict, TxMatch
 from .batch import FrameBatch
 from .datapath import Datapath, Network, Rule, Target
@@ -78,6 +81,7 @@ from .wire import (
     ETH_P_8021AD,
     ETH_P_8021Q,
     ETH_P_ARP,
+    ETH_P_IPV6,
     STATUS_REASONS,
     VXLAN_HLEN,
     VXLAN_PORT,
@@ -188,7 +192,8 @@ class Engine(DatapathDriver):
         """What C may do for a whole segment (``flood``: the action for the flood list), and
         the source prefixes it admits:
         - device -> wire: VLAN-tagged frames go up when the segment refuses them (rule 2), ARP
-          when the proxy answers it (rule 3); group destinations take the flood action (rule 4);
+          and IPv6 neighbour solicitations when the proxy answers them (rule 3); group
+          destinations take the flood action (rule 4);
         - wire -> device: bad source MACs go up (rule 3), and tagged frames when refused; a
           source MAC without an entry is delivered as it is when learning is off (rule 4:
           nothing to learn), else it goes up to be learned; with an allowlist (rule 2), C
@@ -197,7 +202,8 @@ class Engine(DatapathDriver):
           an unknown source MAC is delivered by C, counted refused (rule 4: nothing could be
           learned), so that a flood of new MACs costs no upcalls;
         - a segment with VXLAN-GBP on: everything goes up (the engine writes and reads groups)."""
-        tx_up = (0 if seg.allow_vlan else TxMatch.VLAN) | (TxMatch.ARP if seg.proxy else 0)
+        proxied = TxMatch.ARP | TxMatch.ND if seg.proxy else 0
+        tx_up = (0 if seg.allow_vlan else TxMatch.VLAN) | proxied
         rx_up = RxMatch.GROUP_SRC | RxMatch.ZERO_SRC | (0 if seg.allow_vlan else RxMatch.VLAN)
         if seg.gbp:  # VXLAN-GBP: the group policy is the engine's, every frame goes up
             tx_up |= TxMatch.ANY
@@ -273,6 +279,8 @@ class Engine(DatapathDriver):
                 self._drop(DropReason.VLAN_TAGGED, seg, None)
                 continue
             if et == ETH_P_ARP and seg.proxy and self._proxy_arp(seg, batch, i):
+                continue
+            if et == ETH_P_IPV6 and seg.proxy and self._proxy_nd(seg, batch, i):
                 continue
             dst = bytes(buf[off : off + 6])
             if dst[0] & 1:
@@ -352,6 +360,31 @@ class Engine(DatapathDriver):
             return True
         self._to_device.append(DeviceFrame(seg.vni, arp_reply(arp, mac)))
         seg.counters.arp_proxied += 1
+        return True
+
+    def _proxy_nd(self, seg: Segment, batch: FrameBatch, i: int) -> bool:
+        """Answer an IPv6 neighbour solicitation locally; True if the frame was consumed."""
+        off = batch.frame_offset(i)
+        try:
+            ns = nd.parse_solicitation(memoryview(batch.buf)[off : off + batch.frame_len[i]])
+        except nd.BadSolicitation:
+            self._drop(DropReason.BAD_ND, seg, None)
+            return True
+        if ns is None:
+            return False
+        if ns.dad:  # the kernel's answer would go to ::, which no host takes: none at all
+            self._drop(DropReason.ND_DAD, seg, None)
+            return True
+        target = ns.target
+        loopback = ns.dst == nd.LOOPBACK
+        mac = None if loopback or target[0] == 0xFF else seg.neigh.lookup(target)
+        if mac is None:
+            seg.counters.l3_misses += 1
+            self._event(L3Miss(seg.vni, str(ipaddress.IPv6Address(target))))
+            self._drop(DropReason.L3_MISS, seg, None)
+            return True
+        self._to_device.append(DeviceFrame(seg.vni, nd.advertisement(ns, mac)))
+        seg.counters.nd_proxied += 1
         return True
 
     # --- wire -> device -----------------------------------------------------------------------
@@ -465,6 +498,15 @@ class Engine(DatapathDriver):
         """Datagrams produced since the last call (the list is handed over, not copied)."""
         out, self._to_send = self._to_send, []
         return out
+
+    def not_sent(self, vni: int, packets: int, nbytes: int) -> None:
+        """Of the datagrams of segment ``vni`` counted as sent (``tx_packets``, ``tx_bytes``:
+        inner bytes), the kernel refused ``packets`` (the driver counts why): take them back, so
+        that tx counts what the kernel took, as the C datapath counts."""
+        if packets:
+            c = self._segments[vni].counters
+            c.tx_packets -= packets
+            c.tx_bytes -= nbytes
 
     def frames_to_device(self) -> list[DeviceFrame]:
         """Frames for the devices produced since the last call."""

@@ -88,7 +88,8 @@ class L2Miss(Event):
 
 @dataclass(frozen=True, slots=True)
 class L3Miss(Event):
-    """The ARP proxy was asked for ``ip`` and has no neighbour entry; the request was dropped."""
+    """The ARP or ND proxy was asked for ``ip`` and has no neighbour entry; the request (ARP
+    request or neighbour solicitation) was dropped."""
 
     vni: int
     ip: str

@@ -2,8 +2,8 @@
 
 With the proxy on, an ARP request from the local device for an address in this table is
 answered locally, as the kernel's vxlan ``proxy`` flag does (``arp_reduce``); an unknown address
-is an L3 miss and the request is dropped, not flooded. IPv6 neighbour solicitation is the next
-seam: :meth:`NeighTable.lookup` already takes 16-byte addresses.
+is an L3 miss and the request is dropped, not flooded. IPv6 neighbour solicitations are
+answered the same way from the IPv6 entries (``neigh_reduce``; the advertisement: nd.py).
 """
 
 from __future__ import annotations

@@ -32,13 +32,14 @@ def stats_text(st: dict[str, Any]) -> str:
     """The ``stats`` answer as a few lines per segment, then the VTEP-wide counters."""
     lines = []
     for vni, c in st["segments"].items():
+        nd = f"nd-proxied {c['nd_proxied']}  " if c.get("nd_proxied") else ""  # when not 0
         lines.append(
             f"vni {vni}: rx {c['rx_packets']} packets {c['rx_bytes']} bytes, "
             f"tx {c['tx_packets']} packets {c['tx_bytes']} bytes, dropped {c['dropped']}"
         )
         lines.append(
             f"  floods {c['floods']}  l2-misses {c['l2_misses']}  l3-misses {c['l3_misses']}  "
-            f"arp-proxied {c['arp_proxied']}  learned {c['learned']}  moved {c['moved']}  "
+            f"arp-proxied {c['arp_proxied']}  {nd}learned {c['learned']}  moved {c['moved']}  "
             f"aged {c['aged']}  learn-refused {c['learn_refused']}"
         )
         if c["drops"]:

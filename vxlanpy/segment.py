@@ -40,6 +40,7 @@ class Counters:
     l2_misses: int = 0
     l3_misses: int = 0
     arp_proxied: int = 0
+    nd_proxied: int = 0
     learned: int = 0
     moved: int = 0
     aged: int = 0
@@ -168,7 +169,8 @@ class Segment:
 
     @property
     def proxy(self) -> bool:
-        """Answer ARP requests from the neighbour table (the kernel's ``proxy``)."""
+        """Answer ARP requests and IPv6 neighbour solicitations from the neighbour table (the
+        kernel's ``proxy``)."""
         return self._proxy
 
     @proxy.setter

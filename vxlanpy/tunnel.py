@@ -318,7 +318,7 @@ class Vtep:
             if n == 0:
                 break
             engine.handle_frames(vni, batch, self._loop.time())
-            transport.send_datagrams(batch, engine.datagrams_to_send())
+            engine.not_sent(vni, *transport.send_datagrams(batch, engine.datagrams_to_send()))
             self._write_device()
             if n < batch.capacity:
                 break
@@ -340,7 +340,7 @@ class Vtep:
                 act = batch.action
                 slots = [i for i in range(n) if act[i] < 0]
                 engine.handle_frames(vni, batch, self._loop.time(), slots)
-                transport.send_datagrams(batch, engine.datagrams_to_send())
+                engine.not_sent(vni, *transport.send_datagrams(batch, engine.datagrams_to_send()))
                 self._write_device()
                 if self._stopped.is_set():
                     return

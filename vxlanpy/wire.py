@@ -86,10 +86,12 @@ class DropReason(enum.StrEnum):
     SPOOFED_STATIC = "spoofed-static"  # source MAC is a static entry of another VTEP
     BAD_SOURCE_MAC = "bad-source-mac"  # inner source MAC is multicast/broadcast or zero
     NO_DESTINATION = "no-destination"  # nothing to send to: no FDB hit and no flood list
-    L3_MISS = "l3-miss"  # proxied ARP request for an address the table does not know
+    L3_MISS = "l3-miss"  # proxied ARP request or neighbour solicitation, address not known
     LOOPED = "looped"  # frame received from the wire carries one of our own local MACs
     NOT_ALLOWED = "source-not-allowed"  # from a VTEP outside the segment's allowlist
     ECN_ERROR = "ecn-error"  # outer CE over a not-ECT inner packet (RFC 6040: dropped)
+    ND_DAD = "nd-dad"  # proxy on: a duplicate address detection solicitation, not answered
+    BAD_ND = "bad-nd"  # proxy on: a neighbour solicitation with a malformed message
 
 
 # What each status of the batch parser (abi.Status, from csrc/vx.h) is dropped for.

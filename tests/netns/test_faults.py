@@ -1,8 +1,9 @@
 """Faults, black box through the CLI: vxlanpy on ``a`` against the kernel's vxlan on ``b``.
 
 TAP deleted under load (exit 1 at once, cleanly), the peer restarted, the underlay link down
-and up, the receive buffer overrun (counted drops, no crash), SIGTERM under TCP load (exit 0 at
-once, TAP and socket removed). A peer that is unreachable is in test_icmp.py. Every load here
+and up, the receive buffer overrun (counted drops, no crash), the send buffer full (what the kernel
+took counted as sent, the rest as EAGAIN), SIGTERM under TCP load (exit 0 at once, TAP and socket
+removed). A peer that is unreachable is in test_icmp.py. Every load here
 is bounded in count and time.
 """
 
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Vxlanpy, ping
 from test_control import OB, UA, UB, VNI, _ok, _pair, _vtep_args
 
@@ -29,7 +31,7 @@ end = time.monotonic() + float(sys.argv[3])
 n = 0
 while time.monotonic() < end and n < int(sys.argv[2]):
     try:
-        s.sendto(b"x" * 200, (sys.argv[1], 9000 + n % 64))
+        s.sendto(b"x" * int(sys.argv[5]), (sys.argv[1], 9000 + n % int(sys.argv[4])))
     except OSError:
         time.sleep(0.001)
     n += 1
@@ -37,11 +39,20 @@ print(n)
 """
 
 
-def _flood(h: Host, dest: str, count: int, seconds: float) -> subprocess.Popen[bytes]:
-    """A bounded UDP flood (``count`` datagrams or ``seconds``) to ``dest`` on the overlay."""
-    return h.popen(
-        [sys.executable, "-c", FLOOD, dest, str(count), str(seconds)], stdout=subprocess.PIPE
-    )
+def _flood(
+    h: Host, dest: str, count: int, seconds: float, ports: int = 64, size: int = 200
+) -> subprocess.Popen[bytes]:
+    """A bounded UDP flood (``count`` datagrams or ``seconds``) to ``dest`` on the overlay, to
+    ``ports`` destination ports (so as many flows), ``size`` bytes of payload each."""
+    argv = [sys.executable, "-c", FLOOD, dest, str(count), str(seconds), str(ports), str(size)]
+    return h.popen(argv, stdout=subprocess.PIPE)
+
+
+def _dev(h: Host, dev: str) -> list[int]:
+    """``dev``'s counters in ``h`` as /proc/net/dev lists them (1: rx_packets, 9: tx_packets,
+    11: tx_dropped)."""
+    lines = h.sh("cat", "/proc/net/dev").splitlines()
+    return [int(x) for x in next(ln for ln in lines if f"{dev}:" in ln).split(":")[1].split()]
 
 
 def _up(topo: Topology, tmp_path: Path) -> tuple[Host, Host, Vxlanpy, str]:
@@ -157,6 +168,66 @@ def test_tap_queue_overrun_is_a_counted_loss(topo: Topology, tmp_path: Path) -> 
     assert f"tap queue {tx_dropped}" in _ok(a, "stats", "--control", sock)
     ping(a, OB, count=2)
     assert v.stop() == 0, v.lines
+
+
+def _send_counts(sock: str) -> tuple[int, int, int, int]:
+    """(tx_packets, dropped, EAGAIN, losses' send) of the VTEP behind ``sock``."""
+    st = request(sock, {"cmd": "stats"})
+    seg = st["segments"][str(VNI)]
+    eagain = st["socket_errors"].get("EAGAIN", 0)
+    return seg["tx_packets"], seg["dropped"], eagain, st["losses"]["send"]
+
+
+@pytest.mark.parametrize("path", ["fast", "slow", "python"])
+def test_send_buffer_full(topo: Topology, tmp_path: Path, path: str) -> None:
+    """The underlay's queue held (tbf at 1 Mbit/s, 64 MB of queue): the skbs stay charged to
+    vxlanpy's send socket, whose 8 MiB buffer fills; sendmmsg then takes a part of a batch or
+    none. What the kernel took is counted as tx_packets (the peer receives exactly that many
+    once the queue is released), the rest as EAGAIN (a loss under ``send``): together every
+    frame vxlanpy read from the TAP. ``fast``: the C datapath (vx_count_send); ``slow``
+    (``--no-fast-path``) and ``python`` (the pure-Python backend): the engine's count, less what
+    the transport says the kernel refused (``UdpTransport.send_datagrams``, ``Engine.not_sent``)."""
+    a, b = _pair(topo)
+    sock = str(tmp_path / "a.sock")
+    backend = "python" if path == "python" else "cffi"
+    extra = ["--no-fast-path"] if path == "slow" else []
+    v = Vxlanpy(topo, a, _vtep_args(sock, "--remote", UB, *extra), backend=backend)
+    ping(a, OB, count=2)
+    for ip, dev in ((UB, "u0"), (OB, "vx0")):  # no ARP probes under the flood
+        mac = b.sh("cat", f"/sys/class/net/{dev}/address").strip()
+        a.ip("neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent")
+    tbf = ["root", "tbf", "burst", "16kb", "limit", "64mb"]
+    a.sh("tc", "qdisc", "add", "dev", "u0", *tbf, "rate", "1mbit")
+    base = (*_send_counts(sock), *_dev(a, "vx0")[9:12:2], _dev(b, "vx0")[1])
+
+    def counts() -> list[int]:
+        """Since the start: tx, dropped, EAGAIN, losses' send; the TAP's frames read by
+        vxlanpy and refused by the kernel (queue full); the peer's rx_packets."""
+        now = (*_send_counts(sock), *_dev(a, "vx0")[9:12:2], _dev(b, "vx0")[1])
+        return [x - y for x, y in zip(now, base, strict=True)]
+
+    def settled() -> bool:  # every frame the TAP took was read, every frame read is counted
+        tx, drop, again, _, read, refused, _ = counts()
+        return read + refused >= sent and tx + drop + again == read
+
+    a.ip("link", "set", "vx0", "txqueuelen", "20000")  # the TAP holds all, for the slow path
+    flood = _flood(a, OB, 20_000, 10, ports=1, size=1000)  # one flow: one send socket
+    sent = int(flood.communicate(timeout=30)[0])
+    assert wait_for(settled, 30, 0.2), counts()
+    held = counts()
+    a.sh("tc", "qdisc", "change", "dev", "u0", *tbf, "rate", "100mbit")  # release the queue
+    delivered = wait_for(lambda: (c := counts())[6] == c[0] and settled(), 20, 0.2)
+    tx, drop, again, lost, read, refused, peer = counts()
+    print(
+        f"send buffer full ({path}): {sent} sent to the TAP, {read} read by vxlanpy, "
+        f"{tx} sent (the peer received {peer}), {again} EAGAIN, {drop} dropped"
+    )
+    assert held[2] > 0 and held[0] > 0  # the buffer filled, and what it held went out
+    assert delivered, (tx, peer)
+    assert tx + again + drop == read and lost == again and peer == tx
+    ping(a, OB, count=2)  # and it goes on
+    assert v.stop() == 0, v.lines
+    assert not any("Traceback" in line for line in v.lines), v.lines
 
 
 def test_sigterm_under_tcp_load(topo: Topology, tmp_path: Path) -> None:

@@ -24,7 +24,12 @@ from conftest import Vxlanpy, ping
 from vxlanpy.netns import Topology
 
 REPO = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("vxlanpy", "vxlanpy.io", "vxlanpy.cli")
+# every package of the source tree (a new subpackage left out of the wheel fails here)
+SUBPACKAGES = tuple(
+    sorted(
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "vxlanpy").rglob("__init__.py")
+    )
+)
 CSRC = tuple(
     f"vxlanpy/{p.relative_to(REPO / 'vxlanpy')}" for p in (REPO / "vxlanpy/csrc").iterdir()
 )

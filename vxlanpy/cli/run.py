@@ -70,7 +70,9 @@ def register(sub: Any) -> None:
         help="accept VXLAN only from these VTEPs (repeatable; 'configured': the remotes and "
         "static FDB entries given); default: from any",
     )
-    run.add_argument("--proxy", action="store_true", help="answer ARP from the neighbour table")
+    run.add_argument(
+        "--proxy", action="store_true", help="answer ARP and IPv6 ND from the neighbour table"
+    )
     run.add_argument(
         "--fdb",
         action="append",

@@ -35,7 +35,7 @@ from ..batch import FrameBatch
 from ..events import IcmpError
 from ..headers import DEFAULT_OUTER, Outer
 from ..packets import Datagram
-from ..wire import DEFAULT_SRCPORT_RANGE
+from ..wire import DEFAULT_SRCPORT_RANGE, VXLAN_HLEN
 from . import batchio
 from .errqueue import IP_RECVERR, IPV6_RECVERR, MSG_ERRQUEUE, IcmpCounters, parse_report
 
@@ -115,6 +115,7 @@ class UdpTransport:
         self.tx_packets = 0  # datagrams the kernel took
         self.gso_frames = 0  # TCP super-frames cut into chunks and sent
         self.gso_errors = 0  # super-frames that could not be cut (dropped)
+        self._unsent = [0, 0]  # of the current send_datagrams: packets, inner bytes
         self._srcport = srcport
         self._chunks = FrameBatch(MAX_CHUNKS, chunk_max_frame)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -388,14 +389,19 @@ class UdpTransport:
                 sock.sendmsg([d.payload], anc, 0, addr)  # once more: see batchio.icmp_pending
         except OSError as exc:
             self._count(exc.errno)
+            self._not_sent(1, len(d.payload) - VXLAN_HLEN)
             return False
         self.tx_packets += 1
         return True
 
-    def send_datagrams(self, batch: FrameBatch, datagrams: Iterable[Datagram]) -> None:
+    def send_datagrams(self, batch: FrameBatch, datagrams: Iterable[Datagram]) -> tuple[int, int]:
         """Send what the engine decided for ``batch``: runs of consecutive slots to one
         destination in one batched send per source port, TCP super-frames cut into chunks and
-        sent as UDP GSO, copies (a per-remote VNI override) one by one."""
+        sent as UDP GSO, copies (a per-remote VNI override) one by one. Returns the packets
+        and inner bytes the kernel did not take (counted in ``errors``; a super-frame is one
+        packet, not taken unless all its chunks were), which the engine counted as sent
+        (``Engine.not_sent``): as the C datapath counts (``vx_count_send``)."""
+        self._unsent = [0, 0]
         first = count = port = 0
         host = ""
         for d in datagrams:
@@ -414,6 +420,11 @@ class UdpTransport:
                 first, count, host, port = d.slot, 1, d.host, d.port
         if count:
             self.send_slots(batch, first, count, port, host)
+        return self._unsent[0], self._unsent[1]
+
+    def _not_sent(self, packets: int, nbytes: int) -> None:
+        self._unsent[0] += packets
+        self._unsent[1] += nbytes
 
     def send_slots(self, batch: FrameBatch, first: int, n: int, port: int, host: str) -> int:
         """Send slots ``first..first+n-1`` of ``batch`` (as ``encap_batch`` left them) to
@@ -428,8 +439,11 @@ class UdpTransport:
             while j < end and sport[j] == sport[i] and df[j] == df[i]:
                 j += 1
             sock = self.socket_for(sport[i], bool(df[i]))
-            got = batchio.backend.udp_send(sock, batch, i, j - i, host, port, o)
-            sent += self._done(got, j - i)
+            got = self._done(batchio.backend.udp_send(sock, batch, i, j - i, host, port, o), j - i)
+            sent += got
+            if got < j - i:
+                lost = range(i + got, j)
+                self._not_sent(len(lost), sum(batch.payload_len[k] - VXLAN_HLEN for k in lost))
             i = j
         return sent
 
@@ -443,9 +457,11 @@ class UdpTransport:
         )
         if k == 0:
             self.gso_errors += 1
+            self._not_sent(1, batch.payload_len[d.slot] - VXLAN_HLEN)
             return
         self.gso_frames += 1
-        self._done(sent, k)
+        if self._done(sent, k) < k:
+            self._not_sent(1, batch.payload_len[d.slot] - VXLAN_HLEN)
 
     def _done(self, sent: int, n: int) -> int:
         if sent < 0:
