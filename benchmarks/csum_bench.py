@@ -2,7 +2,9 @@
 (checksums, UDP GSO), with ``--noudpcsum`` (sendmmsg) and with ``--noudpcsum --tunnel-gso``,
 interleaved reps in one run, on the e2e bench's pairs (benchmarks/e2e.py). Root.
 
-    python -m benchmarks.csum_bench [--reps 3] [--seconds 3]
+    python -m benchmarks.csum_bench [--reps 3] [--seconds 3] [--kinds PAIR,...]
+
+``--kinds vxlanpy-kernel,vxlanpy_nowatch-kernel`` compares with the peer watch off instead.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.csum_bench")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--kinds", default=",".join(KINDS), help="pairs of benchmarks/e2e.py")
     a = ap.parse_args(argv)
-    rows: dict[str, dict[str, list[float]]] = {k: {} for k in KINDS}
+    kinds = tuple(k for k in a.kinds.split(",") if k)
+    rows: dict[str, dict[str, list[float]]] = {k: {} for k in kinds}
     for rep in range(a.reps):
-        for kind in KINDS:
+        for kind in kinds:
             log(f"[{rep + 1}/{a.reps}] {kind}")
             p = Pair(kind)
             try:

@@ -60,6 +60,7 @@ VARIANTS: dict[str, list[str]] = {
     "vxlanpy_tgso": ["--tunnel-gso"],  # Linux 6.17+: skipped (said so) where it cannot work
     "vxlanpy_nocsum": ["--noudpcsum"],  # zero outer checksums: sendmmsg, no UDP GSO
     "vxlanpy_nocsumtg": ["--noudpcsum", "--tunnel-gso"],  # ... with tunnel GSO
+    "vxlanpy_nowatch": ["--no-peer-watch"],  # the peer watch's cost (csum_bench --kinds)
 }
 METRICS: dict[str, tuple[str, str, bool]] = {
     # key: (label, unit, higher is better)
