@@ -19,16 +19,14 @@ def register(run: Any) -> None:
         help="defaults for what this kind of peer expects (dstport, srcport, strict, UDP "
         "checksums, DF); flags given win",
     )
-    for name, what in (
-        ("udpcsum", "IPv4: send outer UDP checksums (the default)"),
-        ("udp6zerocsumtx", "IPv6: send zero outer UDP checksums"),
-        ("udp6zerocsumrx", "IPv6: accept zero outer UDP checksums"),
+    for name, what, opposite in (
+        ("udpcsum", "IPv4: send outer UDP checksums (the default)", "IPv4: send them as zero"),
+        ("udp6zerocsumtx", "IPv6: send zero outer UDP checksums", "IPv6: compute them (default)"),
+        ("udp6zerocsumrx", "IPv6: accept zero outer UDP checksums", "IPv6: drop them (default)"),
     ):
         g = run.add_mutually_exclusive_group()
         g.add_argument(f"--{name}", dest=name, action="store_const", const=True, help=what)
-        g.add_argument(
-            f"--no{name}", dest=name, action="store_const", const=False, help=f"not --{name}"
-        )
+        g.add_argument(f"--no{name}", dest=name, action="store_const", const=False, help=opposite)
     run.add_argument(
         "--no-peer-watch",
         action="store_true",
