@@ -1,7 +1,8 @@
 """The peer watch against real peers: a kernel VTEP with ``noudpcsum`` (zero checksums, as an
 RFC 7348 or Open vSwitch peer sends) is warned about once however many packets it sends, a
 kernel VTEP with vxlanpy's own settings never; crafted datagrams with reserved header bits
-warn once about their sender; the warning is an event (``events``) and a log line."""
+warn once about their sender, so do fragmented outer packets; the warning is an event
+(``events``) and a log line; ``--no-peer-watch`` or matching settings: none."""
 
 from __future__ import annotations
 
@@ -85,3 +86,24 @@ def test_watch_visible_in_events_and_off_with_the_flag(topo: Topology) -> None:
         ping(a, "198.19.0.2", 5)
         assert w.stop() == 0
         assert w.events("mismatch") == [], w.lines
+
+
+def test_fragmenting_peer_warned(topo: Topology) -> None:
+    """A kernel peer whose underlay MTU was lowered under its vxlan device (1450 on 1400): its
+    larger frames leave as fragmented outer packets (DF unset), which the watch sees before
+    reassembly."""
+    a, b = topo.add_host("a"), topo.add_host("b")
+    dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
+    topo.kernel_vxlan(b, vni=7, dev=dev, remote=UA, address="198.19.0.2/24")
+    b.ip("link", "set", dev, "mtu", "1400")
+    v = Vxlanpy(topo, a, ["--vni", "7", "--local", UA, "--remote", UB, "--tap", "vx0"] + [
+        "--address", "198.19.0.1/24", "-v",
+    ])  # fmt: skip
+    ping(b, "198.19.0.1", 3)  # small: no fragments, nothing to say
+    assert v.events("mismatch") == []
+    b.sh("ping", "-c", "3", "-i", "0.2", "-W", "1", "-s", "1460", "-M", "dont", "198.19.0.1",
+         check=False)  # fmt: skip
+    assert wait_for(lambda: v.events("mismatch"), 5), v.lines[-10:]
+    assert v.stop() == 0
+    (ev,) = v.events("mismatch")
+    assert ev["remote"] == UB and ev["kinds"] == ("fragments",), ev
