@@ -102,6 +102,13 @@ def test_the_program_keeps_what_differs(
     assert (ev.kinds if ev else ()) == kinds
 
 
+def test_own_checksums_not_watched_when_peers_take_zeros() -> None:
+    for is6, mk in ((False, v4), (True, v6)):
+        w = PeerWatch(is6, 4789, zero_tx=True, zeros_taken=True)
+        assert run_bpf(w.program(), mk()) == 0 and w.packet(mk()) is None
+        assert run_bpf(w.program(), mk(csum=0)) == 0
+
+
 def test_ipv4_fragments_first_kept_later_ones_not() -> None:
     first = bytearray(v4())
     struct.pack_into("!H", first, 6, 0x2000)  # MF, offset 0

@@ -8,8 +8,9 @@ instructions a packet and nothing more:
 
 - ``zero-checksum``: the peer sends zero outer UDP checksums while this VTEP sends them
   (an RFC 7348 / Open vSwitch style peer: it may drop this VTEP's partial checksums on a veth);
-- ``checksum``: the peer sends checksums while this VTEP sends zeros (over IPv6 such a peer
-  drops zeros unless it has ``udp6zerocsumrx``);
+- ``checksum``: the peer sends checksums while this VTEP sends zeros, over IPv6 (such a peer
+  drops zeros unless it has ``udp6zerocsumrx``; over IPv4 every receiver takes zeros, and with
+  the ``ovs`` profile the peers are Open vSwitch, which takes them: not watched then);
 - ``reserved-bits``: reserved VXLAN header bits set (an extension this VTEP does not speak:
   GBP, GPE, ...; dropped with ``strict``);
 - ``fragments``: the outer packets arrive fragmented (the peer's MTU is larger than the
@@ -44,8 +45,8 @@ Insn = tuple[int, int, int, int]  # code, jt, jf, k
 _HINTS = {
     "zero-checksum": "it sends zero UDP checksums (RFC 7348 / Open vSwitch style); if it drops "
     "this VTEP's datagrams, send zeros too (--noudpcsum, --udp6zerocsumtx, --profile ovs)",
-    "checksum": "it sends UDP checksums while this VTEP sends zeros; over IPv6 it drops zeros "
-    "unless it has udp6zerocsumrx",
+    "checksum": "it sends UDP checksums over IPv6 while this VTEP sends zeros: unless it takes "
+    "zeros (the kernel's udp6zerocsumrx) it drops this VTEP's datagrams",
     "reserved-bits": "it sets reserved VXLAN header bits (an extension: GBP, GPE, ...); --strict "
     "drops such packets",
     "fragments": "its outer packets arrive fragmented: its MTU is larger than the path's "
@@ -58,11 +59,18 @@ def _reserved_mask(gbp: bool) -> int:
 
 
 def program(
-    v6: bool, port: int, zero_tx: bool, gbp: bool = False, skip: Iterable[str] = ()
+    v6: bool,
+    port: int,
+    zero_tx: bool,
+    gbp: bool = False,
+    skip: Iterable[str] = (),
+    zeros_taken: bool = False,
 ) -> list[Insn]:
     """The BPF program (for an AF_PACKET SOCK_DGRAM socket: offset 0 is the IP header) that
     keeps the VXLAN packets to ``port`` that differ from this VTEP's ways (``zero_tx``: it sends
-    zero checksums; ``gbp``: the GBP bits are not reserved), from peers not in ``skip``."""
+    zero checksums; ``gbp``: the GBP bits are not reserved), from peers not in ``skip``.
+    ``zeros_taken``: the peers are known to take zero checksums (IPv4; Open vSwitch), so a
+    peer's own checksums say nothing when this VTEP sends zeros."""
     a: list[Insn | str | tuple[int, str | int, str | int, int | str]] = []
     if v6:  # UDP at 40, or behind a fragment header (the first fragment's) at 48
         a += [(_LD_B_ABS, 0, 0, 6), (_JEQ, "u40", 0, 17), (_JEQ, 0, "d0", 44)]
@@ -86,8 +94,10 @@ def program(
         a += [(_LD_B_ABS, 0, 0, 6), (_JEQ, "keep", 0, 44)]  # a first fragment
     else:
         a += [(_LD_H_ABS, 0, 0, 6), (_JSET, "keep", 0, 0x2000)]  # MF set: a first fragment
-    a += [(_LD_H_IND, 0, 0, 6)]  # the UDP checksum: kept if its zero-ness differs from ours
-    a += [(_JEQ, 0, "keep", 0)] if zero_tx else [(_JEQ, "keep", 0, 0)]
+    if not zero_tx:  # the UDP checksum: kept if it is zero while ours are not
+        a += [(_LD_H_IND, 0, 0, 6), (_JEQ, "keep", 0, 0)]
+    elif not zeros_taken:  # ... or not zero while ours are
+        a += [(_LD_H_IND, 0, 0, 6), (_JEQ, 0, "keep", 0)]
     a += [(_LD_W_IND, 0, 0, 8), (_JSET, "keep", 0, _reserved_mask(gbp))]
     a += [(_LD_B_IND, 0, 0, 15), (_JEQ, 0, "keep", 0), (_RET, 0, 0, 0)]
     a += ["keep", (_RET, 0, 0, SNAP)]
@@ -125,15 +135,23 @@ class PeerWatch:
     """Decides, from the packets the BPF program kept, which peers to warn about (once)."""
 
     def __init__(
-        self, v6: bool, port: int, zero_tx: bool, gbp: bool = False, max_peers: int = 1024
+        self,
+        v6: bool,
+        port: int,
+        zero_tx: bool,
+        gbp: bool = False,
+        max_peers: int = 1024,
+        zeros_taken: bool = False,
     ) -> None:
+        """``zeros_taken``: see :func:`program`."""
         self.v6, self.port, self.zero_tx, self.gbp = v6, port, zero_tx, gbp
+        self.zeros_taken = zeros_taken
         self.max_peers = max_peers
         self.warned: dict[str, tuple[str, ...]] = {}  # peer -> what it was warned about
 
     def program(self) -> list[Insn]:
         """The BPF program to install now (the warned peers left out)."""
-        return program(self.v6, self.port, self.zero_tx, self.gbp, self.warned)
+        return program(self.v6, self.port, self.zero_tx, self.gbp, self.warned, self.zeros_taken)
 
     def packet(self, data: bytes) -> PeerMismatch | None:
         """A packet the program kept (from its IP header on): the event to emit if it is the
@@ -172,7 +190,7 @@ class PeerWatch:
                 kinds.append("fragments")
             if csum == 0 and not self.zero_tx:
                 kinds.append("zero-checksum")
-            elif csum != 0 and self.zero_tx:
+            elif csum != 0 and self.zero_tx and not self.zeros_taken:
                 kinds.append("checksum")
             if len(d) >= udp + 16:
                 w0 = struct.unpack_from("!I", d, udp + 8)[0]

@@ -156,7 +156,9 @@ class Vtep:
         cfg = self.config
         if cfg.peer_watch:
             gbp = any(s.gbp for s in cfg.segments)
-            w = PeerWatch(cfg.family() == 6, cfg.dstport, cfg.zero_csum_tx(), gbp)
+            v6 = cfg.family() == 6
+            taken = not v6 or cfg.profile == "ovs"  # peers that take zero checksums
+            w = PeerWatch(v6, cfg.dstport, cfg.zero_csum_tx(), gbp, zeros_taken=taken)
             self.peer_watch = open_watch(w, self._mismatch)
             if self.peer_watch is not None:
                 self.peer_watch.start(loop)

@@ -61,7 +61,7 @@ def _mtu(h: Host, dev: str) -> int:
     ids=["ipv4-profile-ovs", "ipv4-noudpcsum", "ipv6-profile-ovs"],
 )
 def test_ovs_peer(topo: Topology, workdir: Path, v6: bool, flags: list[str]) -> None:
-    a, b, ovs, v = _pair(topo, workdir, v6, *flags)
+    a, b, ovs, v = _pair(topo, workdir, v6, *flags, "-v")
     ping(a, OB)
     ping(b, OA)
     tcp_transfer(a, b, OB, 8 * MB)
@@ -76,6 +76,7 @@ def test_ovs_peer(topo: Topology, workdir: Path, v6: bool, flags: list[str]) -> 
     assert ovs.drops() == {}, ovs.drops()
     assert v.stop() == 0
     assert v.stats()["losses"]["total"] == 0, v.stats()["losses"]  # type: ignore[index]
+    assert v.events("mismatch") == []  # with the setting, OVS is a matching peer
 
 
 def test_ovs_drops_partial_checksums_without_the_setting(topo: Topology, workdir: Path) -> None:
