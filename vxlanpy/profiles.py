@@ -17,9 +17,10 @@ flag, a key of the file) wins over its profile. Without a profile, vxlanpy's own
   (section 4.3: VTEPs "MUST NOT fragment").
 - ``ovs``: Open vSwitch's vxlan port (userspace datapath): port 4789, source ports
   32768:61000 (``tnl_udp_port_min``/``max``), reserved bits dropped (its decapsulation drops
-  flags other than I and a non-zero reserved VNI byte), zero UDP checksums both ways (its
-  ``csum`` option is off by default; and it reads raw bytes off a veth, so the partial
-  checksum a Linux UDP socket leaves on a veth is not completed and is dropped), DF set
+  flags other than I and a non-zero reserved VNI byte), zero UDP checksums sent and taken
+  (OVS reads raw bytes off a veth, where the partial checksum a Linux UDP socket leaves is
+  not completed: it drops it; it takes zeros, and sends them over IPv4, its ``csum`` option
+  being off, and checksums over IPv6, as seen in tests/netns/test_ovs.py), DF set
   (``df_default``).
 """
 
