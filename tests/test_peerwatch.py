@@ -14,9 +14,9 @@ from scapy.layers.vxlan import VXLAN
 from vxlanpy.peerwatch import FILTERED, SNAP, PeerWatch
 
 
-def run_bpf(prog: list[tuple[int, int, int, int]], pkt: bytes) -> int:
-    """What the kernel's classic BPF returns for ``pkt`` (0: not kept); a load past the end
-    returns 0, as the kernel does."""
+def run_bpf(prog: list[tuple[int, int, int, int]], pkt: bytes, ifindex: int = 2) -> int:
+    """What the kernel's classic BPF returns for ``pkt`` received on ``ifindex`` (0: not
+    kept); a load past the end returns 0, as the kernel does."""
     a = x = pc = 0
     for _ in range(10_000):
         code, jt, jf, k = prog[pc]
@@ -30,6 +30,9 @@ def run_bpf(prog: list[tuple[int, int, int, int]], pkt: bytes) -> int:
                 if k >= len(pkt):
                     return 0
                 x = (pkt[k] & 0xF) * 4
+                continue
+            if code == 0x20 and k == 0xFFFFF008:  # ld ifindex (SKF_AD_IFINDEX)
+                a = ifindex
                 continue
             off = k + (x if mode == 0x40 else 0)
             n = {0x00: 4, 0x08: 2, 0x10: 1}[size]
@@ -149,6 +152,14 @@ def test_once_per_peer_then_left_out_by_the_program(is6: bool) -> None:
     ev = w.packet(mk(src=b, csum=0))
     assert ev is not None and ev.remote == b and "hint" in ev.to_dict()
     assert ev.to_dict()["event"] == "mismatch"
+
+
+def test_the_taps_are_not_watched() -> None:
+    w = PeerWatch(False, 4789, False, devices=[7, 9])
+    pkt = v4(csum=0)
+    assert run_bpf(w.program(), pkt, ifindex=7) == 0  # VXLAN inside the overlay
+    assert run_bpf(w.program(), pkt, ifindex=9) == 0
+    assert run_bpf(w.program(), pkt, ifindex=2) == SNAP  # the underlay
 
 
 def test_bounded_peers() -> None:

@@ -37,6 +37,7 @@ _LD_W_ABS, _LD_H_ABS, _LD_B_ABS = 0x20, 0x28, 0x30
 _LD_H_IND, _LD_W_IND, _LD_B_IND = 0x48, 0x40, 0x50
 _LDX_B_MSH, _LDX_IMM = 0xB1, 0x01
 _JEQ, _JSET, _RET, _JA = 0x15, 0x45, 0x06, 0x05
+_AD_IFINDEX = 0xFFFFF000 + 8  # SKF_AD_OFF + SKF_AD_IFINDEX: the packet's interface index
 _RESERVED = 0xF7FFFFFF  # the first header word but the I flag
 _GBP_BITS = 0x80000000 | 0x00400000 | 0x00080000 | 0x0000FFFF  # G, D, A, the policy ID
 
@@ -65,13 +66,17 @@ def program(
     gbp: bool = False,
     skip: Iterable[str] = (),
     zeros_taken: bool = False,
+    devices: Iterable[int] = (),
 ) -> list[Insn]:
     """The BPF program (for an AF_PACKET SOCK_DGRAM socket: offset 0 is the IP header) that
     keeps the VXLAN packets to ``port`` that differ from this VTEP's ways (``zero_tx``: it sends
     zero checksums; ``gbp``: the GBP bits are not reserved), from peers not in ``skip``.
     ``zeros_taken``: the peers are known to take zero checksums (IPv4; Open vSwitch), so a
-    peer's own checksums say nothing when this VTEP sends zeros."""
+    peer's own checksums say nothing when this VTEP sends zeros. ``devices``: interface
+    indexes whose packets are not watched (the TAPs: what they carry is the overlay's)."""
     a: list[Insn | str | tuple[int, str | int, str | int, int | str]] = []
+    for ifindex in list(devices)[:FILTERED]:
+        a += [(_LD_W_ABS, 0, 0, _AD_IFINDEX), (_JEQ, 0, 1, ifindex), (_RET, 0, 0, 0)]
     if v6:  # UDP at 40, or behind a fragment header (the first fragment's) at 48
         a += [(_LD_B_ABS, 0, 0, 6), (_JEQ, "u40", 0, 17), (_JEQ, 0, "d0", 44)]
         a += [(_LD_B_ABS, 0, 0, 40), (_JEQ, 0, "d0", 17), (_LD_H_ABS, 0, 0, 42)]
@@ -142,16 +147,20 @@ class PeerWatch:
         gbp: bool = False,
         max_peers: int = 1024,
         zeros_taken: bool = False,
+        devices: Iterable[int] = (),
     ) -> None:
-        """``zeros_taken``: see :func:`program`."""
+        """``zeros_taken``, ``devices``: see :func:`program`."""
         self.v6, self.port, self.zero_tx, self.gbp = v6, port, zero_tx, gbp
         self.zeros_taken = zeros_taken
+        self.devices = tuple(devices)
         self.max_peers = max_peers
         self.warned: dict[str, tuple[str, ...]] = {}  # peer -> what it was warned about
 
     def program(self) -> list[Insn]:
         """The BPF program to install now (the warned peers left out)."""
-        return program(self.v6, self.port, self.zero_tx, self.gbp, self.warned, self.zeros_taken)
+        return program(
+            self.v6, self.port, self.zero_tx, self.gbp, self.warned, self.zeros_taken, self.devices
+        )
 
     def packet(self, data: bytes) -> PeerMismatch | None:
         """A packet the program kept (from its IP header on): the event to emit if it is the

@@ -38,7 +38,7 @@ from .engine import Engine, Segment
 from .events import Event, PeerMismatch
 from .fdb import FdbEntry, Remote
 from .io.netlink import device_for_address, route_device
-from .io.peersock import PeerSocket, open_watch
+from .io.peersock import PeerSocket, ifindexes, open_watch
 from .io.tap import Device, Devices, DeviceSpec, KernelTaps, TapError, TapGone
 from .io.tgso import LinkRefresher, TunnelGso, TunnelGsoError, default_ttl
 from .io.udp import TransportError, UdpTransport
@@ -158,7 +158,8 @@ class Vtep:
             gbp = any(s.gbp for s in cfg.segments)
             v6 = cfg.family() == 6
             taken = not v6 or cfg.profile == "ovs"  # peers that take zero checksums
-            w = PeerWatch(v6, cfg.dstport, cfg.zero_csum_tx(), gbp, zeros_taken=taken)
+            taps = ifindexes(t.name for t in self.taps.values())  # the overlay: not watched
+            w = PeerWatch(v6, cfg.dstport, cfg.zero_csum_tx(), gbp, zeros_taken=taken, devices=taps)
             self.peer_watch = open_watch(w, self._mismatch)
             if self.peer_watch is not None:
                 self.peer_watch.start(loop)

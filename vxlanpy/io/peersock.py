@@ -16,12 +16,12 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..events import PeerMismatch
 from ..peerwatch import FILTERED, SNAP, Insn, PeerWatch
 
-__all__ = ["PeerSocket", "attach"]
+__all__ = ["PeerSocket", "attach", "ifindexes", "open_watch"]
 
 log = logging.getLogger("vxlanpy")
 
@@ -92,6 +92,15 @@ class PeerSocket:
                 self._loop.remove_reader(self.sock.fileno())
             self._loop = None
         self.sock.close()
+
+
+def ifindexes(names: Iterable[str]) -> list[int]:
+    """The interface indexes of the devices ``names`` that exist (in-memory doubles do not)."""
+    out = []
+    for name in names:
+        with contextlib.suppress(OSError):
+            out.append(socket.if_nametoindex(name))
+    return out
 
 
 def open_watch(watch: PeerWatch, emit: Callable[[PeerMismatch], None]) -> PeerSocket | None:
