@@ -25,6 +25,16 @@ system-deps:
 	    echo "warning: missing system packages:$$missing (not root: install them with apt-get)"; \
 	  fi; \
 	fi
+	@# Open vSwitch (the second peer of the tests): its package's service is kept from starting
+	@# (a policy-rc.d that denies it, unless there is one), so the host's OVS stays as it is
+	@command -v ovs-vswitchd >/dev/null 2>&1 || if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing system packages: openvswitch-switch (service not started)"; \
+	  pol=/usr/sbin/policy-rc.d; own=; \
+	  [ -e $$pol ] || { printf '#!/bin/sh\nexit 101\n' > $$pol; chmod 755 $$pol; own=1; }; \
+	  apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends openvswitch-switch >/dev/null; rc=$$?; \
+	  [ -z "$$own" ] || rm -f $$pol; exit $$rc; \
+	else echo "warning: missing system package: openvswitch-switch (not root)"; fi
 
 $(STAMP): pyproject.toml setup.py $(wildcard vxlanpy/csrc/*.c vxlanpy/csrc/*.h) vxlanpy/_build_native.py
 	$(PYTHON) -m venv $(VENV)

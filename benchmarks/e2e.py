@@ -5,6 +5,9 @@ Pairs (host a <-> host b over a veth underlay, overlay 198.19.0.1 <-> 198.19.0.2
   vxlanpy-kernel    vxlanpy on a, Linux vxlan on b (and vxlanpy variants: VARIANTS)
   vxlanpy-vxlanpy   vxlanpy on both sides (and without UDP GRO: vxlanpy_nogro)
   naive-naive       benchmarks/naive_forwarder.py on both sides (the per-packet baseline)
+  ovs-kernel        Open vSwitch's userspace datapath on a (vxlanpy/ovs.py), Linux vxlan on b
+                    with noudpcsum and checksum offload off on b's veth (OVS reads raw bytes
+                    and drops the partial outer and inner checksums a veth carries)
   baseline-kernel   with --baseline DIR: vxlanpy from another checkout (its own .venv), e.g. the
                     previous commit, against the kernel in the same run (old vs new)
 
@@ -44,6 +47,7 @@ PAIRS = (
     "vxlanpy_tgso-kernel",
     "vxlanpy-vxlanpy",
     "vxlanpy_nogro-vxlanpy_nogro",
+    "ovs-kernel",
     "naive-naive",
 )
 BUSY_POLL_US = 20000  # vxlanpy_poll: --busy-poll, longer than ping's 10 ms interval
@@ -54,6 +58,9 @@ VARIANTS: dict[str, list[str]] = {
     "vxlanpy_1t": ["--no-send-thread"],
     "vxlanpy_nogro": ["--no-gro"],
     "vxlanpy_tgso": ["--tunnel-gso"],  # Linux 6.17+: skipped (said so) where it cannot work
+    "vxlanpy_nocsum": ["--noudpcsum"],  # zero outer checksums: sendmmsg, no UDP GSO
+    "vxlanpy_nocsumtg": ["--noudpcsum", "--tunnel-gso"],  # ... with tunnel GSO
+    "vxlanpy_nowatch": ["--no-peer-watch"],  # the peer watch's cost (csum_bench --kinds)
 }
 METRICS: dict[str, tuple[str, str, bool]] = {
     # key: (label, unit, higher is better)
@@ -91,10 +98,13 @@ class Pair:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.controls: dict[str, str] = {}  # host name -> its vxlanpy's control socket
         left, right = kind.split("-")
+        self._ovs_dir: str | None = None
         for side, impl in (("a", left), ("b", right)):
             host = self.a if side == "a" else self.b
             local, remote, addr = (A_UL, B_UL, A_OL) if side == "a" else (B_UL, A_UL, B_OL)
-            if impl == "kernel":
+            if impl == "ovs":
+                self._start_ovs(host, side, local, remote, f"{addr}/24", vni)
+            elif impl == "kernel":
                 self.topo.kernel_vxlan(
                     host,
                     vni=vni,
@@ -102,7 +112,10 @@ class Pair:
                     remote=remote,
                     local=local,
                     address=f"{addr}/24",
+                    extra=["noudpcsum"] if "ovs" in (left, right) else [],
                 )
+                if "ovs" in (left, right):  # OVS takes no partial checksum, inner ones neither
+                    host.sh("ethtool", "-K", self.dev, "tx", "off")
             else:
                 cwd = None
                 if impl.startswith("vxlanpy") or impl == "baseline":
@@ -131,10 +144,31 @@ class Pair:
         else:
             raise NetnsError(f"{kind}: overlay does not answer ping")
 
+    def _start_ovs(
+        self, host: Any, side: str, local: str, remote: str, addr: str, vni: int
+    ) -> None:
+        """Open vSwitch's userspace datapath on ``side``: its ovs-vswitchd is the dataplane
+        process whose CPU is measured (ovsdb-server, idle, is not)."""
+        import tempfile
+
+        from vxlanpy.ovs import OvsVtep, ensure_ovs
+
+        ensure_ovs()
+        self._ovs_dir = tempfile.mkdtemp(prefix="vxp-ovs-")
+        ovs = OvsVtep(
+            host, Path(self._ovs_dir), dev=self.dev, local=local, plen=24, remote=remote,
+            vni=vni, address=addr,
+        )  # fmt: skip
+        self.procs[side] = ovs.vswitchd
+
     def close(self) -> None:
         for p in self.procs.values():
             self.topo.stop(p)
         self.topo.close()
+        if self._ovs_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._ovs_dir, ignore_errors=True)
 
     # --- measurements ---------------------------------------------------------------------
 

@@ -40,6 +40,11 @@ group = "nogroup"
 metrics = "127.0.0.1:9477"
 capture = "/tmp/vxlanpy-test-config.pcapng"
 capture_drops = true
+profile = "rfc"
+udpcsum = true
+udp6zerocsumtx = true
+udp6zerocsumrx = false
+peer_watch = false
 
 [[segment]]
 vni = 10
@@ -126,6 +131,11 @@ EXPECTED = VtepConfig(
     metrics="127.0.0.1:9477",
     capture="/tmp/vxlanpy-test-config.pcapng",
     capture_drops=True,
+    profile="rfc",  # its udpcsum false and udp6zerocsumrx true: the keys given win
+    udpcsum=True,
+    udp6zerocsumtx=True,
+    udp6zerocsumrx=False,
+    peer_watch=False,
 )
 
 

@@ -15,7 +15,17 @@ from __future__ import annotations
 
 from .batch import FrameBatch
 from .engine import Counters, Datagram, DeviceFrame, Engine, Segment, SegmentConfig
-from .events import Dropped, Event, IcmpError, L2Miss, L3Miss, MacAged, MacLearned, MacMoved
+from .events import (
+    Dropped,
+    Event,
+    IcmpError,
+    L2Miss,
+    L3Miss,
+    MacAged,
+    MacLearned,
+    MacMoved,
+    PeerMismatch,
+)
 from .fdb import Fdb, FdbEntry, FdbError, FdbExists, FdbFull, FdbNotFound, LearnResult, Remote
 from .headers import Outer
 from .kernels import BACKEND
@@ -52,6 +62,7 @@ __all__ = [
     "FdbNotFound",
     "FrameBatch",
     "IcmpError",
+    "PeerMismatch",
     "L2Miss",
     "L3Miss",
     "LearnResult",

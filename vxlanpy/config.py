@@ -12,6 +12,7 @@ from .fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED, Remote
 from .gbp import Policy
 from .headers import Outer
 from .limits import CONFIGURED
+from .profiles import PROFILES, profile
 from .wire import DEFAULT_SRCPORT_RANGE, VNI_MAX, VXLAN_PORT, parse_mac
 
 __all__ = [
@@ -125,6 +126,11 @@ class VtepConfig:
     metrics: str | None = None  # "ADDR:PORT": serve Prometheus metrics there (metrics.py)
     capture: str | None = None  # write a pcapng capture of every packet's decision to this file
     capture_drops: bool = False  # ... of the dropped packets only
+    profile: str | None = None  # the interop profile the defaults came from (profiles.py)
+    udpcsum: bool = True  # IPv4: send outer UDP checksums (False: zero, the kernel's noudpcsum)
+    udp6zerocsumtx: bool = False  # IPv6: send zero outer UDP checksums
+    udp6zerocsumrx: bool = False  # IPv6: accept zero outer UDP checksums
+    peer_watch: bool = True  # warn once per peer whose packets show it expects other settings
 
     def outer(self) -> Outer:
         """The outer header's TOS, TTL and DF as the kernel's ``tos``/``ttl``/``df`` settings
@@ -137,7 +143,13 @@ class VtepConfig:
             ttl_inherit=ttl == "inherit",
             df=self.df == "set",
             df_inherit=self.df == "inherit",
+            zero_csum=self.zero_csum_tx(),
         )
+
+    def zero_csum_tx(self) -> bool:
+        """True if outer UDP checksums are sent as zero (IPv4 ``noudpcsum``, IPv6
+        ``udp6zerocsumtx``)."""
+        return self.udp6zerocsumtx if self.family() == 6 else not self.udpcsum
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -180,6 +192,10 @@ class VtepConfig:
             raise ConfigError("tunnel_gso works over an IPv4 underlay only")
         if self.metrics is not None:
             parse_listen(self.metrics)
+        if self.profile is not None and self.profile not in PROFILES:
+            raise ConfigError(
+                f"profile must be one of {', '.join(sorted(PROFILES))}, got {self.profile!r}"
+            )
         if self.run_group is not None and self.user is None:
             raise ConfigError("group needs user (the user to run as)")
         if self.user is not None:
@@ -361,6 +377,11 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "metrics": (str, 'an "ADDR:PORT" string'),
     "capture": (str, "a path (a pcapng file to write)"),
     "capture_drops": (bool, "true or false"),
+    "profile": (str, '"linux", "rfc" or "ovs"'),
+    "udpcsum": (bool, "true or false"),
+    "udp6zerocsumtx": (bool, "true or false"),
+    "udp6zerocsumrx": (bool, "true or false"),
+    "peer_watch": (bool, "true or false"),
 }
 _SEGMENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "vni": (int, "an integer 0..16777215"),
@@ -481,7 +502,12 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         spec.neigh = _pairs(path, f"{where}.neigh", neigh, "ip", "lladdr")
         spec.gbp_mac = _pairs(path, f"{where}.gbp_mac", gbp_mac, "mac", "group")
         specs.append(spec)
-    srcport = vt.get("srcport", "49152:65535")
+    name = vt.get("profile")
+    try:
+        prof = profile(name if isinstance(name, str) else None)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [vtep].{exc}") from None
+    srcport = vt.get("srcport", list(prof.srcport))
     if isinstance(srcport, list):
         if len(srcport) != 2 or not all(
             isinstance(p, int) and not isinstance(p, bool) for p in srcport
@@ -497,13 +523,13 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
     cfg = VtepConfig(
         segments=specs,
         local=vt.get("local"),  # type: ignore[arg-type]
-        dstport=vt.get("dstport", VXLAN_PORT),  # type: ignore[arg-type]
+        dstport=vt.get("dstport", prof.dstport),  # type: ignore[arg-type]
         srcport=sp,
         ttl=vt.get("ttl"),  # type: ignore[arg-type]
         tos=vt.get("tos"),  # type: ignore[arg-type]
-        df=vt.get("df", "unset"),  # type: ignore[arg-type]
+        df=vt.get("df", prof.df),  # type: ignore[arg-type]
         dev=vt.get("dev"),  # type: ignore[arg-type]
-        strict=bool(vt.get("strict", False)),
+        strict=bool(vt.get("strict", prof.strict)),
         offload=bool(vt.get("offload", True)),
         fast_path=bool(vt.get("fast_path", True)),
         busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
@@ -516,6 +542,11 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         metrics=vt.get("metrics"),  # type: ignore[arg-type]
         capture=vt.get("capture"),  # type: ignore[arg-type]
         capture_drops=bool(vt.get("capture_drops", False)),
+        profile=name if isinstance(name, str) else None,
+        udpcsum=bool(vt.get("udpcsum", prof.udpcsum)),
+        udp6zerocsumtx=bool(vt.get("udp6zerocsumtx", prof.udp6zerocsumtx)),
+        udp6zerocsumrx=bool(vt.get("udp6zerocsumrx", prof.udp6zerocsumrx)),
+        peer_watch=bool(vt.get("peer_watch", True)),
     )
     try:
         cfg.validate(in_file=True)

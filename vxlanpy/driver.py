@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import trace
-from .abi import EntryFlag, Verdict
+from .abi import EntryFlag, Strict, Verdict
 from .batch import FrameBatch
-from .datapath import Datapath
+from .datapath import Datapath, Network, Rule, Target
+from .headers import Outer
+from .mirror import Mirror
 from .packets import Datagram, DeviceFrame
 from .peers import PeerCounters
 from .segment import Segment
@@ -29,10 +31,33 @@ class DatapathDriver:
     peers: PeerCounters
     tracer: trace.Tracer | None
 
-    # the engine's (engine.py): installing what changed, and its rules for what C sent up
-    sync_datapath: Callable[[], None]
+    _mirror: Mirror | None
+    srcport: tuple[int, int]
+    complete_checksums: bool
+    outer: Outer
+    # the engine's (engine.py): what C may do (rule, entry, targets), how headers are parsed,
+    # and its rules for what C sent up
+    _rule: Callable[..., tuple[Rule, list[Network]]]
+    _entry: Callable[..., tuple[tuple[Target, ...], int] | None]
+    _targets: Callable[..., tuple[Target, ...]]
+    strict_mode: Callable[[], Strict]
     handle_frames: Callable[..., None]
     handle_datagrams: Callable[..., None]
+
+    def attach_datapath(self, dp: Datapath) -> None:
+        """Install every segment into ``dp``, now and from now on (see the module docstring)."""
+        self.datapath = dp
+        self._mirror = Mirror(dp, self._rule, self._entry, self._targets)
+        for seg in self._segments.values():
+            self._mirror.watch(seg)
+        self.sync_datapath()
+
+    def sync_datapath(self) -> None:
+        """Install what changed since the last call (FDB entries, segment settings, engine
+        settings) into the C datapath (mirror.py). Call it before each C call."""
+        if self._mirror is not None:
+            settings = (self.srcport, self.strict_mode(), self.complete_checksums, self.outer)
+            self._mirror.sync(self._segments, settings)
 
     def refresh_from_datapath(self, vni: int) -> None:
         """Copy the last-seen times C recorded into the FDB of ``vni`` (before showing ages)."""

@@ -172,27 +172,12 @@ class Engine(DatapathDriver):
 
     # --- the C datapath: what it may do on its own --------------------------------------------
 
-    def attach_datapath(self, dp: Datapath) -> None:
-        """Install every segment into ``dp``, now and from now on (see the module docstring)."""
-        self.datapath = dp
-        self._mirror = Mirror(dp, self._rule, self._entry, self._targets)
-        for seg in self._segments.values():
-            self._mirror.watch(seg)
-        self.sync_datapath()
-
     def strict_mode(self) -> Strict:
         """How headers are parsed: reserved bits ignored, or a drop (but the VXLAN-GBP bits
         while a segment has GBP on: the engine then drops them for the others itself)."""
         if not self.strict:
             return Strict.OFF
         return Strict.GBP if any(s.gbp for s in self._segments.values()) else Strict.ON
-
-    def sync_datapath(self) -> None:
-        """Install what changed since the last call (FDB entries, segment settings, engine
-        settings) into the C datapath (mirror.py). Call it before each C call."""
-        if self._mirror is not None:
-            settings = (self.srcport, self.strict_mode(), self.complete_checksums, self.outer)
-            self._mirror.sync(self._segments, settings)
 
     def _rule(self, seg: Segment, flood: int) -> tuple[Rule, list[Network]]:
         """What C may do for a whole segment (``flood``: the action for the flood list), and

@@ -21,6 +21,7 @@ __all__ = [
     "LearnRefused",
     "Dropped",
     "IcmpError",
+    "PeerMismatch",
 ]
 
 
@@ -132,6 +133,17 @@ class IcmpError(Event):
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class PeerMismatch(Event):
+    """A peer VTEP's packets show it expects other settings than this VTEP's (the peer
+    watch, peerwatch.py): ``kinds`` among ``zero-checksum``, ``checksum``, ``reserved-bits``,
+    ``fragments``; ``hint`` says what to change. Once per peer."""
+
+    remote: str
+    kinds: tuple[str, ...]
+    hint: str
+
+
 _NAMES: dict[type, str] = {
     MacLearned: "learned",
     MacMoved: "moved",
@@ -141,4 +153,5 @@ _NAMES: dict[type, str] = {
     LearnRefused: "refused",
     Dropped: "dropped",
     IcmpError: "icmp",
+    PeerMismatch: "mismatch",
 }

@@ -52,6 +52,9 @@ def export_commands(cfg: dict[str, Any]) -> list[str]:
             link.append(f"tos {tos}" if isinstance(tos, str) else f"tos 0x{tos:02x}")
         if cfg.get("df") in ("set", "inherit"):
             link.append(f"df {cfg['df']}")
+        if cfg.get("udpcsum") is False:  # the UDP checksum policy, in the same words
+            link.append("noudpcsum")
+        link += [w for w in ("udp6zerocsumtx", "udp6zerocsumrx") if cfg.get(w)]
         if not seg.get("learning", True):
             link.append("nolearning")
         if seg.get("proxy"):

@@ -72,6 +72,7 @@ class Outer(NamedTuple):
     df: bool = False
     df_inherit: bool = False
     ecn_decap: bool = True
+    zero_csum: bool = False  # outer UDP checksum 0 (noudpcsum / udp6zerocsumtx): no UDP GSO
 
 
 DEFAULT_OUTER = Outer()  # TOS 0 (ECN carried), the system's TTL, DF unset: the kernel's defaults

@@ -135,9 +135,8 @@ def c_outer(mod: Any, outer: Outer) -> Any:
     c = _OUTERS.get(outer)
     if c is None:
         c = mod.ffi.new("vx_outer *")
-        (c.tos, c.tos_inherit, c.ttl, c.ttl_inherit, c.df, c.df_inherit, c.ecn_decap) = (
-            int(v) for v in outer
-        )
+        (c.tos, c.tos_inherit, c.ttl, c.ttl_inherit, c.df, c.df_inherit) = outer[:6]
+        c.ecn_decap, c.zero_csum = int(outer.ecn_decap), int(outer.zero_csum)
         if len(_OUTERS) > 64:
             _OUTERS.clear()
         _OUTERS[outer] = c

@@ -30,19 +30,21 @@ from typing import Any
 
 from . import datapath as datapath_mod
 from . import stats as stats_mod
-from . import trace, trace_live
+from . import tables, trace, trace_live
 from .abi import MAX_BATCH
 from .batch import DEFAULT_BATCH, FrameBatch
 from .config import VtepConfig
 from .datapath import Datapath
 from .engine import Engine, Segment
-from .events import Event
-from .fdb import FdbEntry, Remote
+from .events import Event, PeerMismatch
+from .fdb import FdbEntry
 from .io.netlink import device_for_address, route_device
+from .io.peersock import PeerSocket, ifindexes, open_watch
 from .io.tap import Device, Devices, DeviceSpec, KernelTaps, TapError, TapGone
 from .io.tgso import LinkRefresher, TunnelGso, TunnelGsoError, default_ttl
 from .io.udp import TransportError, UdpTransport
 from .peers import BatchSizes
+from .peerwatch import PeerWatch
 from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps
 from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
 
@@ -112,6 +114,7 @@ class Vtep:
         self._links_task: asyncio.Task[None] | None = None
         self.batches = {"tx": BatchSizes(), "rx": BatchSizes()}  # the Python pumps' reads
         self._capture: object | None = None  # run --capture: the file being written
+        self.peer_watch: PeerSocket | None = None  # peerwatch.py: once-per-peer mismatches
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -159,6 +162,22 @@ class Vtep:
             self._teardown()
             raise VtepError(f"cannot write the capture {self.config.capture}: {exc}") from exc
         self.transport.watch_errors(loop, self._publish)  # ICMP errors: counted, an event
+        cfg = self.config
+        if cfg.peer_watch:
+            gbp = any(s.gbp for s in cfg.segments)
+            v6 = cfg.family() == 6
+            taken = not v6 or cfg.profile == "ovs"  # peers that take zero checksums
+            taps = ifindexes(t.name for t in self.taps.values())  # the overlay: not watched
+            w = PeerWatch(v6, cfg.dstport, cfg.zero_csum_tx(), gbp, zeros_taken=taken, devices=taps)
+            self.peer_watch = open_watch(w, self._mismatch)
+            if self.peer_watch is not None:
+                self.peer_watch.start(loop)
+
+    def _mismatch(self, ev: PeerMismatch) -> None:
+        log.warning(
+            "peer %s expects other settings (%s): %s", ev.remote, ", ".join(ev.kinds), ev.hint
+        )
+        self._publish(ev)
 
     def _attach_datapath(self, max_frame: int) -> None:
         """Forward in C what the engine installs (fast path); the engine gets the rest."""
@@ -215,6 +234,7 @@ class Vtep:
                 dev=cfg.dev,
                 srcport=cfg.srcport,
                 outer=self.engine.outer,
+                zero_csum_rx=cfg.udp6zerocsumrx,
                 chunk_max_frame=max_frame,
             )
         except (TapError, TransportError, TunnelGsoError, OSError, ValueError) as exc:
@@ -270,6 +290,9 @@ class Vtep:
                 self.engine.datapath.set_link(-1, 0)
             self.tgso.close()
             self.tgso = None
+        if self.peer_watch is not None:
+            self.peer_watch.close()
+            self.peer_watch = None
         self._tap_dropped.update(self.tap_queue_dropped())
         for tap in self.taps.values():
             if loop is not None and not tap.closed:
@@ -513,39 +536,14 @@ class Vtep:
         remote_vni: int | None = None,
     ) -> None:
         """``op`` is add, append, replace or del (as ``bridge fdb``); ``ip`` optional for del."""
-        fdb = self.segment(vni).fdb
-        m = parse_mac(mac)
-        remote = Remote.make(ip, port, remote_vni) if ip is not None else None
-        family = self.config.family()
-        if remote is not None and ipaddress.ip_address(remote.ip).version != family:
-            raise ValueError(f"dst {remote.ip} is not an IPv{family} address (the underlay's)")
-        if op == "del":
-            fdb.delete(m, remote)
-        elif remote is None:
-            raise ValueError(f"fdb {op} needs a destination IP")
-        elif op == "add":
-            fdb.add(m, remote)
-        elif op == "append":
-            fdb.append(m, remote)
-        elif op == "replace":
-            fdb.replace(m, remote)
-        else:
-            raise ValueError(f"unknown fdb operation {op!r}")
+        tables.fdb_update(
+            self.segment(vni).fdb, self.config.family(), op, mac, ip, port, remote_vni
+        )
         self._arm_timer()
 
     def neigh_update(self, op: str, vni: int, ip: str, mac: str | None = None) -> None:
         """``op`` is add, replace or del (as ``ip neigh``)."""
-        table = self.segment(vni).neigh
-        if op == "del":
-            table.delete(ip)
-        elif mac is None:
-            raise ValueError(f"neigh {op} needs a MAC (lladdr)")
-        elif op == "add":
-            table.add(ip, parse_mac(mac))
-        elif op == "replace":
-            table.replace(ip, parse_mac(mac))
-        else:
-            raise ValueError(f"unknown neigh operation {op!r}")
+        tables.neigh_update(self.segment(vni).neigh, op, ip, mac)
 
     def fdb_entries(self, vni: int) -> list[FdbEntry]:
         assert self._loop is not None

@@ -9,6 +9,9 @@ section). Each section runs on its own, in order, block by block:
   the top of the checkout, with the venv's ``bin`` first on ``PATH``.
 - A ```` ```python ```` block is run by the venv's Python; a plain fenced block right after it is
   what it prints (no such block: it must print nothing).
+- Any other fenced block is text, not run: one with another info string (```` ```toml ````,
+  ```` ```python no-run ```` for an example that needs what a section cannot give it), and a
+  plain one whose first line is not a ``# `` command (a log excerpt, an error message).
 
 Output matching (``match``): runs of spaces count as one and trailing spaces are ignored;
 ``~`` before a value (a number, a MAC, a time, a word) matches any value there; ``[...]`` on a
@@ -20,11 +23,12 @@ background job must go to a file, or appear under the command that ends the job
 (``kill %1; wait %1``).
 
 Isolation: each section's shell runs under ``unshare --mount --pid --fork`` with its own
-``/run/netns``, ``/run/vxlanpy`` and ``/tmp`` (tmpfs). The namespaces a section creates by their
-documented names (``vxd-a``, ...) exist only for that shell, so they cannot collide with another
-run or with what a crashed run left; when the shell ends, the kernel ends every process it started
-and the namespaces go with its mounts. A section must clean up after itself (namespaces deleted,
-background jobs stopped): what it leaves is reported, then removed (jobs ended by PID).
+``/run/netns``, ``/run/vxlanpy``, ``/run/flannel`` and ``/tmp`` (tmpfs). The namespaces a
+section creates by their documented names (``vxd-a``, ...) exist only for that shell, so they
+cannot collide with another run or with what a crashed run left; when the shell ends, the
+kernel ends every process it started and the namespaces go with its mounts. A section must clean
+up after itself (namespaces deleted, background jobs stopped): what it leaves is reported, then
+removed (jobs ended by PID).
 """
 
 from __future__ import annotations
@@ -277,7 +281,7 @@ class Shell:
         preamble = (
             f"exec {rfd}<&-\n"
             + ("mkdir -p /mnt && mount -t tmpfs tmpfs /mnt\n" + hold if keep else "")
-            + "for d in /run/netns:0755 /run/vxlanpy:0700 /tmp:1777; do"
+            + "for d in /run/netns:0755 /run/vxlanpy:0700 /run/flannel:0755 /tmp:1777; do"
             " mkdir -p -m ${d#*:} ${d%:*} && mount -t tmpfs -o mode=${d#*:} tmpfs ${d%:*}; done\n"
             + (back + "umount /mnt\n" if keep else "")
             + f"cd {shlex.quote(str(REPO))}\n"

@@ -107,6 +107,7 @@ def test_leftovers_are_reported_and_removed(tmp_path: Path) -> None:
 
 ```
 # ip netns add vxd-mdrun-left
+# touch /run/flannel/vxd-mdrun-left.env /run/vxlanpy/vxd-mdrun-left.sock
 # sleep 600 &
 ```
 """,
@@ -117,6 +118,8 @@ def test_leftovers_are_reported_and_removed(tmp_path: Path) -> None:
     assert "background jobs still running" in str(fails[0]) and "sleep 600" in str(fails[0])
     assert "namespaces not deleted: vxd-mdrun-left" in str(fails[1])
     assert not os.path.exists("/run/netns/vxd-mdrun-left")
+    assert not os.path.exists("/run/flannel/vxd-mdrun-left.env")
+    assert not os.path.exists("/run/vxlanpy/vxd-mdrun-left.sock")
 
 
 def test_python_blocks(tmp_path: Path) -> None:
@@ -145,6 +148,37 @@ raise SystemExit("bad")
         (9, "output differs"),
         (14, "python block exited 1"),
     ]
+
+
+def test_other_fences_are_text(tmp_path: Path) -> None:
+    """Only plain blocks of ``# `` commands and ``python`` blocks run; ``python no-run``, other
+    languages and plain blocks that do not start with a command are shown, not run."""
+    doc = _doc(
+        tmp_path,
+        """## t
+
+```python no-run
+raise SystemExit("not run")
+```
+
+```toml
+# a comment, not a command
+key = 1
+```
+
+```
+vxlanpy-tunnel: error: a message shown, not run
+# not a command either: the block does not start with one
+```
+
+```
+# echo run
+run
+```
+""",
+    )
+    [section] = parse(doc)
+    assert [(s.kind, s.line, s.code) for s in section.steps] == [("sh", 18, "echo run")]
 
 
 def test_match_wildcards() -> None:

@@ -23,6 +23,7 @@ from ..control import ControlError, ControlServer, default_path
 from ..fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED
 from ..tunnel import Vtep, VtepError, install_uvloop
 from ..wire import VXLAN_PORT, VXLAN_PORT_LINUX
+from . import interop
 from .common import PROG, UsageError, err, int_in, pair
 
 __all__ = ["register", "config_from_args", "run_vtep"]
@@ -47,8 +48,7 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--dstport",
         type=int_in("dstport", 1, 65535),
-        default=VXLAN_PORT,
-        help=f"UDP port ({VXLAN_PORT} IANA, {VXLAN_PORT_LINUX} Linux/flannel)",
+        help=f"UDP port ({VXLAN_PORT} IANA, the default; {VXLAN_PORT_LINUX} Linux/flannel)",
     )
     run.add_argument("--tap", help="TAP device name (default vxlan<VNI>)")
     run.add_argument("--address", help="overlay address for the TAP, CIDR")
@@ -88,7 +88,7 @@ def register(sub: Any) -> None:
         help="static FDB entry MAC=IP (00:00:00:00:00:00=IP appends to the flood list)",
     )
     run.add_argument("--neigh", action="append", default=[], type=pair("IP=MAC"), help="IP=MAC")
-    run.add_argument("--srcport", default="49152:65535", help="source port range MIN:MAX")
+    run.add_argument("--srcport", help="source port range MIN:MAX (default 49152:65535)")
     run.add_argument(
         "--ttl",
         type=int_in("--ttl", 1, 255, ("inherit", "auto")),
@@ -104,10 +104,16 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--df",
         choices=("unset", "set", "inherit"),
-        default="unset",
-        help="outer DF bit: unset, set, or inherit (the inner IPv4 packet's; IPv6: set)",
+        help="outer DF bit: unset (the default), set, or inherit (the inner IPv4 packet's; "
+        "IPv6: set)",
     )
-    run.add_argument("--strict", action="store_true", help="drop packets with reserved bits set")
+    run.add_argument(
+        "--strict",
+        action="store_const",
+        const=True,
+        help="drop packets with reserved bits set",
+    )
+    interop.register(run)
     run.add_argument("--allow-vlan", action="store_true", help="carry 802.1Q-tagged frames")
     run.add_argument(
         "--gbp",
@@ -188,7 +194,8 @@ def register(sub: Any) -> None:
 
 # run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
 # --user and the --no-* switches of SWITCHES, apply to both forms)
-SWITCHES = ("offload", "fast_path", "send_thread", "gro")  # --no-* flags of VtepConfig fields
+# --no-* flags of VtepConfig fields
+SWITCHES = ("offload", "fast_path", "send_thread", "gro")
 _NOT_CONFIG = {"command", "func", "config", "control", "no_uvloop", "verbose", "user"} | {
     "no_" + key for key in SWITCHES
 }
@@ -257,16 +264,17 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         fdb=list(a.fdb),
         neigh=list(a.neigh),
     )
+    prof = interop.profile_of(a)
     cfg = VtepConfig(
         segments=[seg],
         local=a.local,
-        dstport=a.dstport,
-        srcport=parse_srcport(a.srcport),
+        dstport=a.dstport if a.dstport is not None else prof.dstport,
+        srcport=parse_srcport(a.srcport) if a.srcport is not None else prof.srcport,
         ttl=a.ttl,
         tos=a.tos,
-        df=a.df,
+        df=a.df if a.df is not None else prof.df,
         dev=a.dev,
-        strict=a.strict,
+        strict=a.strict if a.strict is not None else prof.strict,
         offload=not a.no_offload,
         fast_path=not a.no_fast_path,
         busy_poll=a.busy_poll,
@@ -278,6 +286,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         user=user,
         run_group=run_group,
         metrics=a.metrics,
+        **interop.settings(a, prof),
     ).validate()
     return cfg, a.control
 

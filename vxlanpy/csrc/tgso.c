@@ -49,7 +49,8 @@ int vx_tgso_send(vx_dp *dp, int fd, const vx_batch *b, uint32_t i, uint32_t vni,
     memset(hdr, 0, sizeof(hdr));
     uint8_t *v = hdr, *eth = hdr + TNL_HLEN, *ip = eth + VX_ETH_HLEN, *udp = ip + 20;
     /* the virtio-net header: offsets count from the outer Ethernet header */
-    v[0] = F_NEEDS_CSUM | F_UDP_TUNNEL_CSUM;
+    int zero = dp->cfg.outer.zero_csum; /* noudpcsum: no outer checksum, GSO_UDP_TUNNEL */
+    v[0] = (uint8_t)(zero ? F_NEEDS_CSUM : F_NEEDS_CSUM | F_UDP_TUNNEL_CSUM);
     v[1] = (uint8_t)(GSO_UDP_TUNNEL_IPV4 | gso | (b->gso_type[i] & 0x80));
     uint32_t tcp_hlen = (uint32_t)(f[h.l4 + 12] >> 4) * 4;
     put_le16(v + 2, OUTER_LEN + h.l4 + tcp_hlen);      /* hdr_len: every header */
@@ -75,7 +76,8 @@ int vx_tgso_send(vx_dp *dp, int fd, const vx_batch *b, uint32_t i, uint32_t vni,
     memcpy(udp + 2, r->sa + 2, 2); /* the remote's port, network order */
     vx_put16(udp + 4, ulen);
     /* the outer UDP checksum: the pseudo-header sum, completed per segment by the kernel */
-    vx_put16(udp + 6, vx_fold16(vx_sum16(ip + 12, 8) + 17 + ulen));
+    if (!zero)
+        vx_put16(udp + 6, vx_fold16(vx_sum16(ip + 12, 8) + 17 + ulen));
     uint8_t *vx = udp + 8;
     memcpy(vx, vx_payload(b, i), 4); /* the flags word the encapsulation wrote */
     vx[4] = (uint8_t)(vni >> 16);

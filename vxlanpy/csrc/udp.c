@@ -253,7 +253,8 @@ static uint32_t gso_run(const vx_batch *b, uint32_t first, uint32_t n)
  * building one skb per run; lone datagrams go by sendmmsg. If the route cannot take GSO
  * (EMSGSIZE: datagrams past the device MTU that must be fragmented; EINVAL, EIO, ENOPROTOOPT:
  * no UDP_SEGMENT), that run goes by sendmmsg, and for the latter *no_gso is set so later ones
- * do too. Returns datagrams the kernel took (the rest were refused: a full socket buffer), or
+ * do too. With o->zero_csum (no outer checksum: the kernel refuses UDP GSO then, EINVAL)
+ * every run goes by sendmmsg. Returns datagrams the kernel took (the rest were refused: a full socket buffer), or
  * -errno if it took none.
  */
 int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uint8_t *addr,
@@ -263,7 +264,7 @@ int vx_udp_send(int fd, const vx_batch *b, uint32_t first, uint32_t n, const uin
     while (done + lone < n) {
         uint32_t at = first + done + lone;
         uint32_t k = 1;
-        if (!__atomic_load_n(no_gso, __ATOMIC_RELAXED))
+        if (!__atomic_load_n(no_gso, __ATOMIC_RELAXED) && !(o != NULL && o->zero_csum))
             k = gso_run(b, at, n - done - lone);
         if (k < 2) {
             lone++;

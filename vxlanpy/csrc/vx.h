@@ -170,7 +170,9 @@ typedef struct vx_outer {
     uint8_t ttl, ttl_inherit; /* fixed TTL (0: the socket's), or the inner packet's */
     uint8_t df, df_inherit;   /* DF set, or the inner IPv4 packet's DF bit */
     uint8_t ecn_decap;        /* receive: RFC 6040 decapsulation of the ECN field */
-    uint8_t pad;
+    uint8_t zero_csum;        /* send: outer UDP checksum 0 (the sockets have SO_NO_CHECK /
+                                 UDP_NO_CHECK6_TX): no UDP GSO, which needs checksums; tunnel
+                                 GSO packets leave with 0 too */
 } vx_outer;
 
 /* Settings of the whole datapath (the engine pushes them when they change). */

@@ -64,6 +64,8 @@ _OPTS = {
         socket.IPV6_MULTICAST_LOOP,
     ),
 }
+SO_NO_CHECK = 11  # asm-generic/socket.h: IPv4, send UDP checksums as zero
+UDP_NO_CHECK6_TX, UDP_NO_CHECK6_RX = 101, 102  # linux/udp.h: IPv6, send / accept zero ones
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 SO_MEMINFO = 55  # linux/sock_diag.h: SK_MEMINFO_* u32 array; DROPS is the ninth
@@ -91,8 +93,12 @@ class UdpTransport:
         srcport: tuple[int, int] = DEFAULT_SRCPORT_RANGE,
         chunk_max_frame: int = 1518,
         outer: Outer = DEFAULT_OUTER,
+        zero_csum_rx: bool = False,
     ) -> None:
-        """``srcport``: the range chunks of a cut super-frame take their source ports from (the
+        """``zero_csum_rx``: over IPv6, accept datagrams with a zero UDP checksum
+        (``udp6zerocsumrx``; IPv4 always does). ``outer.zero_csum``: send zero checksums
+        (``SO_NO_CHECK`` / ``UDP_NO_CHECK6_TX`` on every send socket; no UDP GSO then).
+        ``srcport``: the range chunks of a cut super-frame take their source ports from (the
         engine's); ``chunk_max_frame``: the largest chunk (the TAPs' MTU + 18); ``outer``: the
         outer TOS, TTL and DF (fixed ones are socket options; what differs per datagram, an
         ECN field or an inherited value, goes with it as a control message)."""
@@ -146,6 +152,8 @@ class UdpTransport:
             # the outer TOS of each datagram, for RFC 6040 ECN decapsulation
             if self._v6:
                 self.rx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+                if zero_csum_rx:
+                    self.rx.setsockopt(socket.IPPROTO_UDP, UDP_NO_CHECK6_RX, 1)
             else:
                 self.rx.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
             if group is not None:
@@ -198,6 +206,11 @@ class UdpTransport:
             s.setsockopt(level, IPV6_RECVERR if self._v6 else IP_RECVERR, 1)  # but ICMP errors
             s.setsockopt(level, mtu_opt, _PMTU_DO if df else _PMTU_DONT)
             o = self.outer
+            if o.zero_csum:
+                if self._v6:
+                    s.setsockopt(socket.IPPROTO_UDP, UDP_NO_CHECK6_TX, 1)
+                else:
+                    s.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
             if o.ttl:
                 s.setsockopt(level, ttl_opt, o.ttl)
             s.setsockopt(level, tos_opt, o.tos)
