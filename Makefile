@@ -50,7 +50,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 pytest: setup
-	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q
+	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q --durations=25
 
 test: lint typecheck pytest
 

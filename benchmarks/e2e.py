@@ -50,6 +50,7 @@ PAIRS = (
     "ovs-kernel",
     "naive-naive",
 )
+FLANNEL_MARK = "<!-- flannel_scale.py writes the section below -->"
 BUSY_POLL_US = 20000  # vxlanpy_poll: --busy-poll, longer than ping's 10 ms interval
 # vxlanpy's variants by the flags they add: vxlanpy_1t sends from its event loop's thread only
 VARIANTS: dict[str, list[str]] = {
@@ -555,8 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(summary, mach, command, a.reps, a.seconds, chart)
     md_path = out / "benchmarks.md"
     old = md_path.read_text() if md_path.exists() else ""
-    mark = "<!-- flannel_scale.py writes the section below -->"
-    tail = old[old.index(mark) :] if mark in old else ""  # other benchmarks' sections stay
+    # other benchmarks' sections stay: the scaling section (scale.py), flannel's
+    marks = ("<!-- scale.py writes the section below -->", FLANNEL_MARK)
+    found = [old.index(m) for m in marks if m in old]
+    tail = old[min(found) :] if found else ""
     md_path.write_text(md.rstrip("\n") + "\n\n" + tail if tail else md)
     print(md)
     return 0
