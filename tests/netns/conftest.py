@@ -13,11 +13,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from vxlanpy.netns import Host, Topology, have_netns
+from vxlanpy.netns import Host, Topology, have_netns, wait_for
 
 XFER = str(Path(__file__).with_name("xfer.py"))
 
@@ -132,3 +133,22 @@ def tcp_transfer(src: Host, dst: Host, dst_ip: str, nbytes: int, port: int = 500
     assert got["bytes"] == nbytes, (got, sent)
     assert got["sha256"] == sent["sha256"]
     return nbytes * 8 / sent["seconds"]
+
+
+@contextmanager
+def capture(topo: Topology, host: Host, dev: str, path: Path, *bpf: str) -> Iterator[None]:
+    """tcpdump on ``dev`` of ``host`` into ``path`` while the block runs (stopped by PID)."""
+    log = path.with_suffix(".log")
+    with open(log, "wb") as errf:
+        dump = host.popen(
+            ["tcpdump", "-i", dev, "-n", "--immediate-mode", "-U", "-w", str(path), *bpf],
+            stdout=errf,
+            stderr=errf,
+        )
+    try:
+        assert wait_for(lambda: b"listening on" in log.read_bytes() or dump.poll() is not None, 10)
+        assert dump.poll() is None, log.read_text()
+        yield
+        time.sleep(0.5)  # the last packets reach the file (-U: one write each)
+    finally:
+        topo.stop(dump)

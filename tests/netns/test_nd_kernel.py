@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Vxlanpy, ping
+from conftest import Vxlanpy, capture, ping
 from scapy.compat import raw
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -39,25 +37,6 @@ UA, UB = "198.18.0.1", "198.18.0.2"
 A6, B6, UNKNOWN6 = "2001:db8::1", "2001:db8::2", "2001:db8::99"
 MAC_A, MAC_B = "02:00:c6:12:00:01", "02:00:c6:12:00:02"
 VNI = 10
-
-
-@contextmanager
-def capture(topo: Topology, host: Host, dev: str, path: Path, *bpf: str) -> Iterator[None]:
-    """tcpdump on ``dev`` of ``host`` into ``path`` while the block runs (stopped by PID)."""
-    log = path.with_suffix(".log")
-    with open(log, "wb") as errf:
-        dump = host.popen(
-            ["tcpdump", "-i", dev, "-n", "--immediate-mode", "-U", "-w", str(path), *bpf],
-            stdout=errf,
-            stderr=errf,
-        )
-    try:
-        assert wait_for(lambda: b"listening on" in log.read_bytes() or dump.poll() is not None, 10)
-        assert dump.poll() is None, log.read_text()
-        yield
-        time.sleep(0.5)  # the last packets reach the file (-U: one write each)
-    finally:
-        topo.stop(dump)
 
 
 def _inner(path: Path) -> list[Ether]:

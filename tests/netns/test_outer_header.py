@@ -14,19 +14,16 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Vxlanpy
+from conftest import Vxlanpy, capture
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import rdpcap
 
-from vxlanpy.netns import Host, Topology, wait_for
+from vxlanpy.netns import Host, Topology
 
 UA, UB = "198.18.0.1", "198.18.0.2"
 UA6, UB6 = "2001:2::1", "2001:2::2"
@@ -47,25 +44,6 @@ SETTINGS = {
               ["tos", "0x28", "ttl", "9", "df", "set"]),
     "default": ([], []),
 }  # fmt: skip
-
-
-@contextmanager
-def capture(topo: Topology, host: Host, dev: str, path: Path, *bpf: str) -> Iterator[None]:
-    """tcpdump on ``dev`` of ``host`` into ``path`` while the block runs (stopped by PID)."""
-    log = path.with_suffix(".log")
-    with open(log, "wb") as errf:
-        dump = host.popen(
-            ["tcpdump", "-i", dev, "-n", "--immediate-mode", "-U", "-w", str(path), *bpf],
-            stdout=errf,
-            stderr=errf,
-        )
-    try:
-        assert wait_for(lambda: b"listening on" in log.read_bytes() or dump.poll() is not None, 10)
-        assert dump.poll() is None, log.read_text()
-        yield
-        time.sleep(0.5)  # the last packets reach the file (-U: one write each)
-    finally:
-        topo.stop(dump)
 
 
 def _hosts(topo: Topology, v6: bool) -> tuple[Host, Host, str, str, str]:
