@@ -5,6 +5,8 @@ Pairs (host a <-> host b over a veth underlay, overlay 198.19.0.1 <-> 198.19.0.2
   vxlanpy-kernel    vxlanpy on a, Linux vxlan on b (and vxlanpy variants: VARIANTS)
   vxlanpy-vxlanpy   vxlanpy on both sides (and without UDP GRO: vxlanpy_nogro)
   naive-naive       benchmarks/naive_forwarder.py on both sides (the per-packet baseline)
+  cfwd-kernel       benchmarks/c_forwarder.c on a (poll, one packet per system call: the floor
+                    of any userspace VTEP on this host; cfwd_spin polls without sleeping)
   ovs-kernel        Open vSwitch's userspace datapath on a (vxlanpy/ovs.py), Linux vxlan on b
                     with noudpcsum and checksum offload off on b's veth (OVS reads raw bytes
                     and drops the partial outer and inner checksums a veth carries)
@@ -39,6 +41,7 @@ from vxlanpy.netns import NetnsError, Topology, have_netns
 
 HERE = Path(__file__).resolve().parent
 NAIVE = str(HERE / "naive_forwarder.py")
+CFWD_SRC = HERE / "c_forwarder.c"
 PAIRS = (
     "kernel-kernel",
     "vxlanpy-kernel",
@@ -49,6 +52,8 @@ PAIRS = (
     "vxlanpy_nogro-vxlanpy_nogro",
     "ovs-kernel",
     "naive-naive",
+    "cfwd-kernel",
+    "cfwd_spin-kernel",
 )
 FLANNEL_MARK = "<!-- flannel_scale.py writes the section below -->"
 BUSY_POLL_US = 20000  # vxlanpy_poll: --busy-poll, longer than ping's 10 ms interval
@@ -83,6 +88,18 @@ WHERE: dict[str, dict[str, list[losses.Counters]]] = {"full": {}, "edge": {}}
 BASELINE: Path | None = None  # --baseline: a checkout whose .venv runs the "baseline" VTEP
 
 
+def cfwd_binary() -> Path:
+    """benchmarks/c_forwarder.c compiled (gcc -O2) into build/, again when the source is newer."""
+    out = HERE.parent / "build" / "c_forwarder"
+    if not out.exists() or out.stat().st_mtime < CFWD_SRC.stat().st_mtime:
+        out.parent.mkdir(exist_ok=True)
+        cmd = ["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(CFWD_SRC)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise NetnsError(f"cannot build {CFWD_SRC.name}: {r.stderr.strip()}")
+    return out
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -105,6 +122,8 @@ class Pair:
             local, remote, addr = (A_UL, B_UL, A_OL) if side == "a" else (B_UL, A_UL, B_OL)
             if impl == "ovs":
                 self._start_ovs(host, side, local, remote, f"{addr}/24", vni)
+            elif impl.startswith("cfwd"):
+                self._start_cfwd(host, side, local, remote, f"{addr}/24", vni, impl)
             elif impl == "kernel":
                 self.topo.kernel_vxlan(
                     host,
@@ -161,6 +180,21 @@ class Pair:
             vni=vni, address=addr,
         )  # fmt: skip
         self.procs[side] = ovs.vswitchd
+
+    def _start_cfwd(
+        self, host: Any, side: str, local: str, remote: str, addr: str, vni: int, impl: str
+    ) -> None:
+        """The minimal C forwarder on ``side`` (built on first use), its TAP set up here."""
+        argv = [str(cfwd_binary()), "vx0", local, remote, str(vni), "4789"]
+        argv += ["--spin"] if impl == "cfwd_spin" else []
+        p = host.popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        assert p.stderr is not None
+        line = p.stderr.readline().decode()
+        self.procs[side] = p
+        if "cfwd ready" not in line:
+            raise NetnsError(f"{impl} on {side} did not start: {line}")
+        host.sh("ip", "link", "set", "vx0", "mtu", "1450", "up")
+        host.sh("ip", "addr", "add", addr, "dev", "vx0")
 
     def close(self) -> None:
         for p in self.procs.values():
@@ -283,7 +317,10 @@ thread: one core); `vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms fo
 packet instead of sleeping: lower latency, one core busy while traffic flows); `vxlanpy_nogro`
 adds `--no-gro` (no UDP GRO on the receiving socket: each datagram received and written to the
 TAP on its own; it matters where the peer sends UDP GSO, i.e. vxlanpy-vxlanpy); `naive` is
-`benchmarks/naive_forwarder.py`, one Python call per packet. iperf3 runs from a to b (`-R`: b
+`benchmarks/naive_forwarder.py`, one Python call per packet; `cfwd` is
+`benchmarks/c_forwarder.c`, the same in C (poll, one packet per system call, no offloads: what
+waking a process and crossing a TAP and a socket cost on the host, without an interpreter or an
+event loop), `cfwd_spin` the same polling without sleeping. iperf3 runs from a to b (`-R`: b
 to a); the UDP tests use 64-byte payloads and 2 MB socket buffers (`-w 2M`) for every pair. The
 loss-free rate is searched (bisection, 5 probes of up to 3 s) between 0 and 1.1 x what iperf3
 `-b 0` pushes through kernel-kernel in the same repetition. Ping: 200 echo requests, 10 ms

@@ -15,13 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # one pair of each kind (the reference, vxlanpy with the kernel and with itself, a variant's
-# flags, OVS, the naive forwarder); the other variants only add flags (CI time)
+# flags, OVS, the naive forwarders in Python and C); the other variants only add flags (CI time)
 QUICK_PAIRS = (
     "kernel-kernel",
     "vxlanpy-kernel",
     "vxlanpy_tgso-kernel",
     "vxlanpy-vxlanpy",
     "ovs-kernel",
+    "cfwd-kernel",
     "naive-naive",
 )
 
