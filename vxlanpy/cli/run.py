@@ -24,7 +24,7 @@ from ..fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED
 from ..tunnel import Vtep, VtepError, install_uvloop
 from ..wire import VXLAN_PORT, VXLAN_PORT_LINUX
 from . import interop
-from .common import PROG, UsageError, err, int_in, pair
+from .common import PROG, UsageError, err, int_in, pair, subcommand
 
 __all__ = ["register", "config_from_args", "run_vtep"]
 
@@ -32,8 +32,7 @@ log = logging.getLogger("vxlanpy")
 
 
 def register(sub: Any) -> None:
-    run = sub.add_parser("run", help="run a VTEP until SIGINT/SIGTERM")
-    run.set_defaults(func=main)
+    run = subcommand(sub, "run", "run a VTEP until SIGINT/SIGTERM", main)
     run.add_argument("--config", help="TOML config file (instead of the flags below)")
     run.add_argument(
         "--control",
