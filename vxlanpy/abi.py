@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "ffi",
@@ -71,6 +71,20 @@ def _v(name: str) -> int:
     return _values[name]
 
 
+class _NextValue(Protocol):  # Enum._generate_next_value_, argument names and all
+    def __call__(self, name: str, start: int, count: int, last_values: list[Any]) -> int: ...
+
+
+def _named(prefix: str) -> _NextValue:
+    """An enum's ``_generate_next_value_``: a member ``NAME = enum.auto()`` takes the value of
+    the header's ``<prefix>NAME``."""
+
+    def value(name: str, start: int, count: int, last_values: list[Any]) -> int:
+        return _v(prefix + name)
+
+    return value
+
+
 HLEN = _v("VX_HLEN")
 ETH_HLEN = _v("VX_ETH_HLEN")
 ADDR_LEN = _v("VX_ADDR_LEN")
@@ -94,9 +108,10 @@ BATCH_BUCKETS = _v("VX_BATCH_BUCKETS")
 class Strict(enum.IntEnum):
     """Header parsing: reserved bits ignored, a drop, or a drop but for the VXLAN-GBP bits."""
 
-    OFF = _v("VX_STRICT_OFF")
-    ON = _v("VX_STRICT_ON")
-    GBP = _v("VX_STRICT_GBP")
+    _generate_next_value_ = _named("VX_STRICT_")
+    OFF = enum.auto()
+    ON = enum.auto()
+    GBP = enum.auto()
 
 
 GBP_G = _v("VX_GBP_G")  # first header byte: a group policy ID is present
@@ -107,81 +122,90 @@ GBP_A = _v("VX_GBP_A")  # second byte: policy applied
 class Status(enum.IntEnum):
     """Header check of a received payload (``FrameBatch.status``)."""
 
-    OK = _v("VX_ST_OK")
-    TOO_SHORT = _v("VX_ST_TOO_SHORT")
-    NO_I_FLAG = _v("VX_ST_NO_I_FLAG")
-    RESERVED = _v("VX_ST_RESERVED")
-    INNER_TOO_SHORT = _v("VX_ST_INNER_TOO_SHORT")
-    ECN = _v("VX_ST_ECN")
+    _generate_next_value_ = _named("VX_ST_")
+    OK = enum.auto()
+    TOO_SHORT = enum.auto()
+    NO_I_FLAG = enum.auto()
+    RESERVED = enum.auto()
+    INNER_TOO_SHORT = enum.auto()
+    ECN = enum.auto()
 
 
 class Offload(enum.IntFlag):
     """Per-slot offload state (``FrameBatch.offload``)."""
 
-    NEEDS_CSUM = _v("VX_OFF_NEEDS_CSUM")
-    CSUM_OK = _v("VX_OFF_CSUM_OK")
-    COALESCED = _v("VX_OFF_COALESCED")
+    _generate_next_value_ = _named("VX_OFF_")
+    NEEDS_CSUM = enum.auto()
+    CSUM_OK = enum.auto()
+    COALESCED = enum.auto()
 
 
 class Gso(enum.IntFlag):
     """virtio-net GSO types (``FrameBatch.gso_type``)."""
 
-    NONE = _v("VX_GSO_NONE")
-    TCPV4 = _v("VX_GSO_TCPV4")
-    TCPV6 = _v("VX_GSO_TCPV6")
-    ECN = _v("VX_GSO_ECN")
+    _generate_next_value_ = _named("VX_GSO_")
+    NONE = enum.auto()
+    TCPV4 = enum.auto()
+    TCPV6 = enum.auto()
+    ECN = enum.auto()
 
 
 class Verdict(enum.IntEnum):
     """``FrameBatch.action`` of a slot the datapath did not handle itself."""
 
-    UPCALL = _v("VX_UPCALL")
-    DROP = _v("VX_DROP")
+    _generate_next_value_ = _named("VX_")
+    UPCALL = enum.auto()
+    DROP = enum.auto()
 
 
 class TxMatch(enum.IntFlag):
     """Match fields of a frame from the device (``vx_rule.tx_up``)."""
 
-    GROUP_DST = _v("VX_TXM_GROUP_DST")
-    VLAN = _v("VX_TXM_VLAN")
-    ARP = _v("VX_TXM_ARP")
-    ND = _v("VX_TXM_ND")
-    ANY = _v("VX_TXM_ANY")
+    _generate_next_value_ = _named("VX_TXM_")
+    GROUP_DST = enum.auto()
+    VLAN = enum.auto()
+    ARP = enum.auto()
+    ND = enum.auto()
+    ANY = enum.auto()
 
 
 class RxMatch(enum.IntFlag):
     """Match fields of a received frame (``vx_rule.rx_up``)."""
 
-    GROUP_SRC = _v("VX_RXM_GROUP_SRC")
-    ZERO_SRC = _v("VX_RXM_ZERO_SRC")
-    VLAN = _v("VX_RXM_VLAN")
-    ANY = _v("VX_RXM_ANY")
+    _generate_next_value_ = _named("VX_RXM_")
+    GROUP_SRC = enum.auto()
+    ZERO_SRC = enum.auto()
+    VLAN = enum.auto()
+    ANY = enum.auto()
 
 
 class EntryFlag(enum.IntFlag):
     """What an installed (VNI, MAC) entry lets the datapath do."""
 
-    ENCAP = _v("VX_EF_ENCAP")
-    DELIVER = _v("VX_EF_DELIVER")
-    DELIVER_ANY = _v("VX_EF_DELIVER_ANY")
-    REFRESH = _v("VX_EF_REFRESH")
-    STATIC = _v("VX_EF_STATIC")
+    _generate_next_value_ = _named("VX_EF_")
+    ENCAP = enum.auto()
+    DELIVER = enum.auto()
+    DELIVER_ANY = enum.auto()
+    REFRESH = enum.auto()
+    STATIC = enum.auto()
 
 
 class Miss(enum.IntEnum):
     """A segment's rule for a received source MAC without an entry."""
 
-    UPCALL = _v("VX_MISS_UPCALL")
-    DELIVER = _v("VX_MISS_DELIVER")
-    REFUSE = _v("VX_MISS_REFUSE")
+    _generate_next_value_ = _named("VX_MISS_")
+    UPCALL = enum.auto()
+    DELIVER = enum.auto()
+    REFUSE = enum.auto()
 
 
 class From(enum.IntEnum):
     """Which outer sources the datapath may deliver from (``vx_rule.rx_from``)."""
 
-    ANY = _v("VX_FROM_ANY")
-    ALLOWED = _v("VX_FROM_ALLOWED")
-    NONE = _v("VX_FROM_NONE")
+    _generate_next_value_ = _named("VX_FROM_")
+    ANY = enum.auto()
+    ALLOWED = enum.auto()
+    NONE = enum.auto()
 
 
 #: the field names of the per-segment and datapath-wide counter structs, in order

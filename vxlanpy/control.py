@@ -32,6 +32,7 @@ from . import trace_live
 from .events import Event
 from .fdb import FdbError
 from .neigh import NeighExists, NeighNotFound
+from .serving import TaskServer
 from .tunnel import Vtep, VtepError
 from .wire import format_mac
 
@@ -94,7 +95,7 @@ def parse_request(line: bytes) -> dict[str, Any]:
     return req
 
 
-class ControlServer:
+class ControlServer(TaskServer):
     """Serves the control protocol for ``vtep`` on ``path``.
 
     Every request line gets an answer, or the connection is closed after a line saying why:
@@ -113,6 +114,7 @@ class ControlServer:
         idle_timeout: float = 60.0,
         write_timeout: float = 10.0,
     ) -> None:
+        super().__init__()
         self.vtep = vtep
         self.path = path
         self.max_clients = max_clients
@@ -120,8 +122,6 @@ class ControlServer:
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
         self.refused = Counter[str]()  # connections closed early, by reason
-        self._server: asyncio.AbstractServer | None = None
-        self._clients: set[asyncio.Task[None]] = set()
         self._subscribers = 0
         self._dir_fd: int | None = None
 
@@ -169,11 +169,7 @@ class ControlServer:
             os.fchmod(self._dir_fd, (st.st_mode & 0o7777) | 0o1030)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for t in list(self._clients):
-                t.cancel()
-            self._server = None
+        if self._stop_serving():
             with contextlib.suppress(OSError):
                 if self._dir_fd is None:
                     os.unlink(self.path)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .io.errqueue import KINDS
 from .peers import BUCKETS
+from .serving import TaskServer
 
 if TYPE_CHECKING:
     from .tunnel import Vtep
@@ -199,7 +200,7 @@ def exposition(snapshot: Snapshot, process: bool = False, took: float | None = N
     return bytes(generate_latest(reg))
 
 
-class MetricsServer:
+class MetricsServer(TaskServer):
     """``GET /metrics`` for ``vtep`` on ``host:port`` (see the module docstring)."""
 
     MAX_CLIENTS = 16
@@ -207,12 +208,11 @@ class MetricsServer:
     TIMEOUT = 10.0
 
     def __init__(self, vtep: Vtep, host: str, port: int) -> None:
+        super().__init__()
         self.vtep = vtep
         self.host, self.port = host, port
         self.scrapes = 0
         self.refused = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._clients: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -234,11 +234,7 @@ class MetricsServer:
             self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for t in list(self._clients):
-                t.cancel()
-            self._server = None
+        self._stop_serving()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -11,7 +11,7 @@ import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, cast, overload
 
 from .fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED, Fdb, Remote
 from .gbp import GroupCounters, Policy
@@ -99,6 +99,31 @@ class SegmentConfig:
             raise ValueError(f"group {self.group} is not a multicast address")
 
 
+_T = TypeVar("_T")
+
+
+class _Setting(Generic[_T]):
+    """A setting of a Segment that the datapath mirrors: kept in the slot ``_<name>``; setting
+    it reports the change to the segment's watcher."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_" + name
+
+    @overload
+    def __get__(self, seg: None, owner: type) -> _Setting[_T]: ...
+    @overload
+    def __get__(self, seg: Segment, owner: type) -> _T: ...
+    def __get__(self, seg: Segment | None, owner: type) -> _T | _Setting[_T]:
+        return self if seg is None else cast(_T, getattr(seg, self._slot))
+
+    def __set__(self, seg: Segment, value: _T) -> None:
+        setattr(seg, self._slot, value)
+        seg._changed()
+
+
 class Segment:
     """Runtime state of one VNI: its FDB, neighbour table, settings and counters."""
 
@@ -167,36 +192,14 @@ class Segment:
         self._fdb = fdb
         fdb.changes.watch(self._watcher)  # the new FDB is mirrored from scratch
 
-    @property
-    def proxy(self) -> bool:
-        """Answer ARP requests and IPv6 neighbour solicitations from the neighbour table (the
-        kernel's ``proxy``)."""
-        return self._proxy
-
-    @proxy.setter
-    def proxy(self, on: bool) -> None:
-        self._proxy = on
-        self._changed()
-
-    @property
-    def allow_vlan(self) -> bool:
-        """Carry 802.1Q/802.1ad tagged frames (RFC 7348 section 6.1 says drop them)."""
-        return self._allow_vlan
-
-    @allow_vlan.setter
-    def allow_vlan(self, on: bool) -> None:
-        self._allow_vlan = on
-        self._changed()
-
-    @property
-    def allow(self) -> Allowlist | None:
-        """The VTEPs VXLAN is accepted from (None: any)."""
-        return self._allow
-
-    @allow.setter
-    def allow(self, allow: Allowlist | None) -> None:
-        self._allow = allow
-        self._changed()
+    proxy = _Setting[bool](
+        "Answer ARP requests and IPv6 neighbour solicitations from the neighbour table (the "
+        "kernel's ``proxy``)."
+    )
+    allow_vlan = _Setting[bool](
+        "Carry 802.1Q/802.1ad tagged frames (RFC 7348 section 6.1 says drop them)."
+    )
+    allow = _Setting["Allowlist | None"]("The VTEPs VXLAN is accepted from (None: any).")
 
     def configured_remotes(self) -> set[str]:
         """The IPs of the remotes the configuration names: flood list and static entries."""

@@ -4,38 +4,41 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..control import find_socket, request, stream
 from ..render import event_line, fdb_line, neigh_line, stats_text
-from .common import UsageError, int_in
+from .common import UsageError, int_in, subcommand
 
 __all__ = ["register", "client_parser"]
 
 
-def client_parser(sub: Any, name: str, helptext: str) -> argparse.ArgumentParser:
+def client_parser(
+    sub: Any, name: str, helptext: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
     """A subcommand that talks to a running VTEP: ``--control`` and ``--json``."""
-    c: argparse.ArgumentParser = sub.add_parser(name, help=helptext)
+    c = subcommand(sub, name, helptext, func)
     c.add_argument("--control", help="control socket of the running VTEP")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     return c
 
 
 def register(sub: Any) -> None:
-    fdb = client_parser(sub, "fdb", "show or change the FDB of a running VTEP (as `bridge fdb`)")
-    fdb.set_defaults(func=main)
+    fdb = client_parser(
+        sub, "fdb", "show or change the FDB of a running VTEP (as `bridge fdb`)", main
+    )
     fdb.add_argument("op", choices=("show", "add", "append", "replace", "del"))
     fdb.add_argument("args", nargs="*", help="MAC dst IP [port N] [vni N]")
     fdb.add_argument("--vni", type=int_in("VNI", 0, 0xFFFFFF), help="segment (default: all)")
-    neigh = client_parser(sub, "neigh", "show or change the neighbour table (as `ip neigh`)")
-    neigh.set_defaults(func=main)
+    neigh = client_parser(sub, "neigh", "show or change the neighbour table (as `ip neigh`)", main)
     neigh.add_argument("op", choices=("show", "add", "replace", "del"))
     neigh.add_argument("args", nargs="*", help="IP lladdr MAC")
     neigh.add_argument("--vni", type=int_in("VNI", 0, 0xFFFFFF), help="segment (default: all)")
-    client_parser(sub, "stats", "counters of a running VTEP").set_defaults(func=main)
-    ev = client_parser(sub, "events", "stream events of a running VTEP (learn, move, age, ...)")
-    ev.set_defaults(func=main)
+    client_parser(sub, "stats", "counters of a running VTEP", main)
+    ev = client_parser(
+        sub, "events", "stream events of a running VTEP (learn, move, age, ...)", main
+    )
     ev.add_argument("--count", type=int, help="stop after this many events")
 
 

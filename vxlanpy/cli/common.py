@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 PROG = "vxlanpy-tunnel"
 
-__all__ = ["PROG", "UsageError", "Parser", "err", "int_in", "pair"]
+__all__ = ["PROG", "UsageError", "Parser", "err", "int_in", "pair", "subcommand"]
 
 
 class UsageError(Exception):
@@ -21,6 +21,16 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+def subcommand(
+    sub: Any, name: str, helptext: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``name``, which ``func`` runs (the parsed flags in, the exit
+    code out)."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=helptext)
+    p.set_defaults(func=func)
+    return p
 
 
 def err(msg: str) -> None:

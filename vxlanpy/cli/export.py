@@ -9,14 +9,13 @@ from typing import Any
 from ..config import load_config
 from ..control import request
 from ..export import export_commands
-from .common import UsageError
+from .common import UsageError, subcommand
 
 __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    ex = sub.add_parser("export", help="print the equivalent kernel (iproute2) configuration")
-    ex.set_defaults(func=main)
+    ex = subcommand(sub, "export", "print the equivalent kernel (iproute2) configuration", main)
     ex.add_argument("--config", help="TOML config file")
     ex.add_argument("--control", help="control socket of a running VTEP")
 

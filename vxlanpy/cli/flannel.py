@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from .common import PROG, UsageError, err
+from .common import PROG, UsageError, err, subcommand
 
 __all__ = ["register", "agent_config"]
 
@@ -31,8 +31,7 @@ _FLAGS = (  # (flag, dest, default): those --config replaces
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("flannel", help="run a flannel node (etcd control plane) until SIGTERM")
-    p.set_defaults(func=main)
+    p = subcommand(sub, "flannel", "run a flannel node (etcd control plane) until SIGTERM", main)
     p.add_argument("--config", help="TOML file with a [flannel] table (instead of the flags)")
     p.add_argument(
         "--etcd-endpoints",

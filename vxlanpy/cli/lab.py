@@ -6,14 +6,13 @@ import argparse
 from typing import Any
 
 from ..wire import VXLAN_PORT
-from .common import UsageError, int_in
+from .common import UsageError, int_in, subcommand
 
 __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    lab = sub.add_parser("lab", help="build a namespace lab, test the overlay, tear it down")
-    lab.set_defaults(func=main)
+    lab = subcommand(sub, "lab", "build a namespace lab, test the overlay, tear it down", main)
     lab.add_argument(
         "--hosts",
         type=int,

@@ -24,7 +24,7 @@ from ..fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED
 from ..tunnel import Vtep, VtepError, install_uvloop
 from ..wire import VXLAN_PORT, VXLAN_PORT_LINUX
 from . import interop
-from .common import PROG, UsageError, err, int_in, pair
+from .common import PROG, UsageError, err, int_in, pair, subcommand
 
 __all__ = ["register", "config_from_args", "run_vtep"]
 
@@ -32,8 +32,7 @@ log = logging.getLogger("vxlanpy")
 
 
 def register(sub: Any) -> None:
-    run = sub.add_parser("run", help="run a VTEP until SIGINT/SIGTERM")
-    run.set_defaults(func=main)
+    run = subcommand(sub, "run", "run a VTEP until SIGINT/SIGTERM", main)
     run.add_argument("--config", help="TOML config file (instead of the flags below)")
     run.add_argument(
         "--control",
@@ -200,6 +199,12 @@ _NOT_CONFIG = {"command", "func", "config", "control", "no_uvloop", "verbose", "
     "no_" + key for key in SWITCHES
 }
 _RUN_DEFAULTS: dict[str, object] = {}
+# run flags that are SegmentSpec / VtepConfig fields of the same name, taken as they are
+_SEGMENT_FLAGS = (
+    "vni tap address mtu bridge mac group ageing max_learned learn_rate allow proxy allow_vlan gbp "
+    "gbp_group"
+).split()
+_VTEP_FLAGS = "local ttl tos dev busy_poll tunnel_gso capture capture_drops metrics".split()
 
 
 def _config_flags(a: argparse.Namespace) -> list[str]:
@@ -242,50 +247,26 @@ def config_from_args(a: argparse.Namespace) -> tuple[VtepConfig, str | None]:
         raise UsageError("run needs --vni (or --config FILE)")
     user, run_group = _user_group(a.user)
     seg = SegmentSpec(
-        vni=a.vni,
-        tap=a.tap,
-        address=a.address,
-        mtu=a.mtu,
-        bridge=a.bridge,
-        mac=a.mac,
+        **{key: getattr(a, key) for key in _SEGMENT_FLAGS},
         remotes=list(a.remote),
-        group=a.group,
         learning=not a.no_learning,
-        ageing=a.ageing,
         max_addresses=a.max_address,
-        max_learned=a.max_learned,
-        learn_rate=a.learn_rate,
-        allow=a.allow,
-        proxy=a.proxy,
-        allow_vlan=a.allow_vlan,
-        gbp=a.gbp,
-        gbp_group=a.gbp_group,
         gbp_mac=list(a.gbp_mac),
         fdb=list(a.fdb),
         neigh=list(a.neigh),
     )
     prof = interop.profile_of(a)
+    switches: dict[str, Any] = {key: not getattr(a, "no_" + key) for key in SWITCHES}
     cfg = VtepConfig(
+        **{key: getattr(a, key) for key in _VTEP_FLAGS},
+        **switches,
         segments=[seg],
-        local=a.local,
         dstport=a.dstport if a.dstport is not None else prof.dstport,
         srcport=parse_srcport(a.srcport) if a.srcport is not None else prof.srcport,
-        ttl=a.ttl,
-        tos=a.tos,
         df=a.df if a.df is not None else prof.df,
-        dev=a.dev,
         strict=a.strict if a.strict is not None else prof.strict,
-        offload=not a.no_offload,
-        fast_path=not a.no_fast_path,
-        busy_poll=a.busy_poll,
-        send_thread=not a.no_send_thread,
-        gro=not a.no_gro,
-        tunnel_gso=a.tunnel_gso,
-        capture=a.capture,
-        capture_drops=a.capture_drops,
         user=user,
         run_group=run_group,
-        metrics=a.metrics,
         **interop.settings(a, prof),
     ).validate()
     return cfg, a.control

@@ -25,8 +25,7 @@ _CLEAR = "\x1b[H\x1b[2J"
 
 
 def register(sub: Any) -> None:
-    t = client_parser(sub, "top", "live rates of a running VTEP: per VNI, per peer, drops")
-    t.set_defaults(func=main)
+    t = client_parser(sub, "top", "live rates of a running VTEP: per VNI, per peer, drops", main)
     t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     t.add_argument("--count", type=int, help="stop after this many refreshes")
 

@@ -17,7 +17,7 @@ from ..framedesc import FrameError, build_frame
 from ..trace import TraceRecord
 from ..tracesim import engine_from_config, simulate
 from ..tracetext import record_line, record_steps
-from .common import UsageError, int_in
+from .common import UsageError, int_in, subcommand
 
 __all__ = ["register"]
 
@@ -45,11 +45,12 @@ def _live_flags(p: argparse.ArgumentParser, count: int, timeout: float) -> None:
 
 
 def register(sub: Any) -> None:
-    t = sub.add_parser(
+    t = subcommand(
+        sub,
         "trace",
-        help="what the dataplane would do with a packet (or --live: does with each packet)",
+        "what the dataplane would do with a packet (or --live: does with each packet)",
+        main,
     )
-    t.set_defaults(func=main)
     t.add_argument(
         "words",
         nargs="*",
@@ -76,8 +77,9 @@ def register(sub: Any) -> None:
     t.add_argument("--ip", help="--live: only packets from or to this inner IP")
     t.add_argument("--direction", choices=("tx", "rx"), help="--live: only this direction")
     _live_flags(t, 10, 10.0)
-    c = sub.add_parser("capture", help="write packets and their decisions to a pcapng file")
-    c.set_defaults(func=capture_main)
+    c = subcommand(
+        sub, "capture", "write packets and their decisions to a pcapng file", capture_main
+    )
     c.add_argument("-w", "--write", required=True, metavar="FILE", help="pcapng file to write")
     _live_flags(c, 1000, 60.0)
 
