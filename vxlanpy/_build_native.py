@@ -15,7 +15,9 @@ from cffi import FFI
 _here = Path(__file__).resolve().parent
 CSRC = _here / "csrc"
 HEADER = CSRC / "vx.h"
-UNITS = ("codec", "offload", "tso", "gro", "tap", "udp", "table", "tx", "rx", "sender", "tgso")
+UNITS = (
+    "codec", "offload", "tso", "gro", "tap", "udp", "table", "tx", "rx", "sender", "tgso", "loop"
+)  # fmt: skip
 SOURCES = [CSRC / f"{u}.c" for u in UNITS]
 
 # cffi's cdef takes plain declarations: the header without its preprocessor lines

@@ -24,6 +24,8 @@ __all__ = [
     "EntryFlag",
     "Miss",
     "From",
+    "RxMore",
+    "Held",
     "SEG_COUNTERS",
     "DP_COUNTERS",
 ]
@@ -63,6 +65,8 @@ for _name in (
     "vx_from",
     "vx_strict",
     "vx_gbp_bits",
+    "vx_rx_more",
+    "vx_held",
 ):
     _values.update({k: int(v) for k, v in ffi.typeof(f"enum {_name}").relements.items()})
 
@@ -103,6 +107,7 @@ RECV_CHUNK = _v("VX_RECV_CHUNK")
 ALLOW_PREFIXES = _v("VX_ALLOW_PREFIXES")
 MAX_PEERS = _v("VX_MAX_PEERS")
 BATCH_BUCKETS = _v("VX_BATCH_BUCKETS")
+LOOP_TAPS = _v("VX_LOOP_TAPS")
 
 
 class Strict(enum.IntEnum):
@@ -206,6 +211,25 @@ class From(enum.IntEnum):
     ANY = enum.auto()
     ALLOWED = enum.auto()
     NONE = enum.auto()
+
+
+class RxMore(enum.IntEnum):
+    """What a receive pump says of its socket and batch: empty, may hold more, or received
+    datagrams still wait in the batch (call again with it)."""
+
+    _generate_next_value_ = _named("VX_RX_")
+    DRAINED = enum.auto()
+    MORE = enum.auto()
+    PENDING = enum.auto()
+
+
+class Held(enum.IntEnum):
+    """What the datapath thread holds for the engine: nothing, a TAP's pump, the socket's."""
+
+    _generate_next_value_ = _named("VX_HELD_")
+    NONE = enum.auto()
+    TX = enum.auto()
+    RX = enum.auto()
 
 
 #: the field names of the per-segment and datapath-wide counter structs, in order

@@ -118,6 +118,7 @@ class VtepConfig:
     fast_path: bool = True  # the C datapath (cffi backend); False: every frame in Python
     busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
+    datapath_thread: bool = True  # C fast path: the pumps poll on a C thread of their own
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
     tunnel_gso: bool = False  # C fast path with offload: TCP super-frames whole (io/tgso.py)
     allow: list[str] | str | None = None  # VTEPs accepted by segments without their own list
@@ -368,6 +369,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "fast_path": (bool, "true or false"),
     "busy_poll": (int, "an integer number of microseconds 0..1000000"),
     "send_thread": (bool, "true or false"),
+    "datapath_thread": (bool, "true or false"),
     "gro": (bool, "true or false"),
     "tunnel_gso": (bool, "true or false"),
     "control": (str, "a path"),
@@ -534,6 +536,7 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         fast_path=bool(vt.get("fast_path", True)),
         busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
         send_thread=bool(vt.get("send_thread", True)),
+        datapath_thread=bool(vt.get("datapath_thread", True)),
         gro=bool(vt.get("gro", True)),
         tunnel_gso=bool(vt.get("tunnel_gso", False)),
         allow=vt.get("allow"),  # type: ignore[arg-type]

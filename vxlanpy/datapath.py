@@ -25,7 +25,8 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from . import kernels
@@ -394,6 +395,17 @@ class Datapath:
         return out
 
     # --- matching without I/O --------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The datapath thread (pumps.py, csrc/loop.c) parked for the block, a no-op without
+        one. Every call into the datapath from another thread parks it anyway; a block of many
+        calls (installing a segment's entries) is spared a park per call."""
+        self._lib.vx_loop_pause(self.dp)
+        try:
+            yield
+        finally:
+            self._lib.vx_loop_resume(self.dp)
 
     def cbatch(self, batch: FrameBatch) -> Any:
         if batch.capacity > MAX_BATCH:

@@ -52,6 +52,12 @@ class DatapathDriver:
             self._mirror.watch(seg)
         self.sync_datapath()
 
+    def on_datapath_change(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` told whenever something waits to be installed (for a driver whose
+        datapath runs on its own, between calls: then it calls ``sync_datapath`` soon)."""
+        if self._mirror is not None:
+            self._mirror.on_change = callback
+
     def sync_datapath(self) -> None:
         """Install what changed since the last call (FDB entries, segment settings, engine
         settings) into the C datapath (mirror.py). Call it before each C call."""

@@ -62,7 +62,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from . import gbp, kernels, nd, trace
 from .abi import ALLOW_PREFIXES, EntryFlag, From, Miss, RxMatch, Status, Strict, TxMatch
@@ -143,6 +143,9 @@ class Engine(DatapathDriver):
         self._refusals: dict[int, tuple[int, float]] = {}  # refused learnings not yet reported
         # where each packet's decision is told (trace.py), or None: checked once per batch
         self.tracer: trace.Tracer | None = None
+        # told (True: tracing now) when trace_live attaches the first sink or removes the last,
+        # so that whoever drives the datapath lets every batch come back to be traced
+        self.on_tracing: Callable[[bool], None] | None = None
 
     # --- configuration ------------------------------------------------------------------------
 

@@ -37,10 +37,16 @@ class Mirror:
         self._changed: set[int] = set()  # VNIs with something to install
         self._installed: dict[int, tuple[Rule, list[Network]]] = {}  # rule and prefixes
         self._settings: Settings | None = None
+        self.on_change: Callable[[], None] | None = None  # told when something waits to sync
 
     def watch(self, seg: Segment) -> None:
         """Follow ``seg`` from now on (all of it is installed on the next sync)."""
-        seg.watch(functools.partial(self._changed.add, seg.vni))
+        seg.watch(functools.partial(self._note, seg.vni))
+
+    def _note(self, vni: int) -> None:
+        self._changed.add(vni)
+        if self.on_change is not None:
+            self.on_change()
 
     def forget(self, seg: Segment) -> None:
         """``seg`` is no longer served: stop following it, remove what it had installed."""
@@ -54,6 +60,13 @@ class Mirror:
     def sync(self, segments: Mapping[int, Segment], settings: Settings) -> None:
         """Install what changed: the datapath's ``settings`` (source ports, strict, checksum
         completion, outer header) if they differ, then every changed segment."""
+        dp = self.dp
+        if settings == self._settings and not self._changed:
+            return
+        with dp.exclusive():
+            self._sync(segments, settings)
+
+    def _sync(self, segments: Mapping[int, Segment], settings: Settings) -> None:
         dp = self.dp
         if settings != self._settings:
             dp.configure(*settings)

@@ -9,14 +9,16 @@ second core; busy polling trades a core for latency.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import NamedTuple
 
+from .abi import Held, RxMore
 from .batch import FrameBatch
 from .datapath import Datapath, _ms
 
-__all__ = ["Pumps", "RxPump", "RX_DRAINED", "RX_MORE", "RX_PENDING"]
+__all__ = ["Pumps", "RxPump", "LoopHeld", "RX_DRAINED", "RX_MORE", "RX_PENDING"]
 
-RX_DRAINED, RX_MORE, RX_PENDING = 0, 1, 2  # RxPump.more
+RX_DRAINED, RX_MORE, RX_PENDING = RxMore.DRAINED, RxMore.MORE, RxMore.PENDING  # RxPump.more
 
 
 class RxPump(NamedTuple):
@@ -29,6 +31,22 @@ class RxPump(NamedTuple):
     upcalls: int
     gone: int
     more: int
+
+
+class LoopHeld(NamedTuple):
+    """What the datapath thread holds for the engine: the pump of TAP ``vni`` (Held.TX)
+    returned ``n`` with ``upcalls`` marked, or the socket's (Held.RX) returned
+    ``RxPump(n, upcalls, gone, more)``."""
+
+    kind: Held
+    vni: int
+    n: int
+    upcalls: int
+    more: int
+    gone: int
+
+    def rx(self) -> RxPump:
+        return RxPump(self.n, self.upcalls, self.gone, self.more)
 
 
 class Pumps:
@@ -76,6 +94,57 @@ class Pumps:
         )
         batch.count = max(n, 0)
         return RxPump(n, int(self._u32[0]), int(self._i64[0]), int(self._u32[1]))
+
+    # --- the datapath thread (csrc/loop.c) ------------------------------------------------
+
+    def start_thread(
+        self,
+        taps: Mapping[int, int],
+        udp_fd: int,
+        tx: FrameBatch,
+        rx: FrameBatch,
+        rounds: int,
+        spill: int,
+        busy_usec: int = 0,
+    ) -> int:
+        """Run the pumps on a C thread of their own: it polls the TAPs (``taps``: VNI -> fd)
+        and the socket, moves what has an installed action, and holds the rest for the engine
+        (read it with ``held``, then ``release``). ``tx`` and ``rx`` are the batches it pumps
+        with: while it runs, they are the thread's but while something is held. Returns the
+        descriptor that is readable when something is held. Raises OSError."""
+        fds = self._ffi.new("int[]", list(taps.values()))
+        vnis = self._ffi.new("uint32_t[]", list(taps))
+        d = self.datapath
+        r = int(
+            self._lib.vx_loop_start(
+                self._dp, fds, vnis, len(taps), udp_fd, d.cbatch(tx), d.cbatch(rx),
+                rounds, spill, busy_usec,
+            )
+        )  # fmt: skip
+        if r < 0:
+            raise OSError(-r, f"cannot start the datapath thread: {os.strerror(-r)}")
+        return int(self._lib.vx_loop_notify_fd(self._dp))
+
+    @property
+    def threaded(self) -> bool:
+        """True while the datapath thread runs."""
+        return bool(self._lib.vx_loop_running(self._dp))
+
+    def held(self) -> LoopHeld | None:
+        """What the datapath thread holds for the engine (it waits meanwhile), or None."""
+        h = self._ffi.new("vx_loop_held *")
+        if not self._lib.vx_loop_held_get(self._dp, h):
+            return None
+        return LoopHeld(Held(h.kind), int(h.vni), int(h.n), int(h.upcalls), int(h.more),
+                        int(h.gone))  # fmt: skip
+
+    def release(self) -> None:
+        """The engine is done with what was held: the thread polls again."""
+        self._lib.vx_loop_release(self._dp)
+
+    def stop_thread(self) -> None:
+        """End the datapath thread (what it holds stays in the batches)."""
+        self._lib.vx_loop_stop(self._dp)
 
     def spin(self, fds: list[int], usec: int) -> bool:
         """Busy-poll ``fds`` (at most 16) for up to ``usec`` µs without sleeping (the GIL is

@@ -7,11 +7,14 @@ vocabulary where there is one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .io.errqueue import KINDS
 
-__all__ = ["fdb_line", "neigh_line", "stats_text", "event_line"]
+if TYPE_CHECKING:
+    from .config import VtepConfig
+
+__all__ = ["fdb_line", "neigh_line", "stats_text", "event_line", "listening"]
 
 
 def fdb_line(r: dict[str, Any]) -> str:
@@ -87,3 +90,22 @@ def _icmp_line(ip: str, c: dict[str, Any]) -> str:
 def event_line(ev: dict[str, Any]) -> str:
     """One event as ``NAME key value key value ...``."""
     return str(ev["event"]) + "".join(f" {k} {v}" for k, v in ev.items() if k != "event")
+
+
+def listening(cfg: VtepConfig, mtus: dict[int, int]) -> str:
+    """The line ``run`` starts with: what a VTEP of ``cfg`` listens on and serves (``mtus``:
+    each VNI's TAP MTU, as opened)."""
+    parts = []
+    for spec in cfg.segments:
+        mtu = mtus.get(spec.vni)
+        dest = ",".join(spec.remotes) or ""
+        if spec.group:
+            dest = (dest + "," if dest else "") + f"group {spec.group}"
+        parts.append(
+            f"vni {spec.vni} tap {spec.tap_name} mtu {mtu if mtu else '?'}"
+            + (f" {spec.address}" if spec.address else "")
+            + (f" -> {dest}" if dest else "")
+        )
+    bound = cfg.local if cfg.local and not any(s.group for s in cfg.segments) else "*"
+    where = f"{bound}:{cfg.dstport}"
+    return f"listening on udp {where}; " + "; ".join(parts)

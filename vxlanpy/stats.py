@@ -91,6 +91,7 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
         "gso_frames": gso_frames,
         "fast_path": dp is not None,
         "send_thread": sender is not None,
+        "datapath_thread": vtep.datapath_thread,
         "send_thread_frames": sender or 0,
         "udp_gro": vtep.udp_gro,
         "gro": gro,

@@ -29,9 +29,14 @@ log = logging.getLogger("vxlanpy")
 
 def add_sink(engine: Engine, sink: object, flt: TraceFilter | None = None) -> int:
     """Give ``engine`` a tracer (if it has none) and ``sink`` to it; a token to remove it."""
-    if engine.tracer is None:
+    first = engine.tracer is None
+    if first:
         engine.tracer = Tracer()
-    return engine.tracer.add(sink, flt)  # type: ignore[arg-type]
+    assert engine.tracer is not None
+    token = engine.tracer.add(sink, flt)  # type: ignore[arg-type]
+    if first and engine.on_tracing is not None:
+        engine.on_tracing(True)
+    return token
 
 
 def remove_sink(engine: Engine, token: int) -> None:
@@ -42,6 +47,8 @@ def remove_sink(engine: Engine, token: int) -> None:
     t.remove(token)
     if not len(t):
         engine.tracer = None
+        if engine.on_tracing is not None:
+            engine.on_tracing(False)
 
 
 class TraceStream:

@@ -21,7 +21,6 @@ to the engine, writes what the engine asks for, and runs the ageing timer. Examp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -29,12 +28,13 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import datapath as datapath_mod
+from . import render, tables, trace, trace_live
 from . import stats as stats_mod
-from . import tables, trace, trace_live
 from .abi import MAX_BATCH
 from .batch import DEFAULT_BATCH, FrameBatch
 from .config import VtepConfig
 from .datapath import Datapath
+from .dpthread import Readers
 from .engine import Engine, Segment
 from .events import Event, PeerMismatch
 from .fdb import FdbEntry
@@ -45,7 +45,7 @@ from .io.tgso import LinkRefresher, TunnelGso, TunnelGsoError, default_ttl
 from .io.udp import TransportError, UdpTransport
 from .peers import BatchSizes
 from .peerwatch import PeerWatch
-from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps
+from .pumps import RX_DRAINED, RX_MORE, RX_PENDING, Pumps, RxPump
 from .wire import ETH_HLEN, VXLAN_HLEN, parse_mac
 
 __all__ = ["Vtep", "VtepError", "install_uvloop"]
@@ -115,6 +115,8 @@ class Vtep:
         self.batches = {"tx": BatchSizes(), "rx": BatchSizes()}  # the Python pumps' reads
         self._capture: object | None = None  # run --capture: the file being written
         self.peer_watch: PeerSocket | None = None  # peerwatch.py: once-per-peer mismatches
+        self._closing = False
+        self._readers = Readers(self, _PUMP_ROUNDS)  # the datapath thread or the loop's readers
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -153,14 +155,13 @@ class Vtep:
         if fast:
             self._attach_datapath(max_frame)
         loop = self._loop
-        for vni, tap in self.taps.items():
-            loop.add_reader(tap.fd, self._on_tap, vni)
-        loop.add_reader(self.transport.fileno(), self._on_udp)
+        self.engine.on_tracing = lambda _on: self._readers.sync()
         try:
             self._capture = trace_live.start_capture(self)
         except OSError as exc:
             self._teardown()
             raise VtepError(f"cannot write the capture {self.config.capture}: {exc}") from exc
+        self._readers.sync()
         self.transport.watch_errors(loop, self._publish)  # ICMP errors: counted, an event
         cfg = self.config
         if cfg.peer_watch:
@@ -275,8 +276,21 @@ class Vtep:
             raise VtepError("tunnel GSO: no underlay device (give --dev or --local)")
         return dev
 
+    @property
+    def stopping(self) -> bool:
+        """True once the Vtep is closed or has failed."""
+        return self._stopped.is_set() or self._closing
+
+    @property
+    def datapath_thread(self) -> bool:
+        """True while the C datapath thread polls the TAPs and the socket (dpthread.py); once
+        closed, whether it did until then."""
+        return self._readers.threaded or self._readers.at_close
+
     def _teardown(self) -> None:
-        loop = self._loop
+        self._closing = True
+        self._readers.close()
+        self.engine.on_tracing = None
         trace_live.stop_capture(self, self._capture)
         self._capture = None
         if self._timer is not None:
@@ -295,14 +309,8 @@ class Vtep:
             self.peer_watch = None
         self._tap_dropped.update(self.tap_queue_dropped())
         for tap in self.taps.values():
-            if loop is not None and not tap.closed:
-                with contextlib.suppress(Exception):
-                    loop.remove_reader(tap.fd)
             tap.close()
         if self.transport is not None:
-            if loop is not None:
-                with contextlib.suppress(Exception):
-                    loop.remove_reader(self.transport.fileno())
             self.transport.close()
 
     def _fail(self, exc: BaseException) -> None:
@@ -340,14 +348,20 @@ class Vtep:
                 break
         self._after_work()
 
-    def _pump_tap(self, vni: int, tap: Device, batch: FrameBatch) -> None:
-        """TAP -> wire through the C pump; the engine handles the upcalls of each batch."""
+    def _pump_tap(
+        self, vni: int, tap: Device, batch: FrameBatch, first: tuple[int, int] | None = None
+    ) -> None:
+        """TAP -> wire through the C pump; the engine handles the upcalls of each batch
+        (``first``: what the datapath thread's pump returned, in ``batch``)."""
         pumps, engine, transport = self.pumps, self.engine, self.transport
         assert pumps is not None and transport is not None and self._loop is not None
         engine.sync_datapath()
         upcalls = False
         for _ in range(_READ_BUDGET):
-            n, up = pumps.tx(vni, batch, 1 if engine.tracer is not None else _PUMP_ROUNDS)
+            if first is not None:
+                (n, up), first = first, None
+            else:
+                n, up = pumps.tx(vni, batch, 1 if engine.tracer is not None else _PUMP_ROUNDS)
             if n < 0:
                 self._fail(tap.gone(-n))
                 return
@@ -372,27 +386,40 @@ class Vtep:
         """After a pump: events and timers if the engine did anything; then busy-poll."""
         if upcalls:
             self._after_work()
-        if self.config.busy_poll and self.pumps is not None and self._poll_fds:
+        if (
+            self.config.busy_poll
+            and self.pumps is not None
+            and self._poll_fds
+            and not (
+                self._readers.threaded  # the thread polls itself
+            )
+        ):
             self.pumps.spin(self._poll_fds, self.config.busy_poll)
 
-    def _pump_udp(self, batch: FrameBatch) -> None:
-        """Wire -> TAP through the C pump; the engine handles the upcalls of each batch."""
+    def _pump_udp(self, batch: FrameBatch, first: RxPump | None = None) -> int:
+        """Wire -> TAP through the C pump; the engine handles the upcalls of each batch
+        (``first``: what the datapath thread's pump returned, in ``batch``). Returns
+        RX_PENDING if received datagrams still wait in the batch (without the datapath
+        thread, the loop comes back to them by itself)."""
         pumps, engine, transport = self.pumps, self.engine, self.transport
         assert pumps is not None and transport is not None and self._loop is not None
         engine.sync_datapath()
         fd = transport.fileno()
         upcalls = False
-        more = RX_DRAINED
+        more: int = RX_DRAINED
         for _ in range(_READ_BUDGET):
             now = self._loop.time()
             rounds = (
                 1 if engine.tracer is not None else _PUMP_ROUNDS
             )  # traced: C returns every batch
-            n, up, gone, more = pumps.rx(fd, batch, now, rounds, self._rx_spill)
+            if first is not None:
+                (n, up, gone, more), first = first, None
+            else:
+                n, up, gone, more = pumps.rx(fd, batch, now, rounds, self._rx_spill)
             if n < 0:
                 if gone >= 0:
                     self._fail(self.taps[gone].gone(-n))
-                    return
+                    return RX_DRAINED
                 transport.count_error(-n)  # an ICMP report surfaced on the socket
                 more = RX_MORE
                 continue
@@ -403,18 +430,21 @@ class Vtep:
                 engine.handle_upcalls(batch, now)
                 self._write_device(batch)
                 if self._stopped.is_set():
-                    return
+                    return RX_DRAINED
                 engine.sync_datapath()
             if more == RX_DRAINED:
                 break
         if more == RX_PENDING:
             # datagrams wait in the batch and the socket may never become readable again:
-            # come back to them next, without busy-polling first
-            self._loop.call_soon(self._resume_udp)
+            # come back to them next, without busy-polling first (dpthread.py does, for
+            # the datapath thread's)
+            if not self._readers.threaded:
+                self._loop.call_soon(self._resume_udp)
             if upcalls:
                 self._after_work()
-            return
+            return RX_PENDING
         self._settle(upcalls)
+        return more
 
     def _resume_udp(self) -> None:
         if not self._stopped.is_set() and self.transport is not None:
@@ -565,18 +595,4 @@ class Vtep:
 
     def describe(self) -> str:
         """One line: what this VTEP listens on and serves."""
-        cfg = self.config
-        parts = []
-        for spec in cfg.segments:
-            tap = self.taps.get(spec.vni)
-            dest = ",".join(spec.remotes) or ""
-            if spec.group:
-                dest = (dest + "," if dest else "") + f"group {spec.group}"
-            parts.append(
-                f"vni {spec.vni} tap {spec.tap_name} mtu {tap.mtu if tap else '?'}"
-                + (f" {spec.address}" if spec.address else "")
-                + (f" -> {dest}" if dest else "")
-            )
-        bound = cfg.local if cfg.local and not any(s.group for s in cfg.segments) else "*"
-        where = f"{bound}:{cfg.dstport}"
-        return f"listening on udp {where}; " + "; ".join(parts)
+        return render.listening(self.config, {vni: t.mtu for vni, t in self.taps.items()})

@@ -154,6 +154,12 @@ def register(sub: Any) -> None:
         "thread (one core instead of two)",
     )
     run.add_argument(
+        "--no-datapath-thread",
+        action="store_true",
+        help="poll the TAPs and the socket from the event loop instead of a C datapath thread "
+        "(higher latency after idle)",
+    )
+    run.add_argument(
         "--no-gro",
         action="store_true",
         help="no UDP_GRO on the receiving socket: every datagram is received and written to "
@@ -194,7 +200,7 @@ def register(sub: Any) -> None:
 # run flags that --config replaces (the others: --config, --control, --no-uvloop, --verbose,
 # --user and the --no-* switches of SWITCHES, apply to both forms)
 # --no-* flags of VtepConfig fields
-SWITCHES = ("offload", "fast_path", "send_thread", "gro")
+SWITCHES = ("offload", "fast_path", "send_thread", "datapath_thread", "gro")
 _NOT_CONFIG = {"command", "func", "config", "control", "no_uvloop", "verbose", "user"} | {
     "no_" + key for key in SWITCHES
 }

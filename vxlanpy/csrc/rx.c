@@ -160,6 +160,7 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
  */
 int vx_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t now_ms)
 {
+    VX_EXCLUSIVE(dp);
     if (first > b->capacity || n > b->capacity - first)
         return 0;
     for (uint32_t i = first; i < first + n; i++) {
@@ -286,6 +287,7 @@ static int rx_write(vx_dp *dp, vx_batch *b, uint32_t n, uint32_t *upcalls, int64
 int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
                uint32_t spill, uint32_t *out, int64_t *gone_vni)
 {
+    VX_EXCLUSIVE(dp);
     out[0] = out[1] = 0;
     *gone_vni = -1;
     if (b->capacity > VX_MAX_BATCH || spill >= b->capacity)
@@ -302,7 +304,7 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
         dp->pend_lo = dp->pend_hi = 0;
         if (hi == lo) {
             if (received++ == rounds) {
-                out[1] = 1;
+                out[1] = VX_RX_MORE;
                 return 0;
             }
             uint32_t trunc = 0;
@@ -319,7 +321,7 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
                 n += r;
             }
             if (n == 0) {
-                out[1] = 0;
+                out[1] = VX_RX_DRAINED;
                 return 0;
             }
             pthread_mutex_lock(&dp->lock);
@@ -346,7 +348,7 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
         int w = rx_write(dp, b, nout, &out[0], gone_vni);
         if (w < 0)
             return w;
-        out[1] = m < hi ? 2 : full;
+        out[1] = m < hi ? VX_RX_PENDING : full ? VX_RX_MORE : VX_RX_DRAINED;
         if (out[0] || out[1] == 0 || ++handled == rounds)
             return (int)nout;
     }

@@ -176,6 +176,7 @@ void vx_dp_free(vx_dp *dp)
 {
     if (dp == NULL)
         return;
+    vx_loop_stop(dp);
     vx_sender_stop(dp);
     pthread_mutex_destroy(&dp->lock);
     vx_batch_release(&dp->scratch);
@@ -187,6 +188,7 @@ void vx_dp_free(vx_dp *dp)
 
 void vx_dp_configure(vx_dp *dp, const vx_config *cfg)
 {
+    VX_EXCLUSIVE(dp);
     pthread_mutex_lock(&dp->lock);
     dp->cfg = *cfg;
     if (dp->cfg.srcport_lo > dp->cfg.srcport_hi || dp->cfg.srcport_hi > 65535)
@@ -197,6 +199,7 @@ void vx_dp_configure(vx_dp *dp, const vx_config *cfg)
 /* Serve vni with this rule (or replace its rule): the segment index, or -ENOSPC. */
 int vx_dp_segment(vx_dp *dp, uint32_t vni, const vx_rule *rule)
 {
+    VX_EXCLUSIVE(dp);
     pthread_mutex_lock(&dp->lock);
     int s = vx_seg_index(dp, vni);
     if (s < 0) {
@@ -221,6 +224,7 @@ int vx_dp_segment(vx_dp *dp, uint32_t vni, const vx_rule *rule)
 /* The TAP of vni (served already), where the pumps read and write its frames: 0 or -ENOENT. */
 int vx_dp_device(vx_dp *dp, uint32_t vni, int tap_fd, uint32_t vnet, uint32_t mtu)
 {
+    VX_EXCLUSIVE(dp);
     pthread_mutex_lock(&dp->lock);
     int s = vx_seg_index(dp, vni);
     if (s >= 0) {
@@ -235,6 +239,7 @@ int vx_dp_device(vx_dp *dp, uint32_t vni, int tap_fd, uint32_t vnet, uint32_t mt
 /* Stop serving vni and forget its entries (the caller releases their actions first). */
 void vx_dp_segment_del(vx_dp *dp, uint32_t vni)
 {
+    VX_EXCLUSIVE(dp);
     vx_sender_drain(dp); /* queued jobs count into the segment */
     pthread_mutex_lock(&dp->lock);
     int s = vx_seg_index(dp, vni);
@@ -250,6 +255,7 @@ void vx_dp_segment_del(vx_dp *dp, uint32_t vni)
 /* The allowlist of vni (served already): the sources its rule's VX_FROM_ALLOWED admits. */
 int vx_dp_allow(vx_dp *dp, uint32_t vni, uint32_t n, const vx_prefix *prefixes)
 {
+    VX_EXCLUSIVE(dp);
     if (n > VX_ALLOW_PREFIXES)
         return -EINVAL;
     pthread_mutex_lock(&dp->lock);
@@ -265,6 +271,7 @@ int vx_dp_allow(vx_dp *dp, uint32_t vni, uint32_t n, const vx_prefix *prefixes)
 /* Remote id: the sockaddr (with the port) datagrams to it are sent to. */
 int vx_dp_remote(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen)
 {
+    VX_EXCLUSIVE(dp);
     if (id >= VX_MAX_REMOTES || salen > VX_ADDR_LEN)
         return -EINVAL;
     pthread_mutex_lock(&dp->lock);
@@ -280,6 +287,7 @@ int vx_dp_remote(vx_dp *dp, uint32_t id, const uint8_t *sa, uint32_t salen)
 int vx_dp_action(vx_dp *dp, uint32_t id, uint32_t n, const uint32_t *remotes,
                  const uint32_t *vnis)
 {
+    VX_EXCLUSIVE(dp);
     if (id == 0 || id >= VX_MAX_ACTIONS || n > VX_ACTION_REMOTES)
         return -EINVAL;
     for (uint32_t k = 0; k < n; k++)
@@ -299,6 +307,7 @@ int vx_dp_action(vx_dp *dp, uint32_t id, uint32_t n, const uint32_t *remotes,
  * use the socket that is going away. */
 void vx_dp_port_fd(vx_dp *dp, uint32_t port, uint32_t df, int fd)
 {
+    VX_EXCLUSIVE(dp);
     vx_sender_drain(dp);
     if (port < 65536)
         __atomic_store_n(&dp->port_fd[df != 0][port], fd, __ATOMIC_RELEASE);
@@ -309,6 +318,7 @@ void vx_dp_port_fd(vx_dp *dp, uint32_t port, uint32_t df, int fd)
  * thread's queued jobs first, as vx_dp_port_fd. */
 void vx_dp_link(vx_dp *dp, int fd, uint32_t ttl)
 {
+    VX_EXCLUSIVE(dp);
     vx_sender_drain(dp);
     pthread_mutex_lock(&dp->lock);
     dp->link_ttl = ttl ? ttl : 64;
@@ -321,6 +331,7 @@ void vx_dp_link(vx_dp *dp, int fd, uint32_t ttl)
 int vx_dp_remote_link(vx_dp *dp, uint32_t id, const uint8_t *dst_mac, const uint8_t *src_mac,
                       const uint8_t *saddr)
 {
+    VX_EXCLUSIVE(dp);
     if (id >= VX_MAX_REMOTES)
         return -EINVAL;
     pthread_mutex_lock(&dp->lock);
@@ -345,6 +356,7 @@ int vx_dp_remote_link(vx_dp *dp, uint32_t id, const uint8_t *dst_mac, const uint
 int vx_dp_put(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t action, uint32_t flags,
               uint64_t seen_ms, uint32_t *old_action)
 {
+    VX_EXCLUSIVE(dp);
     int rc = -ENOENT;
     *old_action = 0;
     if (action >= VX_MAX_ACTIONS)
@@ -369,6 +381,7 @@ int vx_dp_put(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t action, uint
 /* Remove (vni, mac): 1 (*old_action its action) or 0 if absent. */
 int vx_dp_del(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *old_action)
 {
+    VX_EXCLUSIVE(dp);
     int rc = 0;
     *old_action = 0;
     pthread_mutex_lock(&dp->lock);
@@ -387,6 +400,7 @@ int vx_dp_del(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *old_action)
 int vx_dp_get(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *action, uint32_t *flags,
               uint64_t *seen_ms)
 {
+    VX_EXCLUSIVE(dp);
     int rc = 0;
     pthread_mutex_lock(&dp->lock);
     int s = vx_seg_index(dp, vni);
@@ -405,6 +419,7 @@ int vx_dp_get(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *action, uin
 uint32_t vx_dp_dump(vx_dp *dp, uint32_t vni, uint8_t *macs, uint32_t *actions,
                     uint32_t *flags, uint64_t *seen_ms, uint32_t cap)
 {
+    VX_EXCLUSIVE(dp);
     uint32_t n = 0;
     pthread_mutex_lock(&dp->lock);
     int s = vx_seg_index(dp, vni);

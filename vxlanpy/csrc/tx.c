@@ -28,6 +28,7 @@ static uint32_t tx_match(const uint8_t *f, uint32_t len)
  */
 int vx_tx_classify(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t first, uint32_t n)
 {
+    VX_EXCLUSIVE(dp);
     int hits = 0;
     pthread_mutex_lock(&dp->lock);
     int s = vx_seg_index(dp, vni);
@@ -212,6 +213,7 @@ static uint32_t execute(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t n)
  */
 int vx_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t *upcalls)
 {
+    VX_EXCLUSIVE(dp);
     *upcalls = 0;
     pthread_mutex_lock(&dp->lock);
     int s = vx_seg_index(dp, vni);

@@ -35,7 +35,22 @@ enum vx_const {
     VX_RECV_CHUNK = 64,         /* datagrams per recvmmsg / sendmmsg call */
     VX_ALLOW_PREFIXES = 64,     /* source prefixes of one segment's allowlist */
     VX_MAX_PEERS = 1024,        /* remote VTEPs counted one by one (vx_peer_counters) */
-    VX_BATCH_BUCKETS = 11       /* batch-size histogram: sizes up to 1, 2, 4, ... 1024 */
+    VX_BATCH_BUCKETS = 11,      /* batch-size histogram: sizes up to 1, 2, 4, ... 1024 */
+    VX_LOOP_TAPS = 1024         /* TAPs the datapath thread polls at most */
+};
+
+/* What vx_rx_pump says of the socket and its batch (out[1]). */
+enum vx_rx_more {
+    VX_RX_DRAINED = 0,          /* the socket is empty */
+    VX_RX_MORE = 1,             /* it may hold more */
+    VX_RX_PENDING = 2           /* received datagrams wait in the batch: call again with it */
+};
+
+/* What the datapath thread holds for the engine (vx_loop_held.kind). */
+enum vx_held {
+    VX_HELD_NONE = 0,
+    VX_HELD_TX = 1,             /* vx_tx_pump of TAP ``vni`` returned n, upcalls */
+    VX_HELD_RX = 2              /* vx_rx_pump returned n, upcalls, more, gone */
 };
 
 /* Header check of a received payload (vx_batch.status); wire.STATUS_REASONS names them. */
@@ -236,6 +251,16 @@ typedef struct vx_peer_counters {
     uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
 } vx_peer_counters;
 
+/* What a pump of the datapath thread left for the engine (loop.c). */
+typedef struct vx_loop_held {
+    int32_t kind;                  /* enum vx_held */
+    int32_t vni;                   /* VX_HELD_TX: the TAP's segment */
+    int32_t n;                     /* the pump's return value (-errno on error) */
+    uint32_t upcalls;              /* slots marked for the engine */
+    uint32_t more;                 /* VX_HELD_RX: enum vx_rx_more */
+    int64_t gone;                  /* VX_HELD_RX: the VNI whose TAP is gone, else -1 */
+} vx_loop_held;
+
 /* --- codec (codec.c): VXLAN header and inner-flow hash --------------------------------- */
 uint32_t vx_flow_hash(const uint8_t *frame, uint32_t len);
 void vx_encap(vx_batch *b, uint32_t first, uint32_t n, uint32_t lo, uint32_t hi);
@@ -298,5 +323,17 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
 int vx_sender_start(vx_dp *dp);
 int64_t vx_sender_sent(vx_dp *dp);
 void vx_sender_drain(vx_dp *dp);
+
+/* --- the datapath thread (loop.c) ------------------------------------------------------ */
+int vx_loop_start(vx_dp *dp, const int *tap_fds, const uint32_t *vnis, uint32_t ntaps,
+                  int udp_fd, vx_batch *txb, vx_batch *rxb, uint32_t rounds, uint32_t spill,
+                  uint32_t busy_us);
+int vx_loop_running(vx_dp *dp);
+int vx_loop_notify_fd(vx_dp *dp);
+int vx_loop_held_get(vx_dp *dp, vx_loop_held *out);
+void vx_loop_release(vx_dp *dp);
+void vx_loop_pause(vx_dp *dp);
+void vx_loop_resume(vx_dp *dp);
+void vx_loop_stop(vx_dp *dp);
 
 #endif

@@ -160,6 +160,8 @@ typedef struct {
     vx_job jobs[VX_SENDER_JOBS];
 } vx_sender;
 
+typedef struct vx_loop vx_loop;
+
 struct vx_dp {
     pthread_mutex_t lock; /* the table, segments, remotes, actions and counters */
     vx_entry *tab;
@@ -186,6 +188,7 @@ struct vx_dp {
     vx_peer_counters peers[VX_MAX_PEERS + 1];
     uint32_t npeers;
     uint16_t peer_slot[2 * VX_MAX_PEERS];
+    vx_loop *loop;          /* the datapath thread (loop.c), NULL: none */
 };
 
 /* The batch-size bucket of n (>= 1): the smallest k with n <= 2^k, at most the last. */
@@ -207,6 +210,15 @@ uint32_t vx_peer_of(vx_dp *dp, const uint8_t *sa);
 /* tgso.c */
 int vx_tgso_send(vx_dp *dp, int fd, const vx_batch *b, uint32_t i, uint32_t vni,
                  const vx_remote *r);
+
+/* loop.c: a call from any thread but the datapath thread's own parks that thread for its
+ * duration (nested sections counted); VX_EXCLUSIVE(dp) at the top of a function does it */
+int vx_dp_exclusive_begin(vx_dp *dp);
+void vx_dp_exclusive_end(vx_dp *dp);
+void vx_dp_exclusive_cleanup(vx_dp **dpp);
+#define VX_EXCLUSIVE(dp)                                                                 \
+    vx_dp *vx_excl_ __attribute__((cleanup(vx_dp_exclusive_cleanup), unused)) =         \
+        vx_dp_exclusive_begin(dp) ? (dp) : NULL
 
 /* sender.c */
 vx_job *vx_sender_claim(vx_sender *t);

@@ -1,0 +1,311 @@
+/*
+ * The datapath thread: waits in poll(2) on the TAPs and the UDP socket and runs the pumps
+ * itself, so that a frame whose action is installed crosses vxlanpy without the interpreter or
+ * the event loop (their wake-up after idle is what a ping paid: docs/performance.md). It holds
+ * no policy: it runs vx_tx_pump / vx_rx_pump, and whatever they leave for the engine (upcalls,
+ * an error, a TAP that is gone, received datagrams still waiting) it *holds*: it records what
+ * the pump returned, tells the event loop (an eventfd the loop reads), and parks until the
+ * engine, which then owns the datapath and its batches, releases it.
+ *
+ * Any other call into the datapath from another thread (installing entries, dumps, the
+ * engine's own pumps) parks the thread first: vx_dp_exclusive_begin (vx_internal.h) at the top
+ * of those functions, nested sections counted; the counters are read under dp->lock and
+ * do not park it.
+ */
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vx_internal.h"
+
+struct vx_loop {
+    pthread_t thread;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    int kick;                  /* eventfd: wakes the thread's poll (a pause, a stop) */
+    int notify;                /* eventfd: the event loop's reader (something is held) */
+    uint32_t ntaps;
+    int taps[VX_LOOP_TAPS];
+    uint32_t vnis[VX_LOOP_TAPS];
+    int udp;
+    vx_batch *txb, *rxb;
+    uint32_t rounds, spill, busy_us;
+    uint32_t pauses;           /* callers that want the thread parked */
+    int parked, stop;
+    vx_loop_held held;         /* kind VX_HELD_NONE: nothing held */
+};
+
+static uint64_t now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
+static void kick(int fd)
+{
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof one);
+    (void)r; /* an eventfd write fails only when its counter is full: it is readable then */
+}
+
+/* Record what a pump left for the engine and tell the event loop; call with L->m held. */
+static void hold(vx_loop *L, const vx_loop_held *h)
+{
+    L->held = *h;
+    kick(L->notify);
+}
+
+/* One pass over the ready descriptors; returns 1 if something ran (for busy polling). */
+static int pass(vx_dp *dp, vx_loop *L, const struct pollfd *p, int *again)
+{
+    int worked = 0;
+    *again = 0;
+    for (uint32_t k = 0; k < L->ntaps; k++) {
+        if (!(p[k].revents & (POLLIN | POLLERR | POLLHUP)))
+            continue;
+        uint32_t up = 0;
+        int n = vx_tx_pump(dp, L->vnis[k], L->txb, L->rounds, &up);
+        worked = 1;
+        if (n < 0 || up) {
+            vx_loop_held h = {.kind = VX_HELD_TX, .vni = L->vnis[k], .n = n, .upcalls = up};
+            pthread_mutex_lock(&L->m);
+            hold(L, &h);
+            pthread_mutex_unlock(&L->m);
+            return worked;
+        }
+        if ((uint32_t)n == L->txb->capacity)
+            *again = 1; /* a full batch: the TAP may hold more */
+    }
+    if (p[L->ntaps].revents & (POLLIN | POLLERR)) {
+        uint32_t out[2] = {0, 0};
+        int64_t gone = -1;
+        int n = vx_rx_pump(dp, L->udp, L->rxb, now_us() / 1000u, L->rounds, L->spill, out,
+                           &gone);
+        worked = 1;
+        if (n < 0 || out[0] || out[1] == VX_RX_PENDING) {
+            vx_loop_held h = {.kind = VX_HELD_RX, .vni = -1, .n = n, .upcalls = out[0],
+                              .more = out[1], .gone = gone};
+            pthread_mutex_lock(&L->m);
+            hold(L, &h);
+            pthread_mutex_unlock(&L->m);
+            return worked;
+        }
+        if (out[1] == VX_RX_MORE)
+            *again = 1;
+    }
+    return worked;
+}
+
+static void *loop_main(void *arg)
+{
+    vx_dp *dp = arg;
+    vx_loop *L = dp->loop;
+    pthread_setname_np(pthread_self(), "vxlanpy-dp");
+    struct pollfd p[VX_LOOP_TAPS + 2];
+    uint64_t last_work = 0;
+    int again = 0;
+    pthread_mutex_lock(&L->m);
+    for (;;) {
+        while ((L->pauses || L->held.kind != VX_HELD_NONE) && !L->stop) {
+            L->parked = 1;
+            pthread_cond_broadcast(&L->cv);
+            pthread_cond_wait(&L->cv, &L->m);
+        }
+        L->parked = 0;
+        if (L->stop)
+            break;
+        uint32_t n = L->ntaps;
+        for (uint32_t k = 0; k < n; k++)
+            p[k] = (struct pollfd){.fd = L->taps[k], .events = POLLIN};
+        p[n] = (struct pollfd){.fd = L->udp, .events = POLLIN};
+        p[n + 1] = (struct pollfd){.fd = L->kick, .events = POLLIN};
+        uint32_t busy = L->busy_us;
+        pthread_mutex_unlock(&L->m);
+        /* sleep in poll, but after work: spin (--busy-poll) while the last work is recent */
+        int spin = again || (busy && now_us() - last_work < busy);
+        int r = poll(p, n + 2, spin ? 0 : -1);
+        int closed = 0;
+        for (uint32_t k = 0; r > 0 && k <= n; k++)
+            closed |= p[k].revents & POLLNVAL;
+        if (closed) { /* a descriptor was closed under the thread: it ends (vx_loop_stop) */
+            pthread_mutex_lock(&L->m);
+            break;
+        }
+        if (r > 0) {
+            if (p[n + 1].revents & POLLIN) {
+                uint64_t v;
+                ssize_t rr = read(L->kick, &v, sizeof v);
+                (void)rr;
+            }
+            if (pass(dp, L, p, &again))
+                last_work = now_us();
+        } else if (r == 0) {
+            again = 0;
+            sched_yield(); /* spinning: let a runnable thread of this core go first */
+        } else {
+            again = 0;
+        }
+        pthread_mutex_lock(&L->m);
+    }
+    L->parked = 1;
+    pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->m);
+    return NULL;
+}
+
+int vx_dp_exclusive_begin(vx_dp *dp)
+{
+    vx_loop *L = dp->loop;
+    if (L == NULL || pthread_equal(pthread_self(), L->thread))
+        return 0;
+    pthread_mutex_lock(&L->m);
+    L->pauses++; /* nested sections, several callers: each adds one */
+    if (!L->parked) {
+        kick(L->kick);
+        while (!L->parked)
+            pthread_cond_wait(&L->cv, &L->m);
+    }
+    pthread_mutex_unlock(&L->m);
+    return 1;
+}
+
+void vx_dp_exclusive_end(vx_dp *dp)
+{
+    vx_loop *L = dp->loop;
+    if (L == NULL || pthread_equal(pthread_self(), L->thread))
+        return;
+    pthread_mutex_lock(&L->m);
+    if (L->pauses > 0 && --L->pauses == 0)
+        pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->m);
+}
+
+void vx_dp_exclusive_cleanup(vx_dp **dpp)
+{
+    if (*dpp != NULL)
+        vx_dp_exclusive_end(*dpp);
+}
+
+void vx_loop_pause(vx_dp *dp)
+{
+    vx_dp_exclusive_begin(dp);
+}
+
+void vx_loop_resume(vx_dp *dp)
+{
+    vx_dp_exclusive_end(dp);
+}
+
+int vx_loop_start(vx_dp *dp, const int *tap_fds, const uint32_t *vnis, uint32_t ntaps,
+                  int udp_fd, vx_batch *txb, vx_batch *rxb, uint32_t rounds, uint32_t spill,
+                  uint32_t busy_us)
+{
+    if (dp->loop != NULL)
+        return -EBUSY;
+    if (ntaps > VX_LOOP_TAPS)
+        return -E2BIG;
+    if (rxb->capacity > VX_MAX_BATCH || txb->capacity > VX_MAX_BATCH || spill >= rxb->capacity)
+        return -EINVAL;
+    vx_loop *L = calloc(1, sizeof *L);
+    if (L == NULL)
+        return -ENOMEM;
+    L->kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    L->notify = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (L->kick < 0 || L->notify < 0) {
+        int e = errno;
+        if (L->kick >= 0)
+            close(L->kick);
+        if (L->notify >= 0)
+            close(L->notify);
+        free(L);
+        return -e;
+    }
+    pthread_mutex_init(&L->m, NULL);
+    pthread_cond_init(&L->cv, NULL);
+    memcpy(L->taps, tap_fds, ntaps * sizeof *tap_fds);
+    memcpy(L->vnis, vnis, ntaps * sizeof *vnis);
+    L->ntaps = ntaps;
+    L->udp = udp_fd;
+    L->txb = txb;
+    L->rxb = rxb;
+    L->rounds = rounds;
+    L->spill = spill;
+    L->busy_us = busy_us;
+    L->held.kind = VX_HELD_NONE;
+    dp->loop = L;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* signals stay with Python's thread */
+    int rc = pthread_create(&L->thread, NULL, loop_main, dp);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        dp->loop = NULL;
+        close(L->kick);
+        close(L->notify);
+        pthread_mutex_destroy(&L->m);
+        pthread_cond_destroy(&L->cv);
+        free(L);
+        return -rc;
+    }
+    return 0;
+}
+
+int vx_loop_notify_fd(vx_dp *dp)
+{
+    return dp->loop == NULL ? -1 : dp->loop->notify;
+}
+
+int vx_loop_held_get(vx_dp *dp, vx_loop_held *out)
+{
+    vx_loop *L = dp->loop;
+    if (L == NULL)
+        return 0;
+    uint64_t v;
+    ssize_t r = read(L->notify, &v, sizeof v);
+    (void)r;
+    pthread_mutex_lock(&L->m);
+    *out = L->held;
+    pthread_mutex_unlock(&L->m);
+    return out->kind != VX_HELD_NONE;
+}
+
+void vx_loop_release(vx_dp *dp)
+{
+    vx_loop *L = dp->loop;
+    if (L == NULL)
+        return;
+    pthread_mutex_lock(&L->m);
+    L->held.kind = VX_HELD_NONE;
+    pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->m);
+}
+
+void vx_loop_stop(vx_dp *dp)
+{
+    vx_loop *L = dp->loop;
+    if (L == NULL || pthread_equal(pthread_self(), L->thread))
+        return;
+    pthread_mutex_lock(&L->m);
+    L->stop = 1;
+    kick(L->kick);
+    pthread_cond_broadcast(&L->cv);
+    pthread_mutex_unlock(&L->m);
+    pthread_join(L->thread, NULL);
+    dp->loop = NULL;
+    close(L->kick);
+    close(L->notify);
+    pthread_mutex_destroy(&L->m);
+    pthread_cond_destroy(&L->cv);
+    free(L);
+}
+
+int vx_loop_running(vx_dp *dp)
+{
+    return dp->loop != NULL;
+}
