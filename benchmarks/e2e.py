@@ -67,6 +67,7 @@ VARIANTS: dict[str, list[str]] = {
     "vxlanpy_nocsum": ["--noudpcsum"],  # zero outer checksums: sendmmsg, no UDP GSO
     "vxlanpy_nocsumtg": ["--noudpcsum", "--tunnel-gso"],  # ... with tunnel GSO
     "vxlanpy_nowatch": ["--no-peer-watch"],  # the peer watch's cost (csum_bench --kinds)
+    "vxlanpy_nodpt": ["--no-datapath-thread"],  # the event loop polls (before 2026-12-02)
 }
 METRICS: dict[str, tuple[str, str, bool]] = {
     # key: (label, unit, higher is better)
@@ -134,7 +135,9 @@ class Pair:
                     address=f"{addr}/24",
                     extra=["noudpcsum"] if "ovs" in (left, right) else [],
                 )
-                if "ovs" in (left, right):  # OVS takes no partial checksum, inner ones neither
+                # OVS and the C forwarder take the bytes as they are: no partial checksum
+                # (inner ones neither), which a veth would otherwise hand over
+                if {"ovs", "cfwd", "cfwd_spin"} & {left, right}:
                     host.sh("ethtool", "-K", self.dev, "tx", "off")
             else:
                 cwd = None
@@ -311,8 +314,8 @@ class Pair:
 
 
 NOTES = """Pairs: host a's VTEP - host b's VTEP, two network namespaces joined by a veth pair.
-`vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path, offloads, a C sender thread
-for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread` (everything from the event loop's
+`vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path on a C datapath thread, offloads, a
+C sender thread for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread` (everything from the event loop's
 thread: one core); `vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next
 packet instead of sleeping: lower latency, one core busy while traffic flows); `vxlanpy_nogro`
 adds `--no-gro` (no UDP GRO on the receiving socket: each datagram received and written to the

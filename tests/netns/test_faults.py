@@ -133,6 +133,12 @@ def test_receive_buffer_overrun(topo: Topology, tmp_path: Path) -> None:
     finally:
         os.kill(v.proc.pid, signal.SIGCONT)
     assert wait_for(lambda: request(sock, {"cmd": "stats"})["rx_socket_dropped"] > 0, 5)
+
+    def accounted() -> int:  # the datapath thread may still be delivering what was queued
+        st = request(sock, {"cmd": "stats"})
+        return int(st["rx_socket_dropped"] + st["segments"][str(VNI)]["rx_packets"])
+
+    wait_for(lambda: accounted() >= sent, 5)
     st = request(sock, {"cmd": "stats"})
     seg = st["segments"][str(VNI)]
     print(
