@@ -563,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         log("the end-to-end benchmark needs root, iproute2 and /dev/net/tun")
         return 1
     pairs = tuple(p for p in a.pairs.split(",") if p)
-    known = set(PAIRS) | ({"baseline-kernel"} if BASELINE else set())
+    known = set(PAIRS) | {f"{v}-kernel" for v in VARIANTS}  # any variant against the kernel
+    known |= {"baseline-kernel"} if BASELINE else set()
     if BASELINE and "baseline-kernel" not in pairs:
         pairs += ("baseline-kernel",)
     unknown = set(pairs) - known

@@ -40,6 +40,17 @@ struct vx_loop {
     vx_loop_held held;         /* kind VX_HELD_NONE: nothing held */
 };
 
+static void loop_free(vx_loop *L)
+{
+    if (L->kick >= 0)
+        close(L->kick);
+    if (L->notify >= 0)
+        close(L->notify);
+    pthread_mutex_destroy(&L->m);
+    pthread_cond_destroy(&L->cv);
+    free(L);
+}
+
 static uint64_t now_us(void)
 {
     struct timespec t;
@@ -215,19 +226,15 @@ int vx_loop_start(vx_dp *dp, const int *tap_fds, const uint32_t *vnis, uint32_t 
     vx_loop *L = calloc(1, sizeof *L);
     if (L == NULL)
         return -ENOMEM;
+    pthread_mutex_init(&L->m, NULL);
+    pthread_cond_init(&L->cv, NULL);
     L->kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     L->notify = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (L->kick < 0 || L->notify < 0) {
         int e = errno;
-        if (L->kick >= 0)
-            close(L->kick);
-        if (L->notify >= 0)
-            close(L->notify);
-        free(L);
+        loop_free(L);
         return -e;
     }
-    pthread_mutex_init(&L->m, NULL);
-    pthread_cond_init(&L->cv, NULL);
     memcpy(L->taps, tap_fds, ntaps * sizeof *tap_fds);
     memcpy(L->vnis, vnis, ntaps * sizeof *vnis);
     L->ntaps = ntaps;
@@ -246,11 +253,7 @@ int vx_loop_start(vx_dp *dp, const int *tap_fds, const uint32_t *vnis, uint32_t 
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         dp->loop = NULL;
-        close(L->kick);
-        close(L->notify);
-        pthread_mutex_destroy(&L->m);
-        pthread_cond_destroy(&L->cv);
-        free(L);
+        loop_free(L);
         return -rc;
     }
     return 0;
@@ -298,11 +301,7 @@ void vx_loop_stop(vx_dp *dp)
     pthread_mutex_unlock(&L->m);
     pthread_join(L->thread, NULL);
     dp->loop = NULL;
-    close(L->kick);
-    close(L->notify);
-    pthread_mutex_destroy(&L->m);
-    pthread_cond_destroy(&L->cv);
-    free(L);
+    loop_free(L);
 }
 
 int vx_loop_running(vx_dp *dp)

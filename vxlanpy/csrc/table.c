@@ -378,22 +378,24 @@ int vx_dp_put(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t action, uint
     return rc;
 }
 
+/* The entry of (vni, mac), NULL if none; call with dp->lock held. */
+static vx_entry *lookup(const vx_dp *dp, uint32_t vni, const uint8_t *mac)
+{
+    int s = vx_seg_index(dp, vni);
+    return s < 0 ? NULL : vx_find(dp, (uint32_t)s, mac);
+}
+
 /* Remove (vni, mac): 1 (*old_action its action) or 0 if absent. */
 int vx_dp_del(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *old_action)
 {
     VX_EXCLUSIVE(dp);
-    int rc = 0;
-    *old_action = 0;
     pthread_mutex_lock(&dp->lock);
-    int s = vx_seg_index(dp, vni);
-    vx_entry *e = s < 0 ? NULL : vx_find(dp, (uint32_t)s, mac);
-    if (e != NULL) {
-        *old_action = e->action;
+    vx_entry *e = lookup(dp, vni, mac);
+    *old_action = e != NULL ? e->action : 0;
+    if (e != NULL)
         erase(dp, e);
-        rc = 1;
-    }
     pthread_mutex_unlock(&dp->lock);
-    return rc;
+    return e != NULL;
 }
 
 /* 1 and the entry's fields if (vni, mac) is installed, else 0. */
@@ -401,18 +403,15 @@ int vx_dp_get(vx_dp *dp, uint32_t vni, const uint8_t *mac, uint32_t *action, uin
               uint64_t *seen_ms)
 {
     VX_EXCLUSIVE(dp);
-    int rc = 0;
     pthread_mutex_lock(&dp->lock);
-    int s = vx_seg_index(dp, vni);
-    vx_entry *e = s < 0 ? NULL : vx_find(dp, (uint32_t)s, mac);
+    const vx_entry *e = lookup(dp, vni, mac);
     if (e != NULL) {
         *action = e->action;
         *flags = e->flags;
         *seen_ms = e->seen_ms;
-        rc = 1;
     }
     pthread_mutex_unlock(&dp->lock);
-    return rc;
+    return e != NULL;
 }
 
 /* Copy up to cap entries of vni (MACs 6 bytes each); returns how many vni has in all. */
