@@ -315,8 +315,10 @@ class Pair:
 
 NOTES = """Pairs: host a's VTEP - host b's VTEP, two network namespaces joined by a veth pair.
 `vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path on a C datapath thread, offloads, a
-C sender thread for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread` (everything from the event loop's
-thread: one core); `vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next
+C sender thread for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread` (super-frames sent from the datapath
+thread too: one core); `vxlanpy_nodpt` adds `--no-datapath-thread` (the event loop polls and
+pumps, as before 2026-12-02); `vxlanpy_tgso` adds `--tunnel-gso`; `baseline` (with
+`--baseline DIR`) is vxlanpy from another checkout; `vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next
 packet instead of sleeping: lower latency, one core busy while traffic flows); `vxlanpy_nogro`
 adds `--no-gro` (no UDP GRO on the receiving socket: each datagram received and written to the
 TAP on its own; it matters where the peer sends UDP GSO, i.e. vxlanpy-vxlanpy); `naive` is
