@@ -314,19 +314,20 @@ class Pair:
 
 
 NOTES = """Pairs: host a's VTEP - host b's VTEP, two network namespaces joined by a veth pair.
-`vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path on a C datapath thread, offloads, a
-C sender thread for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread` (super-frames sent from the datapath
-thread too: one core); `vxlanpy_nodpt` adds `--no-datapath-thread` (the event loop polls and
-pumps, as before 2026-12-02); `vxlanpy_tgso` adds `--tunnel-gso`; `baseline` (with
-`--baseline DIR`) is vxlanpy from another checkout; `vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next
-packet instead of sleeping: lower latency, one core busy while traffic flows); `vxlanpy_nogro`
-adds `--no-gro` (no UDP GRO on the receiving socket: each datagram received and written to the
-TAP on its own; it matters where the peer sends UDP GSO, i.e. vxlanpy-vxlanpy); `naive` is
+`vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path on a C datapath thread,
+offloads, a C sender thread for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread`
+(super-frames sent from the datapath thread too: one core); `vxlanpy_nodpt` adds
+`--no-datapath-thread` (the event loop polls and pumps, as before 2026-12-02); `vxlanpy_tgso`
+adds `--tunnel-gso`; `baseline` (with `--baseline DIR`) is vxlanpy from another checkout;
+`vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next packet instead of
+sleeping: lower latency, one core busy while traffic flows); `vxlanpy_nogro` adds `--no-gro` (no
+UDP GRO on the receiving socket: each datagram received and written to the TAP on its own; it
+matters where the peer sends UDP GSO, i.e. vxlanpy-vxlanpy); `naive` is
 `benchmarks/naive_forwarder.py`, one Python call per packet; `cfwd` is
 `benchmarks/c_forwarder.c`, the same in C (poll, one packet per system call, no offloads: what
 waking a process and crossing a TAP and a socket cost on the host, without an interpreter or an
-event loop), `cfwd_spin` the same polling without sleeping. iperf3 runs from a to b (`-R`: b
-to a); the UDP tests use 64-byte payloads and 2 MB socket buffers (`-w 2M`) for every pair. The
+event loop), `cfwd_spin` the same polling without sleeping. iperf3 runs from a to b (`-R`: b to
+a); the UDP tests use 64-byte payloads and 2 MB socket buffers (`-w 2M`) for every pair. The
 loss-free rate is searched (bisection, 5 probes of up to 3 s) between 0 and 1.1 x what iperf3
 `-b 0` pushes through kernel-kernel in the same repetition. Ping: 200 echo requests, 10 ms
 apart."""
