@@ -10,6 +10,7 @@ super-frame cut into chunks on one side and merged back into one on the other.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import subprocess
@@ -173,3 +174,59 @@ def test_the_pure_python_twin_too() -> None:
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert "2 passed" in p.stdout, p.stdout[-500:]
+
+
+@pytest.mark.skipif(not datapath.available(), reason="needs the C datapath (cffi backend)")
+def test_datapath_thread_hands_over_to_tracing() -> None:
+    """With the C datapath the pumps run on the datapath thread; a trace moves them to the
+    event loop (every batch traced, hits included) and the thread comes back after it."""
+    from vxlanpy import trace_live
+
+    async def main() -> None:
+        async with pair(True) as (a, ta, b, tb):
+            assert a.datapath_thread and b.datapath_thread
+            assert a.stats()["datapath_thread"] is True
+            tb.inject(_udp(MAC_B, "ff:ff:ff:ff:ff:ff", 0))  # A learns B
+            assert await _got(ta)
+            records: list[object] = []
+            token = trace_live.add_sink(a.engine, records.append)
+            assert not a.datapath_thread  # the event loop pumps while something traces
+            traced = [_udp(MAC_A, MAC_B, 10 + k) for k in range(5)]
+            for f in traced:
+                ta.inject(f)
+            assert [f for _h, f in await _got(tb)] == traced
+            assert len(records) >= len(traced)  # each frame's decision, C's hits among them
+            trace_live.remove_sink(a.engine, token)
+            assert a.datapath_thread and a.engine.tracer is None
+            c_tx = a.engine.datapath.segment_counters(VNI)["tx_packets"]  # type: ignore[union-attr]
+            after = [_udp(MAC_A, MAC_B, 20 + k) for k in range(5)]
+            for f in after:
+                ta.inject(f)
+            assert [f for _h, f in await _got(tb)] == after
+            assert a.engine.datapath.segment_counters(VNI)["tx_packets"] == c_tx + 5  # type: ignore[union-attr]
+            assert len(records) < len(traced) + len(after)  # not traced any more
+
+    asyncio.run(main())
+
+
+def test_datapath_thread_can_be_turned_off() -> None:
+    """``datapath_thread = false``: the event loop polls and pumps, forwarding the same."""
+
+    async def main() -> None:
+        port = _free_port()
+        cfg_a = dataclasses.replace(_cfg(A_IP, B_IP, MAC_A, port, True), datapath_thread=False)
+        a = Vtep(cfg_a, devices=(da := MemoryTaps()))
+        b = Vtep(_cfg(B_IP, A_IP, MAC_B, port, True), devices=(db := MemoryTaps()))
+        await a.start()
+        await b.start()
+        try:
+            assert not a.datapath_thread and not a.stats()["datapath_thread"]
+            frame = _udp(MAC_A, "ff:ff:ff:ff:ff:ff", 1)
+            da.taps["vx0"].inject(frame)
+            assert [f for _h, f in await _got(db.taps["vx0"])] == [frame]
+        finally:
+            await b.close()
+            await a.close()
+        assert a.datapath_thread is False and b.datapath_thread is (b.pumps is not None)
+
+    asyncio.run(main())
