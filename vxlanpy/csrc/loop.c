@@ -14,7 +14,6 @@
  */
 #include <poll.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -65,11 +64,13 @@ static void kick(int fd)
     (void)r; /* an eventfd write fails only when its counter is full: it is readable then */
 }
 
-/* Record what a pump left for the engine and tell the event loop; call with L->m held. */
+/* Record what a pump left for the engine and tell the event loop. */
 static void hold(vx_loop *L, const vx_loop_held *h)
 {
+    pthread_mutex_lock(&L->m);
     L->held = *h;
     kick(L->notify);
+    pthread_mutex_unlock(&L->m);
 }
 
 /* One pass over the ready descriptors; returns 1 if something ran (for busy polling). */
@@ -85,9 +86,7 @@ static int pass(vx_dp *dp, vx_loop *L, const struct pollfd *p, int *again)
         worked = 1;
         if (n < 0 || up) {
             vx_loop_held h = {.kind = VX_HELD_TX, .vni = L->vnis[k], .n = n, .upcalls = up};
-            pthread_mutex_lock(&L->m);
             hold(L, &h);
-            pthread_mutex_unlock(&L->m);
             return worked;
         }
         if ((uint32_t)n == L->txb->capacity)
@@ -102,9 +101,7 @@ static int pass(vx_dp *dp, vx_loop *L, const struct pollfd *p, int *again)
         if (n < 0 || out[0] || out[1] == VX_RX_PENDING) {
             vx_loop_held h = {.kind = VX_HELD_RX, .vni = -1, .n = n, .upcalls = out[0],
                               .more = out[1], .gone = gone};
-            pthread_mutex_lock(&L->m);
             hold(L, &h);
-            pthread_mutex_unlock(&L->m);
             return worked;
         }
         if (out[1] == VX_RX_MORE)
@@ -246,11 +243,7 @@ int vx_loop_start(vx_dp *dp, const int *tap_fds, const uint32_t *vnis, uint32_t 
     L->busy_us = busy_us;
     L->held.kind = VX_HELD_NONE;
     dp->loop = L;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old); /* signals stay with Python's thread */
-    int rc = pthread_create(&L->thread, NULL, loop_main, dp);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int rc = vx_thread_start(&L->thread, loop_main, dp);
     if (rc != 0) {
         dp->loop = NULL;
         loop_free(L);

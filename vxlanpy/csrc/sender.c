@@ -79,6 +79,19 @@ static void sender_free(vx_sender *t)
     free(t);
 }
 
+/* Start a thread of the datapath's (the sender, the datapath thread) with every signal blocked:
+ * signals stay with the threads that expect them (a handler run here would cut system calls
+ * short with EINTR, and Python's own handling does not need these threads). 0 or an errno. */
+int vx_thread_start(pthread_t *thread, void *(*main)(void *), void *arg)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(thread, NULL, main, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
 /* Send what is queued, then end the thread. */
 void vx_sender_stop(vx_dp *dp)
 {
@@ -117,13 +130,7 @@ int vx_sender_start(vx_dp *dp)
         return -ENOMEM;
     }
     dp->sender = t;
-    /* signals stay with the threads that expect them: a handler run here would cut sends
-     * short (EINTR) and Python's own handling does not need this thread */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = pthread_create(&t->thread, NULL, sender_main, dp);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int rc = vx_thread_start(&t->thread, sender_main, dp);
     if (rc != 0) {
         dp->sender = NULL;
         sender_free(t);

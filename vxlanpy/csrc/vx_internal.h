@@ -221,6 +221,7 @@ void vx_dp_exclusive_cleanup(vx_dp **dpp);
         vx_dp_exclusive_begin(dp) ? (dp) : NULL
 
 /* sender.c */
+int vx_thread_start(pthread_t *thread, void *(*main)(void *), void *arg);
 vx_job *vx_sender_claim(vx_sender *t);
 void vx_sender_push(vx_sender *t);
 void vx_sender_stop(vx_dp *dp);
