@@ -136,7 +136,6 @@ class Readers:
         batch (finished from the event loop, then the thread is released)."""
         v = self._vtep
         assert v._tx_batch is not None and v._rx_batch is not None
-        (v._tx_batch if held.kind == Held.TX else v._rx_batch).count = max(held.n, 0)  # as Pumps
         if held.kind == Held.TX:
             tap = v.taps.get(held.vni)
             assert tap is not None

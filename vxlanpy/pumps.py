@@ -59,6 +59,7 @@ class Pumps:
         self._dp = datapath.dp
         self._u32 = self._ffi.new("uint32_t[2]")
         self._i64 = self._ffi.new("int64_t[1]")
+        self._thread_batches: tuple[FrameBatch, FrameBatch] | None = None  # the thread's
 
     def start_sender(self) -> None:
         """Send super-frames from a C thread of their own (device -> wire as a pipeline: this
@@ -123,6 +124,7 @@ class Pumps:
         )  # fmt: skip
         if r < 0:
             raise OSError(-r, f"cannot start the datapath thread: {os.strerror(-r)}")
+        self._thread_batches = (tx, rx)
         return int(self._lib.vx_loop_notify_fd(self._dp))
 
     @property
@@ -131,10 +133,14 @@ class Pumps:
         return bool(self._lib.vx_loop_running(self._dp))
 
     def held(self) -> LoopHeld | None:
-        """What the datapath thread holds for the engine (it waits meanwhile), or None."""
+        """What the datapath thread holds for the engine (it waits meanwhile), or None; the
+        batch it pumped has its ``count`` set, as ``tx`` and ``rx`` set it."""
         h = self._ffi.new("vx_loop_held *")
         if not self._lib.vx_loop_held_get(self._dp, h):
             return None
+        assert self._thread_batches is not None  # the thread runs: start_thread set them
+        tx, rx = self._thread_batches
+        (tx if h.kind == Held.TX else rx).count = max(int(h.n), 0)
         return LoopHeld(Held(h.kind), int(h.vni), int(h.n), int(h.upcalls), int(h.more),
                         int(h.gone))  # fmt: skip
 

@@ -115,7 +115,7 @@ class Vtep:
         self.batches = {"tx": BatchSizes(), "rx": BatchSizes()}  # the Python pumps' reads
         self._capture: object | None = None  # run --capture: the file being written
         self.peer_watch: PeerSocket | None = None  # peerwatch.py: once-per-peer mismatches
-        self._closing = False
+        self._closing = False  # _teardown has begun
         self._readers = Readers(self, _PUMP_ROUNDS)  # the datapath thread or the loop's readers
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -278,8 +278,8 @@ class Vtep:
 
     @property
     def stopping(self) -> bool:
-        """True once the Vtep is closed or has failed."""
-        return self._stopped.is_set() or self._closing
+        """True from the start of closing (or failing) on: ``_stopped`` is set after it."""
+        return self._closing
 
     @property
     def datapath_thread(self) -> bool:
@@ -386,15 +386,10 @@ class Vtep:
         """After a pump: events and timers if the engine did anything; then busy-poll."""
         if upcalls:
             self._after_work()
-        if (
-            self.config.busy_poll
-            and self.pumps is not None
-            and self._poll_fds
-            and not (
-                self._readers.threaded  # the thread polls itself
-            )
-        ):
-            self.pumps.spin(self._poll_fds, self.config.busy_poll)
+        pumps, usec = self.pumps, self.config.busy_poll
+        # (with the datapath thread, that thread spins itself)
+        if usec and pumps is not None and self._poll_fds and not self._readers.threaded:
+            pumps.spin(self._poll_fds, usec)
 
     def _pump_udp(self, batch: FrameBatch, first: RxPump | None = None) -> int:
         """Wire -> TAP through the C pump; the engine handles the upcalls of each batch
