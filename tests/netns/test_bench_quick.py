@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.e2e import PAIRS
 from vxlanpy.io import tgso
 from vxlanpy.netns import Topology
+
+pytestmark = pytest.mark.alone  # make test runs it after the parallel part (see Makefile)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,6 +82,8 @@ def test_micro_quick(tmp_path: Path) -> None:
     p = subprocess.run(
         [sys.executable, "-m", "benchmarks", "micro", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
+        # under an xdist worker pytest-benchmark would turn itself off in the child's pytest
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
         capture_output=True,
         text=True,
         timeout=300,

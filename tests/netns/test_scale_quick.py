@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.scale import QUICK
 from vxlanpy.netns import Topology
+
+pytestmark = pytest.mark.alone  # make test runs it after the parallel part (see Makefile)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,8 +4,12 @@ at a counted place, RSS stays flat, the log has no exception, and it exits 0."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import soak
 from vxlanpy.netns import Topology
+
+pytestmark = pytest.mark.alone  # make test runs it after the parallel part (see Makefile)
 
 
 def test_short_soak(topo: Topology) -> None:
