@@ -305,7 +305,7 @@ def fdb_memory(n: int) -> tuple[float, float | None, float]:
     # pass 1: RSS delta and speed, no tracing
     gc.collect()
     rss0 = _rss()
-    fdb = Fdb(ageing=300.0)
+    fdb = Fdb(ageing=300.0, max_learned=0, learn_rate=0)  # no limits: n entries
     t0 = time.perf_counter_ns()
     _learn_all(fdb, n, ips)
     ns = (time.perf_counter_ns() - t0) / n
@@ -318,7 +318,7 @@ def fdb_memory(n: int) -> tuple[float, float | None, float]:
     # pass 2: every Python allocation the learning made and kept
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    fdb = Fdb(ageing=300.0)
+    fdb = Fdb(ageing=300.0, max_learned=0, learn_rate=0)  # no limits: n entries
     _learn_all(fdb, n, ips)
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()

@@ -154,7 +154,7 @@ def _fdb(n: int) -> tuple[Fdb, float]:
         ips = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(100)]
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
-        f = Fdb(ageing=300.0)
+        f = Fdb(ageing=300.0, max_learned=0, learn_rate=0)  # no limits: n entries
         for i, m in enumerate(macs):
             f.learn(m, ips[i % 100], 0.0)
         per_entry = (tracemalloc.get_traced_memory()[0] - before) / n

@@ -6,6 +6,7 @@ backends), so the datagram is not lost and the report is counted once."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import struct
 import time
@@ -29,7 +30,9 @@ from vxlanpy.io.errqueue import (
 )
 from vxlanpy.io.udp import UdpTransport
 
-LO = "127.0.0.1"
+# a loopback address of this process's own: the fixed source ports below must not collide with
+# a test running side by side in another process (pytest-xdist)
+LO = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.1"
 
 
 def _closed_port() -> int:

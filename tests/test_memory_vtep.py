@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -29,7 +30,10 @@ from vxlanpy.io.memory import MemoryTap, MemoryTaps, vnet_header
 from vxlanpy.tunnel import Vtep
 
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
-A_IP, B_IP = "127.0.0.1", "127.0.0.2"
+# loopback addresses of this process's own (random) /24: test processes running side by side
+# (pytest-xdist) send the same flows, hence from the same source ports, and must not collide
+_NET = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}"
+A_IP, B_IP = f"{_NET}.1", f"{_NET}.2"
 VNI = 42
 FAST = [True, False] if datapath.available() else [False]
 

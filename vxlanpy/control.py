@@ -65,11 +65,16 @@ def default_dir() -> str:
     it is ``/run/vxlanpy/netns-<name>``; elsewhere ``/run/vxlanpy``."""
     try:
         mine = os.stat("/proc/self/ns/net").st_ino
-        for name in sorted(os.listdir("/run/netns")):
-            if os.stat(os.path.join("/run/netns", name)).st_ino == mine:
-                return os.path.join(DEFAULT_DIR, f"netns-{name}")
+        names = sorted(os.listdir("/run/netns"))
     except OSError:
-        pass
+        return DEFAULT_DIR
+    for name in names:
+        try:
+            ino = os.stat(os.path.join("/run/netns", name)).st_ino
+        except OSError:  # another namespace deleted meanwhile: not this one
+            continue
+        if ino == mine:
+            return os.path.join(DEFAULT_DIR, f"netns-{name}")
     return DEFAULT_DIR
 
 

@@ -67,6 +67,8 @@ def test_e2e_quick(topo: Topology, tmp_path: Path) -> None:
     md = (tmp_path / "benchmarks.md").read_text()
     assert "| TCP 1 stream a->b [Gbit/s] |" in md and "×" in md
     assert "| ping RTT p50 added to kernel-kernel's [us] |" in md
+    assert "Ping: 20 echo requests not counted (caches, the first upcalls),\nthen 20," in md
+    assert "{" not in md.split("Pairs: ", 1)[1]  # the notes' template filled in
     assert (tmp_path / "benchmarks.png").stat().st_size > 1000
     assert f"[{len(expected)}/{len(expected)}] naive-naive" in p.stderr  # progress was shown
     # where 64-byte UDP was lost: every pair's counters, iperf3's own count among them

@@ -154,7 +154,9 @@ def test_second_vtep_on_the_same_port_exits_1(topo: Topology, ns: Host) -> None:
     """A second VTEP may not bind the port of a running one (it would take its traffic)."""
     first = Vxlanpy(topo, ns, ["--vni", "5", "--tap", "vx0"])
     try:
-        p = _run(ns, "--vni", "6", "--tap", "vx1", "--control", "/run/vxlanpy/second.sock")
+        p = _run(
+            ns, "--vni", "6", "--tap", "vx1", "--control", f"/run/vxlanpy/second-{topo.tag}.sock"
+        )
         _assert_error(p, 1, "4789", "in use")
         assert "vx1" not in _links(ns)
         assert first.proc.poll() is None  # the first one is untouched

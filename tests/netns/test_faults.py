@@ -71,6 +71,7 @@ def _reaches(h: Host, ip: str, seconds: float = 10) -> bool:
     )
 
 
+@pytest.mark.alone  # a flood: its load would bend the timing of tests beside it
 def test_tap_deleted_under_load(topo: Topology, tmp_path: Path) -> None:
     a, b, v, sock = _up(topo, tmp_path)
     flood = _flood(a, OB, 2_000_000, 5)

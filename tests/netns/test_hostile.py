@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import Vxlanpy, ping
 
 from vxlanpy.netns import Host, Topology
@@ -46,6 +47,7 @@ def _seg(v: Vxlanpy) -> dict[str, object]:
     return seg
 
 
+@pytest.mark.alone  # a flood: its load would bend the timing of tests beside it
 def test_mac_flood_with_default_settings(topo: Topology) -> None:
     a, b, x, _dev = _three(topo)
     v = Vxlanpy(
