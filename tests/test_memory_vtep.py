@@ -26,6 +26,7 @@ from scapy.packet import Raw
 
 from vxlanpy import datapath
 from vxlanpy.config import SegmentSpec, VtepConfig
+from vxlanpy.events import PeerMismatch
 from vxlanpy.io.memory import MemoryTap, MemoryTaps, vnet_header
 from vxlanpy.tunnel import Vtep
 
@@ -232,5 +233,24 @@ def test_datapath_thread_can_be_turned_off() -> None:
             await b.close()
             await a.close()
         assert a.datapath_thread is False and b.datapath_thread is (b.pumps is not None)
+
+    asyncio.run(main())
+
+
+def test_events_subscribed_from_the_call_not_the_first_iteration() -> None:
+    """`vxlanpy-tunnel run -v` asks for the stream before start(): what the VTEP reports before
+    the consumer first iterates (a peer watch's early mismatch) reaches it, in order."""
+
+    async def main() -> None:
+        v = Vtep(_cfg(A_IP, B_IP, MAC_A, _free_port(), False))
+        stream = v.events()
+        first = PeerMismatch(remote=B_IP, kinds=("zero-checksum",), hint="h")
+        second = PeerMismatch(remote="127.0.0.9", kinds=("checksum",), hint="h")
+        v._publish(first)  # before any iteration
+        v._publish(second)
+        got = [await asyncio.wait_for(stream.__anext__(), 2) for _ in range(2)]
+        assert got == [first, second]
+        await stream.aclose()
+        assert v._subscribers == []  # closed: unsubscribed
 
     asyncio.run(main())

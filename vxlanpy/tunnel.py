@@ -522,11 +522,15 @@ class Vtep:
 
     # --- events ----------------------------------------------------------------------------------
 
-    async def events(self, maxsize: int = 10000) -> AsyncGenerator[Event, None]:
+    def events(self, maxsize: int = 10000) -> AsyncGenerator[Event, None]:
         """Events as they happen: the engine's (learned, moved, aged, l2/l3 miss, dropped) and
-        the transport's (icmp)."""
+        the transport's (icmp, mismatch). Subscribed from this call on, not from the first
+        iteration: called before :meth:`start`, nothing the start itself reports is missed."""
         q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self._subscribers.append(q)
+        return self._drain(q)
+
+    async def _drain(self, q: asyncio.Queue[Event]) -> AsyncGenerator[Event, None]:
         stop = asyncio.ensure_future(self._stopped.wait())
         get: asyncio.Future[Event] | None = None
         try:

@@ -283,6 +283,7 @@ async def run_vtep(
 ) -> int:
     """Run a VTEP and its control socket until SIGINT/SIGTERM or a failure; the exit code."""
     vtep = Vtep(cfg)
+    stream = vtep.events() if verbose else None  # before start: its first events are logged too
     try:
         if cfg.metrics is not None:
             metrics.require()
@@ -325,7 +326,8 @@ async def run_vtep(
     )
 
     async def log_events() -> None:
-        async for ev in vtep.events():
+        assert stream is not None
+        async for ev in stream:
             log.info("%s", ev.to_dict())
 
     logger = asyncio.ensure_future(log_events()) if verbose else None
