@@ -50,7 +50,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 # Two parts: every test but the load-measuring ones on all cores (pytest-xdist), then those
-# (marked `alone`: the bench and scale harnesses, the soak) one at a time.
+# (marked `alone`: the bench and scale harnesses, the soak, two floods) one at a time.
 pytest: setup
 	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q -n auto -m "not alone" --durations=25
 	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q -m alone --durations=5
