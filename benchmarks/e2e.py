@@ -587,8 +587,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (BASELINE / ".venv" / "bin" / "python").exists():
             log(f"--baseline {a.baseline}: no .venv/bin/python there")
             return 2
+    omit = OMIT_S
     if a.quick:
-        a.reps, a.seconds, a.pings = 1, 1.0, 20
+        a.reps, a.seconds, a.pings, omit = 1, 1.0, 20, 0
     if not have_netns():
         log("the end-to-end benchmark needs root, iproute2 and /dev/net/tun")
         return 1
@@ -603,7 +604,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = argv if argv is not None else sys.argv[1:]
     command = "python -m benchmarks e2e " + " ".join(shlex.quote(x) for x in args)
-    omit = 0 if a.quick else OMIT_S
     results = run(a.reps, a.seconds, a.pings, pairs, 2 if a.quick else 5, omit)
     summary = summarize(results)
     mach = machine()

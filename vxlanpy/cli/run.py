@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from .. import kernels, metrics, privdrop
@@ -20,6 +21,7 @@ from ..config import (
     parse_srcport,
 )
 from ..control import ControlError, ControlServer, default_path
+from ..events import Event
 from ..fdb import DEFAULT_LEARN_RATE, DEFAULT_MAX_LEARNED
 from ..tunnel import Vtep, VtepError, install_uvloop
 from ..wire import VXLAN_PORT, VXLAN_PORT_LINUX
@@ -325,12 +327,11 @@ async def run_vtep(
         flush=True,
     )
 
-    async def log_events() -> None:
-        assert stream is not None
-        async for ev in stream:
+    async def log_events(events: AsyncIterator[Event]) -> None:
+        async for ev in events:
             log.info("%s", ev.to_dict())
 
-    logger = asyncio.ensure_future(log_events()) if verbose else None
+    logger = asyncio.ensure_future(log_events(stream)) if stream is not None else None
     waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(vtep.wait_stopped())]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
