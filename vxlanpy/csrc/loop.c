@@ -76,7 +76,7 @@ static void hold(vx_loop *L, const vx_loop_held *h)
 /* One pass over the ready descriptors; returns 1 if something ran (for busy polling). */
 static int pass(vx_dp *dp, vx_loop *L, const struct pollfd *p, int *again)
 {
-    int worked = 0;
+    int worked = 0, sent = 0;
     *again = 0;
     for (uint32_t k = 0; k < L->ntaps; k++) {
         if (!(p[k].revents & (POLLIN | POLLERR | POLLHUP)))
@@ -91,8 +91,12 @@ static int pass(vx_dp *dp, vx_loop *L, const struct pollfd *p, int *again)
         }
         if ((uint32_t)n == L->txb->capacity)
             *again = 1; /* a full batch: the TAP may hold more */
+        sent |= n > 0;
     }
-    if (p[L->ntaps].revents & (POLLIN | POLLERR)) {
+    /* After a send the socket is tried even if poll did not see it readable: over a veth (or
+     * loopback) the peer's answer is often queued by the time sendmsg returns, and a poll
+     * just to learn that costs a ping a system call; an empty socket costs one recvmmsg. */
+    if ((p[L->ntaps].revents & (POLLIN | POLLERR)) || sent) {
         uint32_t out[2] = {0, 0};
         int64_t gone = -1;
         int n = vx_rx_pump(dp, L->udp, L->rxb, now_us() / 1000u, L->rounds, L->spill, out,

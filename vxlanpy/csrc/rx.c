@@ -310,15 +310,20 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
             uint32_t trunc = 0;
             int n = 0;
             while ((uint32_t)n < area) {
+                uint32_t want = area - (uint32_t)n < VX_RECV_CHUNK ? area - (uint32_t)n
+                                                                   : VX_RECV_CHUNK;
                 int r = vx_udp_recv(fd, b, (uint32_t)n, area, spill > 0, &trunc);
                 if (r < 0) {
                     if (n == 0)
                         return r;
                     break;
                 }
-                if (r == 0)
-                    break;
                 n += r;
+                /* fewer than asked: the queue was empty then; what came meanwhile waits for
+                 * the next call (not one more recvmmsg that would find nothing in front of
+                 * the frames already here) */
+                if ((uint32_t)r < want)
+                    break;
             }
             if (n == 0) {
                 out[1] = VX_RX_DRAINED;
