@@ -70,6 +70,7 @@ VARIANTS: dict[str, list[str]] = {
     "vxlanpy_nocsumtg": ["--noudpcsum", "--tunnel-gso"],  # ... with tunnel GSO
     "vxlanpy_nowatch": ["--no-peer-watch"],  # the peer watch's cost (csum_bench --kinds)
     "vxlanpy_nodpt": ["--no-datapath-thread"],  # the event loop polls (before 2026-12-02)
+    "vxlanpy_noadapt": ["--adaptive-poll", "0"],  # the datapath thread sleeps after every pass
 }
 METRICS: dict[str, tuple[str, str, bool]] = {
     # key: (label, unit, higher is better)
@@ -320,8 +321,9 @@ class Pair:
 
 
 NOTES = """Pairs: host a's VTEP - host b's VTEP, two network namespaces joined by a veth pair.
-`vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path on a C datapath thread,
-offloads, a C sender thread for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread`
+`vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path on a C datapath thread that
+polls up to 200 µs while packets come closer together than that, offloads, a C sender thread
+for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread`
 (super-frames sent from the datapath thread too: one core); `vxlanpy_nodpt` adds
 `--no-datapath-thread` (the event loop polls and pumps, as before 2026-12-02); `vxlanpy_tgso`
 adds `--tunnel-gso`; `baseline` (with `--baseline DIR`) is vxlanpy from another checkout;

@@ -30,6 +30,7 @@ strict = true
 offload = false
 fast_path = false
 busy_poll = 200
+adaptive_poll = 50
 send_thread = false
 datapath_thread = false
 gro = false
@@ -124,6 +125,7 @@ EXPECTED = VtepConfig(
     offload=False,
     fast_path=False,
     busy_poll=200,
+    adaptive_poll=50,
     send_thread=False,
     datapath_thread=False,
     gro=False,
@@ -224,6 +226,11 @@ BAD: list[object] = [
     ),
     pytest.param('[vtep]\nttl = "64"\n' + SEG, ["ttl", "'inherit'", "'64'"], id="string-for-ttl"),
     pytest.param("[vtep]\ntos = true\n" + SEG, ["[vtep].tos", "integer"], id="bool-for-tos"),
+    pytest.param(
+        "[vtep]\nadaptive_poll = 200000\n" + SEG,
+        ["adaptive_poll", "0..100000", "200000"],
+        id="adaptive-poll-out-of-range",
+    ),
     pytest.param(
         SEG + "learning = 1\n", ["segment[0].learning", "true or false", "1"], id="int-for-bool"
     ),

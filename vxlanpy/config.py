@@ -26,6 +26,9 @@ __all__ = [
 
 IPV4_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 IPV6_OVERHEAD = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
+# the datapath thread's adaptive poll (µs): while packets come closer together than this, it
+# polls this long after the last one before sleeping (docs/performance.md: b->a, loss-free rate)
+ADAPTIVE_POLL_US = 200
 
 
 class ConfigError(ValueError):
@@ -117,6 +120,8 @@ class VtepConfig:
     offload: bool = True  # TAP checksum/TSO offloads (IFF_VNET_HDR), segmented in the fast path
     fast_path: bool = True  # the C datapath (cffi backend); False: every frame in Python
     busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
+    # µs the datapath thread polls after work while packets come closer together than that
+    adaptive_poll: int = ADAPTIVE_POLL_US
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
     datapath_thread: bool = True  # C fast path: the pumps poll on a C thread of their own
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
@@ -185,6 +190,10 @@ class VtepConfig:
             raise ConfigError(f"tos must be 0..255 or 'inherit', got {self.tos!r}")
         if not isinstance(self.busy_poll, int) or not 0 <= self.busy_poll <= 1_000_000:
             raise ConfigError(f"busy_poll must be 0..1000000 microseconds, got {self.busy_poll!r}")
+        if not _int_in(self.adaptive_poll, 0, 100_000):
+            raise ConfigError(
+                f"adaptive_poll must be 0..100000 microseconds, got {self.adaptive_poll!r}"
+            )
         if self.df not in ("unset", "set", "inherit"):
             raise ConfigError(f"df must be 'unset', 'set' or 'inherit', got {self.df!r}")
         if self.tunnel_gso and not (self.fast_path and self.offload):
@@ -368,6 +377,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "offload": (bool, "true or false"),
     "fast_path": (bool, "true or false"),
     "busy_poll": (int, "an integer number of microseconds 0..1000000"),
+    "adaptive_poll": (int, "an integer number of microseconds 0..100000"),
     "send_thread": (bool, "true or false"),
     "datapath_thread": (bool, "true or false"),
     "gro": (bool, "true or false"),
@@ -535,6 +545,7 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         offload=bool(vt.get("offload", True)),
         fast_path=bool(vt.get("fast_path", True)),
         busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
+        adaptive_poll=vt.get("adaptive_poll", ADAPTIVE_POLL_US),  # type: ignore[arg-type]
         send_thread=bool(vt.get("send_thread", True)),
         datapath_thread=bool(vt.get("datapath_thread", True)),
         gro=bool(vt.get("gro", True)),

@@ -86,7 +86,7 @@ class Readers:
         try:
             fd = v.pumps.start_thread(
                 taps, v.transport.fileno(), v._tx_batch, v._rx_batch, self._rounds,
-                v._rx_spill, v.config.busy_poll,
+                v._rx_spill, v.config.busy_poll, v.config.adaptive_poll,
             )  # fmt: skip
         except OSError as exc:
             v.engine.on_datapath_change(None)

@@ -107,19 +107,22 @@ class Pumps:
         rounds: int,
         spill: int,
         busy_usec: int = 0,
+        adaptive_usec: int = 0,
     ) -> int:
         """Run the pumps on a C thread of their own: it polls the TAPs (``taps``: VNI -> fd)
         and the socket, moves what has an installed action, and holds the rest for the engine
         (read it with ``held``, then ``release``). ``tx`` and ``rx`` are the batches it pumps
         with: while it runs, they are the thread's but while something is held. Returns the
-        descriptor that is readable when something is held. Raises OSError."""
+        descriptor that is readable when something is held. After work it polls without
+        sleeping for ``busy_usec`` µs, and for ``adaptive_usec`` µs while the work comes closer
+        together than that. Raises OSError."""
         fds = self._ffi.new("int[]", list(taps.values()))
         vnis = self._ffi.new("uint32_t[]", list(taps))
         d = self.datapath
         r = int(
             self._lib.vx_loop_start(
                 self._dp, fds, vnis, len(taps), udp_fd, d.cbatch(tx), d.cbatch(rx),
-                rounds, spill, busy_usec,
+                rounds, spill, busy_usec, adaptive_usec,
             )
         )  # fmt: skip
         if r < 0:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import kernels, metrics, privdrop
 from ..config import (
+    ADAPTIVE_POLL_US,
     ConfigError,
     SegmentSpec,
     VtepConfig,
@@ -176,6 +177,14 @@ def register(sub: Any) -> None:
         "sleeping (lower latency, burns CPU; 0 = off)",
     )
     run.add_argument(
+        "--adaptive-poll",
+        type=int,
+        default=ADAPTIVE_POLL_US,
+        metavar="USEC",
+        help="while packets come less than USEC microseconds apart, the datapath thread polls "
+        f"that long for the next one before sleeping (default {ADAPTIVE_POLL_US}; 0 = off)",
+    )
+    run.add_argument(
         "--user",
         metavar="USER[:GROUP]",
         help="once the TAPs and sockets are open, switch to this user and group (names or "
@@ -212,7 +221,9 @@ _SEGMENT_FLAGS = (
     "vni tap address mtu bridge mac group ageing max_learned learn_rate allow proxy allow_vlan gbp "
     "gbp_group"
 ).split()
-_VTEP_FLAGS = "local ttl tos dev busy_poll tunnel_gso capture capture_drops metrics".split()
+_VTEP_FLAGS = (
+    "local ttl tos dev busy_poll adaptive_poll tunnel_gso capture capture_drops metrics".split()
+)
 
 
 def _config_flags(a: argparse.Namespace) -> list[str]:

@@ -34,6 +34,7 @@ struct vx_loop {
     int udp;
     vx_batch *txb, *rxb;
     uint32_t rounds, spill, busy_us;
+    uint32_t adapt_us;         /* adaptive poll: spin this long after work while work is dense */
     uint32_t pauses;           /* callers that want the thread parked */
     int parked, stop;
     vx_loop_held held;         /* kind VX_HELD_NONE: nothing held */
@@ -121,7 +122,7 @@ static void *loop_main(void *arg)
     pthread_setname_np(pthread_self(), "vxlanpy-dp");
     struct pollfd p[VX_LOOP_TAPS + 2];
     uint64_t last_work = 0;
-    int again = 0;
+    int again = 0, dense = 0; /* dense: the last two passes that worked were < adapt_us apart */
     pthread_mutex_lock(&L->m);
     for (;;) {
         while ((L->pauses || L->held.kind != VX_HELD_NONE) && !L->stop) {
@@ -137,10 +138,13 @@ static void *loop_main(void *arg)
             p[k] = (struct pollfd){.fd = L->taps[k], .events = POLLIN};
         p[n] = (struct pollfd){.fd = L->udp, .events = POLLIN};
         p[n + 1] = (struct pollfd){.fd = L->kick, .events = POLLIN};
-        uint32_t busy = L->busy_us;
+        uint32_t busy = L->busy_us, adapt = L->adapt_us;
         pthread_mutex_unlock(&L->m);
-        /* sleep in poll, but after work: spin (--busy-poll) while the last work is recent */
-        int spin = again || (busy && now_us() - last_work < busy);
+        /* sleep in poll, but after work spin while the last work is recent: always
+         * (--busy-poll), or while packets come closer together than the adaptive window
+         * (--adaptive-poll): a flow keeps the thread awake, a ping every 10 ms does not */
+        int spin = again || (busy && now_us() - last_work < busy)
+                   || (dense && now_us() - last_work < adapt);
         int r = poll(p, n + 2, spin ? 0 : -1);
         int closed = 0;
         for (uint32_t k = 0; r > 0 && k <= n; k++)
@@ -155,8 +159,11 @@ static void *loop_main(void *arg)
                 ssize_t rr = read(L->kick, &v, sizeof v);
                 (void)rr;
             }
-            if (pass(dp, L, p, &again))
-                last_work = now_us();
+            if (pass(dp, L, p, &again)) {
+                uint64_t t = now_us();
+                dense = t - last_work < adapt;
+                last_work = t;
+            }
         } else if (r == 0) {
             again = 0;
             sched_yield(); /* spinning: let a runnable thread of this core go first */
@@ -216,7 +223,7 @@ void vx_loop_resume(vx_dp *dp)
 
 int vx_loop_start(vx_dp *dp, const int *tap_fds, const uint32_t *vnis, uint32_t ntaps,
                   int udp_fd, vx_batch *txb, vx_batch *rxb, uint32_t rounds, uint32_t spill,
-                  uint32_t busy_us)
+                  uint32_t busy_us, uint32_t adapt_us)
 {
     if (dp->loop != NULL)
         return -EBUSY;
@@ -245,6 +252,7 @@ int vx_loop_start(vx_dp *dp, const int *tap_fds, const uint32_t *vnis, uint32_t 
     L->rounds = rounds;
     L->spill = spill;
     L->busy_us = busy_us;
+    L->adapt_us = adapt_us;
     L->held.kind = VX_HELD_NONE;
     dp->loop = L;
     int rc = vx_thread_start(&L->thread, loop_main, dp);

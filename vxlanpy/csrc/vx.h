@@ -327,7 +327,7 @@ void vx_sender_drain(vx_dp *dp);
 /* --- the datapath thread (loop.c) ------------------------------------------------------ */
 int vx_loop_start(vx_dp *dp, const int *tap_fds, const uint32_t *vnis, uint32_t ntaps,
                   int udp_fd, vx_batch *txb, vx_batch *rxb, uint32_t rounds, uint32_t spill,
-                  uint32_t busy_us);
+                  uint32_t busy_us, uint32_t adapt_us);
 int vx_loop_running(vx_dp *dp);
 int vx_loop_notify_fd(vx_dp *dp);
 int vx_loop_held_get(vx_dp *dp, vx_loop_held *out);

@@ -3,8 +3,8 @@
 The file has a ``[flannel]`` table (the flags' names with ``_``) and, for the vxlanpy
 dataplane, an optional ``[vtep]`` table with the data-path keys of ``run``'s config file
 (``offload``, ``fast_path``, ``send_thread``, ``datapath_thread``, ``gro``, ``busy_poll``,
-``srcport``, ``ttl``, ``tos``, ``df``, ``strict``). Errors name the file and the key, as
-``vxlanpy.config`` does::
+``adaptive_poll``, ``srcport``, ``ttl``, ``tos``, ``df``, ``strict``). Errors name the file and
+the key, as ``vxlanpy.config`` does::
 
     [flannel]
     etcd_endpoints = ["http://198.18.0.201:2379", "http://198.18.0.202:2379"]
@@ -104,6 +104,7 @@ _VTEP_KEYS: dict[str, _T] = {
     "datapath_thread": (bool, "true or false"),
     "gro": (bool, "true or false"),
     "busy_poll": (int, "an integer number of microseconds 0..1000000"),
+    "adaptive_poll": (int, "an integer number of microseconds 0..100000"),
     "srcport": (str, 'a "MIN:MAX" string'),
     "ttl": (int, "an integer 1..255"),
     "tos": (int, "an integer 0..255"),
