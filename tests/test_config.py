@@ -190,6 +190,25 @@ def test_switch_off_flags_apply_with_and_without_config(tmp_path: Path, flag: st
         assert getattr(on, key) is True and getattr(off, key) is False, argv
 
 
+def test_adaptive_poll_from_flag_and_file(tmp_path: Path) -> None:
+    """--adaptive-poll on the command line, adaptive_poll in the file, 200 µs without either;
+    the flag beside --config is refused (a VTEP flag), and a value out of range is an error."""
+    from vxlanpy.cli import UsageError, build_parser, config_from_args
+    from vxlanpy.config import ADAPTIVE_POLL_US
+
+    def cfg(*argv: str) -> VtepConfig:
+        return config_from_args(build_parser().parse_args(["run", *argv]))[0]
+
+    assert ADAPTIVE_POLL_US == 200 and cfg("--vni", "7").adaptive_poll == 200
+    assert cfg("--vni", "7", "--adaptive-poll", "0").adaptive_poll == 0
+    path = _write(tmp_path, "[vtep]\nadaptive_poll = 30\n[[segment]]\nvni = 7\n")
+    assert cfg("--config", path).adaptive_poll == 30
+    with pytest.raises((UsageError, ConfigError), match="--adaptive-poll"):
+        cfg("--config", path, "--adaptive-poll", "50")
+    with pytest.raises(ConfigError, match="adaptive_poll must be 0..100000"):
+        cfg("--vni", "7", "--adaptive-poll", "100001")
+
+
 def test_srcport_as_list(tmp_path: Path) -> None:
     cfg, _ = load_config(
         _write(tmp_path, "[vtep]\nsrcport = [50000, 50001]\n[[segment]]\nvni = 1\n")
