@@ -193,7 +193,7 @@ def test_switch_off_flags_apply_with_and_without_config(tmp_path: Path, flag: st
 def test_adaptive_poll_from_flag_and_file(tmp_path: Path) -> None:
     """--adaptive-poll on the command line, adaptive_poll in the file, 200 µs without either;
     the flag beside --config is refused (a VTEP flag), and a value out of range is an error."""
-    from vxlanpy.cli import UsageError, build_parser, config_from_args
+    from vxlanpy.cli import build_parser, config_from_args
     from vxlanpy.config import ADAPTIVE_POLL_US
 
     def cfg(*argv: str) -> VtepConfig:
@@ -203,7 +203,7 @@ def test_adaptive_poll_from_flag_and_file(tmp_path: Path) -> None:
     assert cfg("--vni", "7", "--adaptive-poll", "0").adaptive_poll == 0
     path = _write(tmp_path, "[vtep]\nadaptive_poll = 30\n[[segment]]\nvni = 7\n")
     assert cfg("--config", path).adaptive_poll == 30
-    with pytest.raises((UsageError, ConfigError), match="--adaptive-poll"):
+    with pytest.raises(ConfigError, match="--adaptive-poll: put it in the config file"):
         cfg("--config", path, "--adaptive-poll", "50")
     with pytest.raises(ConfigError, match="adaptive_poll must be 0..100000"):
         cfg("--vni", "7", "--adaptive-poll", "100001")
