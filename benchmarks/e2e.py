@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import losses
+from vxlanpy.config import ADAPTIVE_POLL_US
 from vxlanpy.io import tgso
 from vxlanpy.netns import NetnsError, Topology, have_netns
 
@@ -322,12 +323,12 @@ class Pair:
 
 NOTES = """Pairs: host a's VTEP - host b's VTEP, two network namespaces joined by a veth pair.
 `vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path on a C datapath thread that
-polls up to 200 µs while packets come closer together than that, offloads, a C sender thread
+polls up to {adapt} µs while packets come closer together than that, offloads, a C sender thread
 for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread`
 (super-frames sent from the datapath thread too: one core); `vxlanpy_nodpt` adds
 `--no-datapath-thread` (the event loop polls and pumps, as before 2026-12-02); `vxlanpy_tgso`
 adds `--tunnel-gso`; `baseline` (with `--baseline DIR`) is vxlanpy from another checkout;
-`vxlanpy_poll` adds `--busy-poll 20000` (polls up to 20 ms for the next packet instead of
+`vxlanpy_poll` adds `--busy-poll {busy}` (polls up to {busy_ms:g} ms for the next packet instead of
 sleeping: lower latency, one core busy while traffic flows); `vxlanpy_nogro` adds `--no-gro` (no
 UDP GRO on the receiving socket: each datagram received and written to the TAP on its own; it
 matters where the peer sends UDP GSO, i.e. vxlanpy-vxlanpy); `naive` is
@@ -526,7 +527,17 @@ def markdown(
         if omit
         else ""
     )
-    lines += ["", NOTES.format(tcp=tcp, warmup=min(WARMUP_PINGS, pings), pings=pings)]
+    lines += [
+        "",
+        NOTES.format(
+            tcp=tcp,
+            warmup=min(WARMUP_PINGS, pings),
+            pings=pings,
+            adapt=ADAPTIVE_POLL_US,
+            busy=BUSY_POLL_US,
+            busy_ms=BUSY_POLL_US / 1000,
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 

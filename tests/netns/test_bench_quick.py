@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.e2e import PAIRS
+from benchmarks.e2e import BUSY_POLL_US, PAIRS
+from vxlanpy.config import ADAPTIVE_POLL_US
 from vxlanpy.io import tgso
 from vxlanpy.netns import Topology
 
@@ -69,6 +70,8 @@ def test_e2e_quick(topo: Topology, tmp_path: Path) -> None:
     assert "| ping RTT p50 added to kernel-kernel's [us] |" in md
     assert "Ping: 20 echo requests not counted (caches, the first upcalls),\nthen 20," in md
     assert "{" not in md.split("Pairs: ", 1)[1]  # the notes' template filled in
+    assert f"polls up to {ADAPTIVE_POLL_US} µs while packets" in md  # the default, not a copy
+    assert f"`--busy-poll {BUSY_POLL_US}`" in md
     assert (tmp_path / "benchmarks.png").stat().st_size > 1000
     assert f"[{len(expected)}/{len(expected)}] naive-naive" in p.stderr  # progress was shown
     # where 64-byte UDP was lost: every pair's counters, iperf3's own count among them

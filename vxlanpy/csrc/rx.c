@@ -310,8 +310,7 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
             uint32_t trunc = 0;
             int n = 0;
             while ((uint32_t)n < area) {
-                uint32_t want = area - (uint32_t)n < VX_RECV_CHUNK ? area - (uint32_t)n
-                                                                   : VX_RECV_CHUNK;
+                uint32_t want = vx_recv_want((uint32_t)n, area);
                 int r = vx_udp_recv(fd, b, (uint32_t)n, area, spill > 0, &trunc);
                 if (r < 0) {
                     if (n == 0)

@@ -30,7 +30,7 @@
 #endif
 
 /*
- * Receive up to min(cap - first, VX_RECV_CHUNK) datagrams into slots first.. (payload at
+ * Receive up to vx_recv_want(first, cap) datagrams into slots first.. (payload at
  * headroom - 8, room for max_frame + 8 bytes), each source address into addrs. A datagram
  * larger than its slot is marked payload_len VX_LEN_TRUNCATED and counted in *truncated. With
  * gro, gso_size[i] is the segment size of a UDP GRO receive (several datagrams of gso_size
@@ -46,9 +46,9 @@ int vx_udp_recv(int fd, vx_batch *b, uint32_t first, uint32_t cap, int gro, uint
         char buf[CMSG_SPACE(sizeof(int)) * 2];
         struct cmsghdr align;
     } ctrl[VX_RECV_CHUNK];
-    if (b->headroom < VX_HLEN || first >= cap || cap > b->capacity)
+    uint32_t k = vx_recv_want(first, cap);
+    if (b->headroom < VX_HLEN || k == 0 || cap > b->capacity)
         return 0;
-    uint32_t k = cap - first < VX_RECV_CHUNK ? cap - first : VX_RECV_CHUNK;
     for (uint32_t j = 0; j < k; j++) {
         uint32_t i = first + j;
         iov[j].iov_base = vx_payload(b, i);

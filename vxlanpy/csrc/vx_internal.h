@@ -99,6 +99,13 @@ static inline uint8_t *vx_payload(const vx_batch *b, uint32_t i)
     return b->buf + (size_t)i * b->slot + b->headroom - VX_HLEN;
 }
 
+/* How many datagrams one vx_udp_recv into slots first..cap asks for: one recvmmsg of at most
+ * VX_RECV_CHUNK. Fewer back than this means the socket's queue was empty then. */
+static inline uint32_t vx_recv_want(uint32_t first, uint32_t cap)
+{
+    return first >= cap ? 0 : cap - first < VX_RECV_CHUNK ? cap - first : VX_RECV_CHUNK;
+}
+
 /* errnos of device I/O that mean the device is gone (deleted, or the fd detached) */
 static inline int vx_gone(int e)
 {
