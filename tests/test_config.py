@@ -31,6 +31,7 @@ offload = false
 fast_path = false
 busy_poll = 200
 adaptive_poll = 50
+tap_queue = 1000
 send_thread = false
 datapath_thread = false
 gro = false
@@ -126,6 +127,7 @@ EXPECTED = VtepConfig(
     fast_path=False,
     busy_poll=200,
     adaptive_poll=50,
+    tap_queue=1000,
     send_thread=False,
     datapath_thread=False,
     gro=False,
@@ -209,6 +211,26 @@ def test_adaptive_poll_from_flag_and_file(tmp_path: Path) -> None:
         cfg("--vni", "7", "--adaptive-poll", "100001")
 
 
+def test_tap_queue_from_flag_and_file(tmp_path: Path) -> None:
+    """--tap-queue on the command line, tap_queue in the file, TAP_QUEUE frames without either;
+    the flag beside --config is refused, and a length out of 16..65536 is an error."""
+    from vxlanpy.cli import build_parser, config_from_args
+    from vxlanpy.config import TAP_QUEUE
+
+    def cfg(*argv: str) -> VtepConfig:
+        return config_from_args(build_parser().parse_args(["run", *argv]))[0]
+
+    assert TAP_QUEUE == 4096 and cfg("--vni", "7").tap_queue == 4096
+    assert cfg("--vni", "7", "--tap-queue", "500").tap_queue == 500
+    path = _write(tmp_path, "[vtep]\ntap_queue = 64\n[[segment]]\nvni = 7\n")
+    assert cfg("--config", path).tap_queue == 64
+    with pytest.raises(ConfigError, match="--tap-queue: put it in the config file"):
+        cfg("--config", path, "--tap-queue", "100")
+    for bad in ("15", "65537", "-1"):
+        with pytest.raises(ConfigError, match=f"tap_queue must be 16..65536 frames, got {bad}"):
+            cfg("--vni", "7", "--tap-queue", bad)
+
+
 def test_srcport_as_list(tmp_path: Path) -> None:
     cfg, _ = load_config(
         _write(tmp_path, "[vtep]\nsrcport = [50000, 50001]\n[[segment]]\nvni = 1\n")
@@ -249,6 +271,16 @@ BAD: list[object] = [
         "[vtep]\nadaptive_poll = 200000\n" + SEG,
         ["adaptive_poll", "0..100000", "200000"],
         id="adaptive-poll-out-of-range",
+    ),
+    pytest.param(
+        "[vtep]\ntap_queue = 8\n" + SEG,
+        ["tap_queue", "16..65536", "8"],
+        id="tap-queue-out-of-range",
+    ),
+    pytest.param(
+        '[vtep]\ntap_queue = "4096"\n' + SEG,
+        ["[vtep].tap_queue", "integer number of frames", "'4096'"],
+        id="string-for-tap-queue",
     ),
     pytest.param(
         SEG + "learning = 1\n", ["segment[0].learning", "true or false", "1"], id="int-for-bool"

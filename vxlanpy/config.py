@@ -29,6 +29,10 @@ IPV6_OVERHEAD = 70  # outer Ethernet 14 + IPv6 40 + UDP 8 + VXLAN 8
 # the datapath thread's adaptive poll (µs): while packets come closer together than this, it
 # polls this long after the last one before sleeping (docs/performance.md: b->a, loss-free rate)
 ADAPTIVE_POLL_US = 200
+# frames a TAP queues for the datapath (its txqueuelen; the kernel's own default is 1000): room for
+# the thread's scheduling gaps at full packet rate (docs/performance.md: the TAP's queue)
+TAP_QUEUE = 4096
+TAP_QUEUE_MAX = 65536
 
 
 class ConfigError(ValueError):
@@ -122,6 +126,7 @@ class VtepConfig:
     busy_poll: int = 0  # µs to poll for the next packet before sleeping (0: never; C fast path)
     # µs the datapath thread polls after work while packets come closer together than that
     adaptive_poll: int = ADAPTIVE_POLL_US
+    tap_queue: int = TAP_QUEUE  # frames each TAP queues until the datapath reads them
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
     datapath_thread: bool = True  # C fast path: the pumps poll on a C thread of their own
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
@@ -193,6 +198,10 @@ class VtepConfig:
         if not _int_in(self.adaptive_poll, 0, 100_000):
             raise ConfigError(
                 f"adaptive_poll must be 0..100000 microseconds, got {self.adaptive_poll!r}"
+            )
+        if not _int_in(self.tap_queue, 16, TAP_QUEUE_MAX):
+            raise ConfigError(
+                f"tap_queue must be 16..{TAP_QUEUE_MAX} frames, got {self.tap_queue!r}"
             )
         if self.df not in ("unset", "set", "inherit"):
             raise ConfigError(f"df must be 'unset', 'set' or 'inherit', got {self.df!r}")
@@ -378,6 +387,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "fast_path": (bool, "true or false"),
     "busy_poll": (int, "an integer number of microseconds 0..1000000"),
     "adaptive_poll": (int, "an integer number of microseconds 0..100000"),
+    "tap_queue": (int, f"an integer number of frames 16..{TAP_QUEUE_MAX}"),
     "send_thread": (bool, "true or false"),
     "datapath_thread": (bool, "true or false"),
     "gro": (bool, "true or false"),
@@ -546,6 +556,7 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         fast_path=bool(vt.get("fast_path", True)),
         busy_poll=vt.get("busy_poll", 0),  # type: ignore[arg-type]
         adaptive_poll=vt.get("adaptive_poll", ADAPTIVE_POLL_US),  # type: ignore[arg-type]
+        tap_queue=vt.get("tap_queue", TAP_QUEUE),  # type: ignore[arg-type]
         send_thread=bool(vt.get("send_thread", True)),
         datapath_thread=bool(vt.get("datapath_thread", True)),
         gro=bool(vt.get("gro", True)),

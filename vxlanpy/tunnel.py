@@ -218,7 +218,9 @@ class Vtep:
                 addr = ipaddress.ip_interface(spec.address) if spec.address else None
                 mac = parse_mac(spec.mac) if spec.mac else None
                 tap = self.devices.open(
-                    DeviceSpec(spec.tap_name, mtu, addr, spec.bridge, mac, cfg.offload)
+                    DeviceSpec(
+                        spec.tap_name, mtu, addr, spec.bridge, mac, cfg.offload, cfg.tap_queue
+                    )
                 )
                 self.taps[spec.vni] = tap
                 self.engine.add_segment(spec.segment_config(local_mac=tap.mac, allow=cfg.allow))

@@ -21,6 +21,7 @@ import pytest
 from conftest import Vxlanpy, ping
 from test_control import OB, UA, UB, VNI, _ok, _pair, _vtep_args
 
+from vxlanpy.config import TAP_QUEUE
 from vxlanpy.control import request
 from vxlanpy.netns import Host, Topology, wait_for
 
@@ -55,10 +56,10 @@ def _dev(h: Host, dev: str) -> list[int]:
     return [int(x) for x in next(ln for ln in lines if f"{dev}:" in ln).split(":")[1].split()]
 
 
-def _up(topo: Topology, tmp_path: Path) -> tuple[Host, Host, Vxlanpy, str]:
+def _up(topo: Topology, tmp_path: Path, *extra: str) -> tuple[Host, Host, Vxlanpy, str]:
     a, b = _pair(topo)
     sock = str(tmp_path / "a.sock")
-    v = Vxlanpy(topo, a, _vtep_args(sock, "--remote", UB))
+    v = Vxlanpy(topo, a, _vtep_args(sock, "--remote", UB, *extra))
     ping(a, OB, count=2)
     return a, b, v, sock
 
@@ -155,10 +156,15 @@ def test_receive_buffer_overrun(topo: Topology, tmp_path: Path) -> None:
     assert not any("Traceback" in line for line in v.lines), v.lines
 
 
-def test_tap_queue_overrun_is_a_counted_loss(topo: Topology, tmp_path: Path) -> None:
+@pytest.mark.parametrize("queue", [None, 64], ids=["default-queue", "tap-queue-64"])
+def test_tap_queue_overrun_is_a_counted_loss(
+    topo: Topology, tmp_path: Path, queue: int | None
+) -> None:
     """vxlanpy stopped while its own host floods the overlay: the kernel's queue of the TAP
-    towards vxlanpy overflows (the TAP's tx_dropped); stats says so under ``losses``."""
-    a, b, v, sock = _up(topo, tmp_path)
+    towards vxlanpy (``--tap-queue``, default TAP_QUEUE frames) overflows (the TAP's
+    tx_dropped); stats says so under ``losses``."""
+    qlen = queue or TAP_QUEUE
+    a, b, v, sock = _up(topo, tmp_path, *(["--tap-queue", str(queue)] if queue else []))
     os.kill(v.proc.pid, signal.SIGSTOP)
     try:
         flood = _flood(a, OB, 20_000, 10)
@@ -171,6 +177,9 @@ def test_tap_queue_overrun_is_a_counted_loss(topo: Topology, tmp_path: Path) -> 
     lost = st["losses"]
     print(f"TAP queue: {sent} sent while stopped, {tx_dropped} dropped, losses {lost}")
     assert tx_dropped > 0 and lost["tap_queue"] == tx_dropped == st["tap_queue_dropped"]["vx0"]
+    # the queue is the configured one: no more than its length waited for vxlanpy
+    assert int(a.sh("cat", "/sys/class/net/vx0/tx_queue_len")) == qlen
+    assert sent - tx_dropped <= qlen < sent
     assert lost["total"] >= lost["tap_queue"]
     assert f"tap queue {tx_dropped}" in _ok(a, "stats", "--control", sock)
     ping(a, OB, count=2)

@@ -14,6 +14,8 @@ from typing import Any
 from .. import kernels, metrics, privdrop
 from ..config import (
     ADAPTIVE_POLL_US,
+    TAP_QUEUE,
+    TAP_QUEUE_MAX,
     ConfigError,
     SegmentSpec,
     VtepConfig,
@@ -185,6 +187,14 @@ def register(sub: Any) -> None:
         f"that long for the next one before sleeping (default {ADAPTIVE_POLL_US}; 0 = off)",
     )
     run.add_argument(
+        "--tap-queue",
+        type=int,
+        default=TAP_QUEUE,
+        metavar="FRAMES",
+        help="frames each TAP queues until the datapath reads them (its txqueuelen; "
+        f"default {TAP_QUEUE}, 16..{TAP_QUEUE_MAX}; beyond it the TAP drops: tap_queue in stats)",
+    )
+    run.add_argument(
         "--user",
         metavar="USER[:GROUP]",
         help="once the TAPs and sockets are open, switch to this user and group (names or "
@@ -222,8 +232,8 @@ _SEGMENT_FLAGS = (
     "gbp_group"
 ).split()
 _VTEP_FLAGS = (
-    "local ttl tos dev busy_poll adaptive_poll tunnel_gso capture capture_drops metrics".split()
-)
+    "local ttl tos dev busy_poll adaptive_poll tap_queue tunnel_gso capture capture_drops metrics"
+).split()
 
 
 def _config_flags(a: argparse.Namespace) -> list[str]:

@@ -3,8 +3,8 @@
 The file has a ``[flannel]`` table (the flags' names with ``_``) and, for the vxlanpy
 dataplane, an optional ``[vtep]`` table with the data-path keys of ``run``'s config file
 (``offload``, ``fast_path``, ``send_thread``, ``datapath_thread``, ``gro``, ``busy_poll``,
-``adaptive_poll``, ``srcport``, ``ttl``, ``tos``, ``df``, ``strict``). Errors name the file and
-the key, as ``vxlanpy.config`` does::
+``adaptive_poll``, ``tap_queue``, ``srcport``, ``ttl``, ``tos``, ``df``, ``strict``). Errors
+name the file and the key, as ``vxlanpy.config`` does::
 
     [flannel]
     etcd_endpoints = ["http://198.18.0.201:2379", "http://198.18.0.202:2379"]
@@ -19,7 +19,14 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import ConfigError, VtepConfig, _check_table, parse_srcport, read_toml
+from ..config import (
+    TAP_QUEUE_MAX,
+    ConfigError,
+    VtepConfig,
+    _check_table,
+    parse_srcport,
+    read_toml,
+)
 from .etcd import parse_endpoints
 from .lease import DEFAULT_PREFIX
 
@@ -105,6 +112,7 @@ _VTEP_KEYS: dict[str, _T] = {
     "gro": (bool, "true or false"),
     "busy_poll": (int, "an integer number of microseconds 0..1000000"),
     "adaptive_poll": (int, "an integer number of microseconds 0..100000"),
+    "tap_queue": (int, f"an integer number of frames 16..{TAP_QUEUE_MAX}"),
     "srcport": (str, 'a "MIN:MAX" string'),
     "ttl": (int, "an integer 1..255"),
     "tos": (int, "an integer 0..255"),

@@ -82,9 +82,10 @@ def configure_link(
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None,
     bridge: str | None = None,
     mac: bytes | None = None,
+    txqlen: int | None = None,
     up: bool = True,
 ) -> None:
-    """Set MTU and MAC, add an address, enslave to ``bridge`` and bring ``name`` up."""
+    """Set MTU, MAC and queue length, add an address, enslave to ``bridge``, bring it up."""
     with _ipr() as ipr:
         idx = ipr.link_lookup(ifname=name)
         if not idx:
@@ -95,6 +96,8 @@ def configure_link(
                 ipr.link("set", index=index, mtu=mtu)
             if mac is not None:
                 ipr.link("set", index=index, address=mac.hex(":"))
+            if txqlen is not None:
+                ipr.link("set", index=index, txqlen=txqlen)
             if bridge is not None:
                 br = ipr.link_lookup(ifname=bridge)
                 if not br:

@@ -133,6 +133,7 @@ class Tap(FdDevice):
         bridge: str | None = None,
         mac: bytes | None = None,
         offload: bool = False,
+        queue: int | None = None,
     ) -> None:
         if not name or len(name) > 15 or "/" in name or " " in name:
             raise TapError(f"invalid interface name {name!r} (1-15 characters, no '/' or space)")
@@ -155,7 +156,9 @@ class Tap(FdDevice):
                 fcntl.ioctl(
                     self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
                 )
-            configure_link(self.name, mtu=mtu, address=address, bridge=bridge, mac=mac)
+            configure_link(
+                self.name, mtu=mtu, address=address, bridge=bridge, mac=mac, txqlen=queue
+            )
             self.mac = link_mac(self.name)
         except (NetlinkError, OSError) as exc:
             self.close()
@@ -190,6 +193,7 @@ class DeviceSpec:
     bridge: str | None = None
     mac: bytes | None = None
     offload: bool = False
+    queue: int | None = None  # the TAP's txqueuelen (frames), None: the kernel's default
 
 
 class Devices(Protocol):
@@ -225,4 +229,5 @@ class KernelTaps:
             bridge=spec.bridge,
             mac=spec.mac,
             offload=spec.offload,
+            queue=spec.queue,
         )
