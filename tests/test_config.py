@@ -192,43 +192,37 @@ def test_switch_off_flags_apply_with_and_without_config(tmp_path: Path, flag: st
         assert getattr(on, key) is True and getattr(off, key) is False, argv
 
 
-def test_adaptive_poll_from_flag_and_file(tmp_path: Path) -> None:
-    """--adaptive-poll on the command line, adaptive_poll in the file, 200 µs without either;
-    the flag beside --config is refused (a VTEP flag), and a value out of range is an error."""
+@pytest.mark.parametrize(
+    ("flag", "default", "given", "in_file", "bad", "message"),
+    [
+        ("--adaptive-poll", 200, 0, 30, ["100001", "-1"], "adaptive_poll must be 0..100000"),
+        ("--tap-queue", 4096, 500, 64, ["15", "65537"], "tap_queue must be 16..65536 frames"),
+    ],
+)
+def test_vtep_number_from_flag_and_file(
+    tmp_path: Path, flag: str, default: int, given: int, in_file: int, bad: list[str], message: str
+) -> None:
+    """A VTEP setting with a number (--adaptive-poll, --tap-queue): its default, from the flag
+    and from the file; the flag beside --config is refused (a VTEP flag), and a value out of
+    range is an error that names the key and the value."""
     from vxlanpy.cli import build_parser, config_from_args
-    from vxlanpy.config import ADAPTIVE_POLL_US
+    from vxlanpy.config import ADAPTIVE_POLL_US, TAP_QUEUE
+
+    key = flag[2:].replace("-", "_")
 
     def cfg(*argv: str) -> VtepConfig:
         return config_from_args(build_parser().parse_args(["run", *argv]))[0]
 
-    assert ADAPTIVE_POLL_US == 200 and cfg("--vni", "7").adaptive_poll == 200
-    assert cfg("--vni", "7", "--adaptive-poll", "0").adaptive_poll == 0
-    path = _write(tmp_path, "[vtep]\nadaptive_poll = 30\n[[segment]]\nvni = 7\n")
-    assert cfg("--config", path).adaptive_poll == 30
-    with pytest.raises(ConfigError, match="--adaptive-poll: put it in the config file"):
-        cfg("--config", path, "--adaptive-poll", "50")
-    with pytest.raises(ConfigError, match="adaptive_poll must be 0..100000"):
-        cfg("--vni", "7", "--adaptive-poll", "100001")
-
-
-def test_tap_queue_from_flag_and_file(tmp_path: Path) -> None:
-    """--tap-queue on the command line, tap_queue in the file, TAP_QUEUE frames without either;
-    the flag beside --config is refused, and a length out of 16..65536 is an error."""
-    from vxlanpy.cli import build_parser, config_from_args
-    from vxlanpy.config import TAP_QUEUE
-
-    def cfg(*argv: str) -> VtepConfig:
-        return config_from_args(build_parser().parse_args(["run", *argv]))[0]
-
-    assert TAP_QUEUE == 4096 and cfg("--vni", "7").tap_queue == 4096
-    assert cfg("--vni", "7", "--tap-queue", "500").tap_queue == 500
-    path = _write(tmp_path, "[vtep]\ntap_queue = 64\n[[segment]]\nvni = 7\n")
-    assert cfg("--config", path).tap_queue == 64
-    with pytest.raises(ConfigError, match="--tap-queue: put it in the config file"):
-        cfg("--config", path, "--tap-queue", "100")
-    for bad in ("15", "65537", "-1"):
-        with pytest.raises(ConfigError, match=f"tap_queue must be 16..65536 frames, got {bad}"):
-            cfg("--vni", "7", "--tap-queue", bad)
+    assert {"adaptive_poll": ADAPTIVE_POLL_US, "tap_queue": TAP_QUEUE}[key] == default
+    assert getattr(cfg("--vni", "7"), key) == default
+    assert getattr(cfg("--vni", "7", flag, str(given)), key) == given
+    path = _write(tmp_path, f"[vtep]\n{key} = {in_file}\n[[segment]]\nvni = 7\n")
+    assert getattr(cfg("--config", path), key) == in_file
+    with pytest.raises(ConfigError, match=f"{flag}: put it in the config file"):
+        cfg("--config", path, flag, str(given))
+    for value in bad:
+        with pytest.raises(ConfigError, match=f"{message}.*got {value}"):
+            cfg("--vni", "7", flag, value)
 
 
 def test_srcport_as_list(tmp_path: Path) -> None:
