@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import losses
-from vxlanpy.config import ADAPTIVE_POLL_US
+from vxlanpy.config import ADAPTIVE_POLL_US, TAP_QUEUE
 from vxlanpy.io import tgso
 from vxlanpy.netns import NetnsError, Topology, have_netns
 
@@ -324,7 +324,8 @@ class Pair:
 NOTES = """Pairs: host a's VTEP - host b's VTEP, two network namespaces joined by a veth pair.
 `vxlanpy` is `vxlanpy-tunnel run` with its defaults (C fast path on a C datapath thread that
 polls up to {adapt} µs while packets come closer together than that, offloads, a C sender thread
-for TCP super-frames); `vxlanpy_1t` adds `--no-send-thread`
+for TCP super-frames, TAPs that queue {tap_queue} frames where the other pairs' TAPs keep the
+kernel's 1000); `vxlanpy_1t` adds `--no-send-thread`
 (super-frames sent from the datapath thread too: one core); `vxlanpy_nodpt` adds
 `--no-datapath-thread` (the event loop polls and pumps, as before 2026-12-02); `vxlanpy_tgso`
 adds `--tunnel-gso`; `baseline` (with `--baseline DIR`) is vxlanpy from another checkout;
@@ -534,6 +535,7 @@ def markdown(
             warmup=min(WARMUP_PINGS, pings),
             pings=pings,
             adapt=ADAPTIVE_POLL_US,
+            tap_queue=TAP_QUEUE,
             busy=BUSY_POLL_US,
             busy_ms=BUSY_POLL_US / 1000,
         ),

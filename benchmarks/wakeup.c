@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +47,20 @@ static void *echo(void *arg)
     return NULL;
 }
 
+/* argv[i] as an integer in lo..hi, or dflt when absent; exits with usage on anything else */
+static int arg(int argc, char **argv, int i, int lo, int hi, int dflt)
+{
+    if (i >= argc)
+        return dflt;
+    char *end;
+    long v = strtol(argv[i], &end, 10);
+    if (*argv[i] == '\0' || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "wakeup: %s: want an integer %d..%d\n", argv[i], lo, hi);
+        exit(2);
+    }
+    return (int)v;
+}
+
 static int by_value(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -58,23 +73,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: wakeup CPU_A CPU_B [GAP_US [ROUNDS]]\n");
         return 2;
     }
-    int cpu_a = atoi(argv[1]), cpu_b = atoi(argv[2]);
-    int gap = argc > 3 ? atoi(argv[3]) : 10000, rounds = argc > 4 ? atoi(argv[4]) : 300;
-    if (gap < 0 || rounds < 1 || rounds > 100000) {
-        fprintf(stderr, "wakeup: GAP_US >= 0 and ROUNDS 1..100000\n");
-        return 2;
-    }
+    int cpu_a = arg(argc, argv, 1, -1, CPU_SETSIZE - 1, -1);
+    int cpu_b = arg(argc, argv, 2, -1, CPU_SETSIZE - 1, -1);
+    int gap = arg(argc, argv, 3, 0, 1000000, 10000), rounds = arg(argc, argv, 4, 1, 100000, 300);
     double *us = malloc(sizeof *us * (size_t)rounds);
     if (us == NULL || pipe(there) != 0 || pipe(back) != 0) {
         perror("wakeup");
         return 1;
     }
-    pin(cpu_a);
-    pthread_t t;
-    if (pthread_create(&t, NULL, echo, &cpu_b) != 0) {
-        perror("pthread_create");
+    pthread_t t; /* started before main pins itself: a thread inherits its creator's CPUs */
+    int rc = pthread_create(&t, NULL, echo, &cpu_b);
+    if (rc != 0) {
+        fprintf(stderr, "pthread_create: %s\n", strerror(rc));
         return 1;
     }
+    pin(cpu_a);
     for (int i = 0; i < rounds; i++) {
         usleep((useconds_t)gap);
         uint64_t t0 = now_ns();

@@ -214,6 +214,27 @@ def test_datapath_thread_hands_over_to_tracing() -> None:
     asyncio.run(main())
 
 
+def test_tap_queue_reaches_the_device() -> None:
+    """The VTEP asks its devices for the TAP queue of its config (``tap_queue``): the default
+    TAP_QUEUE, or the configured length (what the kernel's TAP gets as its txqueuelen)."""
+    from vxlanpy.config import TAP_QUEUE
+
+    async def main() -> None:
+        port = _free_port()
+        for cfg, want in (
+            (_cfg(A_IP, B_IP, MAC_A, port, False), TAP_QUEUE),
+            (dataclasses.replace(_cfg(A_IP, B_IP, MAC_A, port, False), tap_queue=64), 64),
+        ):
+            v = Vtep(cfg, devices=(devs := MemoryTaps()))
+            await v.start()
+            try:
+                assert devs.taps["vx0"].spec.queue == want
+            finally:
+                await v.close()
+
+    asyncio.run(main())
+
+
 def test_datapath_thread_can_be_turned_off() -> None:
     """``datapath_thread = false``: the event loop polls and pumps, forwarding the same."""
 

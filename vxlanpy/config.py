@@ -32,7 +32,7 @@ ADAPTIVE_POLL_US = 200
 # frames a TAP queues for the datapath (its txqueuelen; the kernel's own default is 1000): room for
 # the thread's scheduling gaps at full packet rate (docs/performance.md: the TAP's queue)
 TAP_QUEUE = 4096
-TAP_QUEUE_MAX = 65536
+TAP_QUEUE_MAX = 16384  # at most that many 64 KiB super-frames (offloads) waiting: 1 GiB
 
 
 class ConfigError(ValueError):

@@ -130,6 +130,18 @@ def test_config_example_loads_and_a_wrong_key_is_named(tmp_path: Path) -> None:
     shown = re.search(r"\(`(node\.toml: \[flannel\]: unknown key [^`]*?) \(known", _config_text())
     assert shown, "the config section shows no unknown-key message"
     assert str(err.value).startswith(shown.group(1).replace("node.toml", str(bad))), err.value
+    # a [vtep] value out of range is named with the file when it is read, not at start
+    for key, value, needle in (
+        ("tap_queue", "8", "tap_queue must be 16..16384 frames, got 8"),
+        ("adaptive_poll", "100001", "adaptive_poll must be 0..100000 microseconds, got 100001"),
+    ):
+        text = re.sub(
+            r"^\[vtep\][^\n]*\n", rf"\g<0>{key} = {value}\n", example, count=1, flags=re.M
+        )
+        assert f"\n{key} = {value}\n" in text
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=f"^{re.escape(str(bad))}: {needle}$"):
+            load_agent_config(str(bad))
 
 
 def _resolve(ref: str, mods: list[Any]) -> bool:

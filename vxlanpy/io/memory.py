@@ -55,6 +55,7 @@ class MemoryTap(FdDevice):
         self.mtu = spec.mtu
         self.mac = spec.mac or bytes([2]) + os.urandom(5)
         self.address = spec.address
+        self.spec = spec  # as the VTEP asked for it (tests read e.g. its queue length)
         self.closed = False
 
     def inject(self, frame: bytes, header: bytes | None = None) -> None:
