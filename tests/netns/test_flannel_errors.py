@@ -6,6 +6,7 @@ One etcd member in a namespace, one node (both dataplanes where it matters).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -160,5 +161,8 @@ def test_config_file(net: FlannelNet) -> None:
         assert "flannel: lease 198.19." in line and "kernel dataplane flannel.1" in line, line
         assert "vxlan id 1" in h.ip("-d", "link", "show", "flannel.1")
     finally:
-        net.topo.stop(agent)
+        # its exit revokes the lease in etcd and deletes the device: under a loaded CI that
+        # has taken more than stop()'s default 5 s before SIGKILL, which left the device
+        rc = net.topo.stop(agent, timeout=20)
+    assert rc != -signal.SIGKILL, "the agent did not exit on SIGTERM within 20 s"
     _nothing_left(net)  # released on exit, device removed
