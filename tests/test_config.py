@@ -193,27 +193,50 @@ def test_switch_off_flags_apply_with_and_without_config(tmp_path: Path, flag: st
 
 
 @pytest.mark.parametrize(
-    ("flag", "default", "given", "in_file", "bad", "message"),
+    ("flag", "constant", "default", "given", "in_file", "bad", "message"),
     [
-        ("--adaptive-poll", 200, 0, 30, ["100001", "-1"], "adaptive_poll must be 0..100000"),
-        ("--tap-queue", 4096, 500, 64, ["15", "16385"], "tap_queue must be 16..16384 frames"),
+        (
+            "--adaptive-poll",
+            "ADAPTIVE_POLL_US",
+            200,
+            0,
+            30,
+            ["100001", "-1"],
+            "adaptive_poll must be 0..100000",
+        ),
+        (
+            "--tap-queue",
+            "TAP_QUEUE",
+            4096,
+            500,
+            64,
+            ["15", "16385"],
+            "tap_queue must be 16..16384 frames",
+        ),
     ],
 )
 def test_vtep_number_from_flag_and_file(
-    tmp_path: Path, flag: str, default: int, given: int, in_file: int, bad: list[str], message: str
+    tmp_path: Path,
+    flag: str,
+    constant: str,
+    default: int,
+    given: int,
+    in_file: int,
+    bad: list[str],
+    message: str,
 ) -> None:
-    """A VTEP setting with a number (--adaptive-poll, --tap-queue): its default, from the flag
-    and from the file; the flag beside --config is refused (a VTEP flag), and a value out of
-    range is an error that names the key and the value."""
+    """A VTEP setting with a number (--adaptive-poll, --tap-queue): its default (the constant
+    in vxlanpy.config, the value reference.md gives), from the flag and from the file; the flag
+    beside --config is refused (a VTEP flag), and a value out of range is an error that names
+    the key and the value."""
     from vxlanpy.cli import build_parser, config_from_args
-    from vxlanpy.config import ADAPTIVE_POLL_US, TAP_QUEUE
 
     key = flag[2:].replace("-", "_")
 
     def cfg(*argv: str) -> VtepConfig:
         return config_from_args(build_parser().parse_args(["run", *argv]))[0]
 
-    assert {"adaptive_poll": ADAPTIVE_POLL_US, "tap_queue": TAP_QUEUE}[key] == default
+    assert getattr(config, constant) == default
     assert getattr(cfg("--vni", "7"), key) == default
     assert getattr(cfg("--vni", "7", flag, str(given)), key) == given
     path = _write(tmp_path, f"[vtep]\n{key} = {in_file}\n[[segment]]\nvni = 7\n")
@@ -669,3 +692,15 @@ def test_file_metrics_address_refused(tmp_path: Path) -> None:
     text = GOOD.replace('metrics = "127.0.0.1:9477"', 'metrics = "nowhere"')
     with pytest.raises(ConfigError, match="metrics must be"):
         load_config(_write(tmp_path, text))
+
+
+def test_vtep_settings_checked_without_segments() -> None:
+    """check_settings() checks the VTEP's own values with no segment yet (flannel's [vtep]);
+    validate() checks them too and needs a segment."""
+    assert VtepConfig(segments=[], tap_queue=64).check_settings().tap_queue == 64
+    with pytest.raises(ConfigError, match="tap_queue must be 16..16384 frames, got 8"):
+        VtepConfig(segments=[], tap_queue=8).check_settings()
+    with pytest.raises(ConfigError, match="no segment configured"):
+        VtepConfig(segments=[]).validate()
+    with pytest.raises(ConfigError, match="dstport"):
+        VtepConfig(segments=[SegmentSpec(vni=1)], dstport=0).validate()

@@ -183,6 +183,22 @@ class VtepConfig:
         ``in_file``: name segment keys as a config file does (``segment[N].key``)."""
         if not self.segments:
             raise ConfigError("no segment configured (give --vni)")
+        self.check_settings()
+        vnis: set[int] = set()
+        taps: set[str] = set()
+        for n, s in enumerate(self.segments):
+            try:
+                _check_segment(s, vnis, taps)
+            except ConfigError as exc:
+                raise ConfigError(f"segment[{n}].{exc}" if in_file else str(exc)) from None
+        versions = {ipaddress.ip_address(ip).version for ip in self._underlay_ips()}
+        if len(versions) > 1:
+            raise ConfigError("underlay addresses mix IPv4 and IPv6")
+        return self
+
+    def check_settings(self) -> VtepConfig:
+        """Check the VTEP's own values, not its segments (flannel reads them before its
+        segment exists); raise ConfigError naming the first wrong one. Returns self."""
         _port("dstport", self.dstport)
         lo, hi = self.srcport
         _port("srcport", lo)
@@ -225,16 +241,6 @@ class VtepConfig:
         if self.local is not None and _ip("local", self.local).is_multicast:
             raise ConfigError(f"local {self.local} is multicast")
         _check_allow("allow", self.allow)
-        vnis: set[int] = set()
-        taps: set[str] = set()
-        for n, s in enumerate(self.segments):
-            try:
-                _check_segment(s, vnis, taps)
-            except ConfigError as exc:
-                raise ConfigError(f"segment[{n}].{exc}" if in_file else str(exc)) from None
-        versions = {ipaddress.ip_address(ip).version for ip in self._underlay_ips()}
-        if len(versions) > 1:
-            raise ConfigError("underlay addresses mix IPv4 and IPv6")
         return self
 
 

@@ -16,13 +16,12 @@ name the file and the key, as ``vxlanpy.config`` does::
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from ..config import (
     TAP_QUEUE_MAX,
     ConfigError,
-    SegmentSpec,
     VtepConfig,
     _check_table,
     parse_srcport,
@@ -150,8 +149,5 @@ def _vtep_config(vt: dict[str, object]) -> VtepConfig:
     kw = dict(vt)
     if "srcport" in kw:
         kw["srcport"] = parse_srcport(str(kw["srcport"]))
-    cfg = VtepConfig(segments=[], **kw)  # type: ignore[arg-type]
-    # every value checked now, when the file is read (the agent's segment comes later): a
-    # stand-in segment lets validate() see the [vtep] values on their own
-    replace(cfg, segments=[SegmentSpec(vni=1)]).validate()
-    return cfg
+    # every value checked now, when the file is read (the agent's segment comes later)
+    return VtepConfig(segments=[], **kw).check_settings()  # type: ignore[arg-type]
