@@ -52,7 +52,8 @@ typecheck: setup
 # Two parts: every test but the load-measuring ones in parallel (pytest-xdist), then those
 # (marked `alone`: the bench and scale harnesses, the soak, two floods) one at a time. One
 # worker more than the cores: the tests wait on namespaces and processes more than they compute
-# (2 cores: 285 s with 3 workers against 403 s with 2).
+# (2 cores: 285 s with 3 workers against 403 s with 2; 4 are no faster: 446 s against 421 s
+# with 3 on the Intel host, 2026-12-02).
 PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 pytest: setup
 	VXLANPY_REQUIRE_C=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not alone" --durations=25
