@@ -19,8 +19,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config import _VTEP_KEYS as RUN_VTEP_KEYS
 from ..config import (
-    TAP_QUEUE_MAX,
     ConfigError,
     VtepConfig,
     _check_table,
@@ -104,20 +104,19 @@ _FLANNEL_KEYS: dict[str, _T] = {
     "control": (str, "a path"),
     "ip_masq": (bool, "true or false"),
 }
+# run's [vtep] keys as its config file types them, and four that flannel takes narrower
 _VTEP_KEYS: dict[str, _T] = {
-    "offload": (bool, "true or false"),
-    "fast_path": (bool, "true or false"),
-    "send_thread": (bool, "true or false"),
-    "datapath_thread": (bool, "true or false"),
-    "gro": (bool, "true or false"),
-    "busy_poll": (int, "an integer number of microseconds 0..1000000"),
-    "adaptive_poll": (int, "an integer number of microseconds 0..100000"),
-    "tap_queue": (int, f"an integer number of frames 16..{TAP_QUEUE_MAX}"),
+    **{
+        k: RUN_VTEP_KEYS[k]
+        for k in (
+            "offload fast_path send_thread datapath_thread gro busy_poll adaptive_poll "
+            "tap_queue strict"
+        ).split()
+    },
     "srcport": (str, 'a "MIN:MAX" string'),
     "ttl": (int, "an integer 1..255"),
     "tos": (int, "an integer 0..255"),
     "df": (str, '"unset" or "set"'),
-    "strict": (bool, "true or false"),
 }
 
 
