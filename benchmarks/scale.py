@@ -58,12 +58,6 @@ TCP_STREAMS = 4
 FDB_RING = 65536  # distinct destinations of the FDB sweep's traffic (at most the table's size)
 
 
-def _no_ipv6(h: Host) -> None:
-    """No IPv6 in the namespace: no router solicitations or MLD reports among the frames."""
-    for key in ("all", "default"):
-        h.sh("sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1")
-
-
 def _batch(h: Host, lines: list[str], tool: str = "ip") -> None:
     """Many iproute2 commands in one ``ip -batch`` (256 devices in a second, not in 30), or
     ``bridge -batch``."""
@@ -141,8 +135,8 @@ class Bench:
 
     def _build(self, remotes: int, fdb: int) -> None:
         a, b = self.a, self.b
-        _no_ipv6(a)
-        _no_ipv6(b)
+        a.no_ipv6()
+        b.no_ipv6()
         dev = self.topo.link(a, b, f"{A_UL}/24", f"{B_UL}/24")
         if remotes == 1:
             dests = [B_UL]

@@ -46,18 +46,13 @@ def _nstat(h: Host) -> dict[str, int]:
     return {k: int(v) for k, v in out.get("kernel", {}).items()}
 
 
-def _no_ipv6(h: Host) -> None:
-    for key in ("all", "default"):
-        h.sh("sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1")
-
-
 def run(seconds: float, kpps: float, size: int = 256, log: Any = None) -> dict[str, Any]:
     """One soak; returns the figures and ``failures`` (empty when everything held)."""
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     with Topology() as topo:
         a, b = topo.add_host("a"), topo.add_host("b")
-        _no_ipv6(a)
-        _no_ipv6(b)
+        a.no_ipv6()
+        b.no_ipv6()
         dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
         topo.kernel_vxlan(b, vni=VNI, dev=dev, remote=UA, local=UB, address=f"{OB}/24")
         sock = f"/run/vxlanpy/soak-{topo.tag}.sock"

@@ -49,6 +49,13 @@ class Host:
     def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
         return self.topo.spawn(["ip", "netns", "exec", self.ns, *argv], **kw)
 
+    def no_ipv6(self) -> None:
+        """No IPv6 in the namespace, for devices made after this call: no router solicitations
+        or MLD reports sent on their own when a device comes up, so the only frames are the
+        ones the caller sends."""
+        for key in ("all", "default"):
+            self.sh("sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1")
+
 
 class Topology:
     """A set of namespaces joined by veth links. Use ``with Topology() as t:``."""

@@ -32,11 +32,6 @@ ZERO = "00:00:00:00:00:00"
 PREFIX = "vxlanpy-tunnel: error: "
 
 
-def _no_ipv6(h: Host) -> None:
-    for key in ("all", "default"):
-        h.sh("sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1")
-
-
 def _cli(h: Host, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     argv = ["ip", "netns", "exec", h.ns, sys.executable, "-m", "vxlanpy.cli", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
@@ -73,8 +68,8 @@ def _mac(h: Host, dev: str) -> str:
 def _pair(topo: Topology) -> tuple[Host, Host]:
     a = topo.add_host("a")
     b = topo.add_host("b")
-    _no_ipv6(a)
-    _no_ipv6(b)
+    a.no_ipv6()
+    b.no_ipv6()
     dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
     topo.kernel_vxlan(b, vni=VNI, dev=dev, remote=UA, local=UB, address=f"{OB}/24")
     return a, b
@@ -406,7 +401,7 @@ def test_wrongly_typed_request_is_refused(
     """A request with a field of the wrong JSON type gets {"ok": false, ...}, changes nothing,
     and the server goes on serving."""
     a = topo.add_host("a")
-    _no_ipv6(a)
+    a.no_ipv6()
     sock = str(tmp_path / "a.sock")
     v = Vxlanpy(topo, a, ["--vni", str(VNI), "--tap", "vx0", "--control", sock])
     try:

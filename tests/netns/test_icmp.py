@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import Vxlanpy, ping
-from test_control import REPO, _no_ipv6
+from test_control import REPO
 
 from vxlanpy.control import request
 from vxlanpy.netns import Host, Topology, wait_for
@@ -51,7 +51,7 @@ def _routed(topo: Topology) -> tuple[Host, Host, Host]:
     """a -- r (forwarding) and b, not linked to r yet."""
     a, r, b = topo.add_host("a"), topo.add_host("r"), topo.add_host("b")
     for h in (a, r, b):
-        _no_ipv6(h)
+        h.no_ipv6()
     topo.link(a, r, f"{UA}/24", f"{RA}/24")
     r.sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
     a.ip("route", "add", "198.18.1.0/24", "via", RA)

@@ -56,11 +56,6 @@ for _ in range(n):
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 
-def _no_ipv6(h: Host) -> None:
-    for key in ("all", "default"):
-        h.sh("sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1")
-
-
 def _counter(h: Host, dev: str, name: str) -> int:
     return int(h.sh("cat", f"/sys/class/net/{dev}/statistics/{name}"))
 
@@ -82,8 +77,8 @@ def _stats(h: Host, sock: str) -> dict[str, dict[str, int]]:
 def two_vnis(topo: Topology, tmp_path: Path):  # type: ignore[no-untyped-def]
     a = topo.add_host("a")
     b = topo.add_host("b")
-    _no_ipv6(a)
-    _no_ipv6(b)
+    a.no_ipv6()
+    b.no_ipv6()
     dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
     for vni in (10, 20):  # two kernel devices, one shared UDP socket on 4789
         topo.kernel_vxlan(

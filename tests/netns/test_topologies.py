@@ -27,8 +27,7 @@ ZERO = "00:00:00:00:00:00"
 
 def _host(topo: Topology, name: str) -> Host:
     h = topo.add_host(name)
-    h.sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-    h.sh("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+    h.no_ipv6()
     return h
 
 

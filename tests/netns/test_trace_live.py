@@ -47,8 +47,7 @@ def _pair(
 ) -> tuple[Host, Host, Vxlanpy, str]:
     a, b = topo.add_host("a"), topo.add_host("b")
     for h in (a, b):  # no IPv6 chatter: the only frames are the test's
-        h.sh("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
-        h.sh("sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1")
+        h.no_ipv6()
     dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
     topo.kernel_vxlan(b, vni=42, dev=dev, remote=UA, address=f"{OB}/24")
     ctl = str(tmp / "vx.sock")
