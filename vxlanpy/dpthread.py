@@ -1,7 +1,7 @@
 """Who waits for the TAPs and the socket: the C datapath thread, or the event loop.
 
 With the C fast path, the pumps run on a thread of their own (csrc/loop.c, started through
-:meth:`Pumps.start_thread`): it sleeps in poll(2), moves what has an installed action without
+:meth:`Pumps.start_thread`): it sleeps in epoll_wait(2), moves what has an installed action without
 the interpreter, and *holds* what the engine must see (upcalls, errors, a TAP that is gone,
 datagrams still waiting in the batch). A held pump makes this module's descriptor readable;
 the event loop then runs the Vtep's own pump code on that result (the thread parked, the

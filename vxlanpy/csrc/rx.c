@@ -309,9 +309,15 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
             }
             uint32_t trunc = 0;
             int n = 0;
+            /* ask for about twice what the last batch brought (at least VX_RECV_FIRST),
+             * doubling while the calls come back full: each slot asked for is a message
+             * header, an iovec and a control buffer written first, cold after an idle spell;
+             * a ping's one datagram then pays for 8 of them, not VX_RECV_CHUNK */
+            uint32_t ask = dp->recv_ask ? dp->recv_ask : VX_RECV_FIRST;
             while ((uint32_t)n < area) {
-                uint32_t want = vx_recv_want((uint32_t)n, area);
-                int r = vx_udp_recv(fd, b, (uint32_t)n, area, spill > 0, &trunc);
+                uint32_t lim = area - (uint32_t)n > ask ? (uint32_t)n + ask : area;
+                uint32_t want = vx_recv_want((uint32_t)n, lim);
+                int r = vx_udp_recv(fd, b, (uint32_t)n, lim, spill > 0, &trunc);
                 if (r < 0) {
                     if (n == 0)
                         return r;
@@ -323,7 +329,9 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
                  * the frames already here) */
                 if ((uint32_t)r < want)
                     break;
+                ask = vx_recv_ask_next(ask);
             }
+            dp->recv_ask = vx_recv_ask_next((uint32_t)n);
             if (n == 0) {
                 out[1] = VX_RX_DRAINED;
                 return 0;

@@ -106,6 +106,15 @@ static inline uint32_t vx_recv_want(uint32_t first, uint32_t cap)
     return first >= cap ? 0 : cap - first < VX_RECV_CHUNK ? cap - first : VX_RECV_CHUNK;
 }
 
+/* The receive pump's next ask after got datagrams (a batch, or a full call): twice that,
+ * within VX_RECV_FIRST..VX_RECV_CHUNK (rx.c). */
+enum { VX_RECV_FIRST = 8 };
+static inline uint32_t vx_recv_ask_next(uint32_t got)
+{
+    uint32_t a = 2 * got;
+    return a < VX_RECV_FIRST ? VX_RECV_FIRST : a > VX_RECV_CHUNK ? VX_RECV_CHUNK : a;
+}
+
 /* errnos of device I/O that mean the device is gone (deleted, or the fd detached) */
 static inline int vx_gone(int e)
 {
@@ -186,6 +195,7 @@ struct vx_dp {
     /* receive pump: slots pend_lo..pend_hi-1 of the batch at pend_buf wait to be handled */
     const uint8_t *pend_buf;
     uint32_t pend_lo, pend_hi, pend_full;
+    uint32_t recv_ask;      /* datagrams the next recvmmsg asks for (0: VX_RECV_FIRST) */
     vx_sender *sender;      /* NULL: super-frames are sent from the pump's own thread */
     int32_t link_fd;        /* tunnel GSO: the TAP redirected to the underlay, -1: off */
     uint32_t link_ttl;      /* its outer TTL when the settings leave it to the system */
