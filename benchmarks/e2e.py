@@ -84,7 +84,10 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "rtt_p50": ("ping RTT p50", "us", False),
     "rtt_p99": ("ping RTT p99", "us", False),
     "cpu": ("a's dataplane CPU (TCP 1 stream)", "% of a core", False),
+    "steal": ("host's steal time during the pair", "% of CPU time", False),
 }
+# no ratio to kernel-kernel: a property of the host while the pair ran, not of the pair
+NO_RATIO = frozenset({"steal"})
 LOSS_FREE = 0.1  # % loss under which a rate counts as loss-free
 A_UL, B_UL, A_OL, B_OL = "198.18.0.1", "198.18.0.2", "198.19.0.1", "198.19.0.2"
 # where 64-byte UDP was lost, per pair and rep: "full" at full rate, "edge" at the lowest
@@ -103,6 +106,26 @@ def cfwd_binary() -> Path:
         if r.returncode != 0:
             raise NetnsError(f"cannot build {CFWD_SRC.name}: {r.stderr.strip()}")
     return out
+
+
+def cpu_times(path: str = "/proc/stat") -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat's first line.
+
+    Steal is the time the hypervisor gave our vCPUs to someone else while they had work: on a
+    shared VM it is the noise a run cannot remove, so the run reports it beside its figures.
+    """
+    try:
+        with open(path) as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    fields += [0] * (8 - len(fields))
+    return fields[7], sum(fields)  # user nice system idle iowait irq softirq steal
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else None
 
 
 def log(msg: str) -> None:
@@ -376,6 +399,7 @@ def run(
                 f"[{step}/{total}] {kind} (rep {rep}/{reps}, "
                 f"{time.monotonic() - t_start:.0f} s elapsed)"
             )
+            t0 = cpu_times()
             pair = Pair(kind)
             r = results[kind]
             try:
@@ -416,6 +440,9 @@ def run(
                 )
             finally:
                 pair.close()
+                if (st := steal_pct(t0, cpu_times())) is not None:
+                    r["steal"].append(st)
+                    log(f"      host steal time {st:.1f}% of CPU time")
     return results
 
 
@@ -432,7 +459,7 @@ def summarize(
                 continue
             med = statistics.median(vals)
             base = statistics.median(ref[m]) if ref.get(m) else None
-            ratio = med / base if base else None
+            ratio = med / base if base and m not in NO_RATIO else None
             out[kind][m] = {"median": med, "min": min(vals), "max": max(vals), "ratio": ratio}
     return out
 
@@ -488,7 +515,13 @@ def markdown(
         f"Run: {mach['date']}; {reps} repetition(s) per pair, interleaved; "
         f"{seconds:g} s per throughput test"
         + (f" (TCP after {omit} s not counted). " if omit else ". ")
-        + "Cells: median (min..max) ×ratio to kernel-kernel.",
+        + "Cells: median (min..max) ×ratio to kernel-kernel."
+        + (
+            f"  \nHost's steal time over the run: {mach['steal']} % of CPU time (the "
+            "hypervisor running others on these vCPUs: the more of it, the noisier the figures)."
+            if "steal" in mach
+            else ""
+        ),
         "",
         "| metric | " + " | ".join(pairs) + " |",
         "|---|" + "---|" * len(pairs),
@@ -619,9 +652,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = argv if argv is not None else sys.argv[1:]
     command = "python -m benchmarks e2e " + " ".join(shlex.quote(x) for x in args)
+    t0 = cpu_times()
     results = run(a.reps, a.seconds, a.pings, pairs, 2 if a.quick else 5, omit)
     summary = summarize(results)
     mach = machine()
+    if (st := steal_pct(t0, cpu_times())) is not None:
+        mach["steal"] = f"{st:.1f}"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.json").write_text(

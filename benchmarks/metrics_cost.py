@@ -58,7 +58,7 @@ def measure(pair: Pair, hz: float, seconds: float) -> dict[str, float]:
         )
         time.sleep(0.5)
     gbps, cpu = pair.tcp(1, seconds)
-    kpps, _loss = pair.udp64(seconds)
+    kpps, _loss, _where = pair.udp64(seconds)
     out = {"tcp_gbps": gbps, "cpu": cpu or 0.0, "udp64_kpps": kpps}
     if scraper is not None:
         text, _ = scraper.communicate(timeout=3 * seconds + 30)
@@ -89,7 +89,7 @@ def idle_cpu(hz: float, seconds: float) -> tuple[float, int]:
 
 def peers_exposition() -> tuple[float, int]:
     """ms per exposition of a snapshot with 1024 peers and 16 VNIs, and its size."""
-    seg = {k: 1 for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
+    seg: dict[str, Any] = {k: 1 for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
     seg |= dict.fromkeys(
         ("floods", "l2_misses", "l3_misses", "arp_proxied", "learned", "moved", "aged"), 1
     )

@@ -65,9 +65,15 @@ def test_e2e_quick(topo: Topology, tmp_path: Path) -> None:
         assert metrics["udp64_lossfree"]["median"] is not None, pair
         if pair != "kernel-kernel":
             assert metrics["tcp1"]["ratio"] > 0, pair
+        # the host's steal time while the pair ran: a share, with no ratio to the kernel's
+        assert 0 <= metrics["steal"]["median"] <= 100, pair
+        assert metrics["steal"]["ratio"] is None, pair
     md = (tmp_path / "benchmarks.md").read_text()
     assert "| TCP 1 stream a->b [Gbit/s] |" in md and "×" in md
     assert "| ping RTT p50 added to kernel-kernel's [us] |" in md
+    assert "| host's steal time during the pair [% of CPU time] |" in md
+    assert 0 <= float(data["machine"]["steal"]) <= 100
+    assert f"Host's steal time over the run: {data['machine']['steal']} %" in md
     assert "Ping: 20 echo requests not counted (caches, the first upcalls),\nthen 20," in md
     assert "{" not in md.split("Pairs: ", 1)[1]  # the notes' template filled in
     assert f"polls up to {ADAPTIVE_POLL_US} µs while packets" in md  # the default, not a copy
