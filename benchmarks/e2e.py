@@ -48,7 +48,7 @@ PAIRS = (
     "vxlanpy-kernel",
     "vxlanpy_1t-kernel",
     "vxlanpy_poll-kernel",
-    "vxlanpy_tgso-kernel",
+    "vxlanpy_dgram-kernel",
     "vxlanpy-vxlanpy",
     "vxlanpy_nogro-vxlanpy_nogro",
     "ovs-kernel",
@@ -67,6 +67,7 @@ VARIANTS: dict[str, list[str]] = {
     "vxlanpy_1t": ["--no-send-thread"],
     "vxlanpy_nogro": ["--no-gro"],
     "vxlanpy_tgso": ["--tunnel-gso"],  # Linux 6.17+: skipped (said so) where it cannot work
+    "vxlanpy_dgram": ["--tunnel-gso", "off"],  # the fallback: kernels without it, firewalls
     "vxlanpy_nocsum": ["--noudpcsum"],  # zero outer checksums: sendmmsg, no UDP GSO
     "vxlanpy_nocsumtg": ["--noudpcsum", "--tunnel-gso"],  # ... with tunnel GSO
     "vxlanpy_nowatch": ["--no-peer-watch"],  # the peer watch's cost (csum_bench --kinds)
@@ -350,8 +351,12 @@ polls up to {adapt} µs while packets come closer together than that, offloads, 
 for TCP super-frames, TAPs that queue {tap_queue} frames where the other pairs' TAPs keep the
 kernel's 1000); `vxlanpy_1t` adds `--no-send-thread`
 (super-frames sent from the datapath thread too: one core); `vxlanpy_nodpt` adds
-`--no-datapath-thread` (the event loop polls and pumps, as before 2026-12-02); `vxlanpy_tgso`
-adds `--tunnel-gso`; `baseline` (with `--baseline DIR`) is vxlanpy from another checkout;
+`--no-datapath-thread` (the event loop polls and pumps, as before 2026-12-02); by default
+(`--tunnel-gso auto`) TCP super-frames go to a kernel peer whole as UDP-tunnel GSO packets where
+the kernel can (Linux 6.17+, see the Machine line) and the host has no firewall table or IPsec
+policy they would skip (these namespaces have none); `vxlanpy_dgram` adds `--tunnel-gso off`
+(super-frames cut into datagrams: what a kernel without it, or a host with a firewall, gets);
+`baseline` (with `--baseline DIR`) is vxlanpy from another checkout;
 `vxlanpy_poll` adds `--busy-poll {busy}` (polls up to {busy_ms:g} ms for the next packet instead of
 sleeping: lower latency, one core busy while traffic flows); `vxlanpy_nogro` adds `--no-gro` (no
 UDP GRO on the receiving socket: each datagram received and written to the TAP on its own; it
@@ -482,6 +487,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "backend": BACKEND,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "tunnel_gso": tgso.probe() or "yes",
     }
 
 
@@ -511,7 +517,8 @@ def markdown(
         "",
         f"Command: `{command}`  ",
         f"Machine: {mach['cpu']}, {mach['cores']} cores, Linux {mach['kernel']}, "
-        f"Python {mach['python']}, vxlanpy backend `{mach['backend']}`  ",
+        f"Python {mach['python']}, vxlanpy backend `{mach['backend']}`, UDP-tunnel GSO on TAPs: "
+        f"{mach.get('tunnel_gso', 'not checked')}  ",
         f"Run: {mach['date']}; {reps} repetition(s) per pair, interleaved; "
         f"{seconds:g} s per throughput test"
         + (f" (TCP after {omit} s not counted). " if omit else ". ")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vxlanpy import config
+from vxlanpy.cli import build_parser, config_from_args
 from vxlanpy.config import ConfigError, SegmentSpec, VtepConfig, load_config
 from vxlanpy.headers import Outer
 
@@ -35,7 +36,7 @@ tap_queue = 1000
 send_thread = false
 datapath_thread = false
 gro = false
-tunnel_gso = false
+tunnel_gso = "off"
 control = "/run/vxlanpy/test-config.sock"
 allow = ["198.18.0.0/24"]
 user = "nobody"
@@ -131,6 +132,7 @@ EXPECTED = VtepConfig(
     send_thread=False,
     datapath_thread=False,
     gro=False,
+    tunnel_gso="off",
     allow=["198.18.0.0/24"],
     user="nobody",
     run_group="nogroup",
@@ -182,7 +184,6 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
 def test_switch_off_flags_apply_with_and_without_config(tmp_path: Path, flag: str) -> None:
     """The switches that turn a fast-path feature off work on the command line and on top
     of a config file; without them the feature is on."""
-    from vxlanpy.cli import build_parser, config_from_args
 
     key = flag[len("--no-") :].replace("-", "_")
     path = _write(tmp_path, "[[segment]]\nvni = 7\n")
@@ -229,7 +230,6 @@ def test_vtep_number_from_flag_and_file(
     in vxlanpy.config, the value reference.md gives), from the flag and from the file; the flag
     beside --config is refused (a VTEP flag), and a value out of range is an error that names
     the key and the value."""
-    from vxlanpy.cli import build_parser, config_from_args
 
     key = flag[2:].replace("-", "_")
 
@@ -626,7 +626,6 @@ def test_file_not_utf8(tmp_path: Path) -> None:
 def test_outer_header_settings(tmp_path: Path, keys: str, outer: Outer) -> None:
     """``tos``/``ttl``/``df`` as the kernel's: a number, or inherit (ttl: auto), from a file and
     from the command line alike."""
-    from vxlanpy.cli import build_parser, config_from_args
 
     cfg, _ = load_config(_write(tmp_path, "[vtep]\n" + keys + SEG))
     assert cfg.outer() == outer
@@ -654,7 +653,6 @@ def test_cli_outer_header_flags(flag: list[str], needle: str) -> None:
 
 
 def test_cli_gbp_flags() -> None:
-    from vxlanpy.cli import build_parser, config_from_args
     from vxlanpy.gbp import Policy
 
     argv = ["run", "--vni", "10", "--gbp", "--gbp-group", "0x10/A"]
@@ -680,6 +678,29 @@ def test_cli_gbp_flags() -> None:
 def test_cli_tunnel_gso_refusals(extra: list[str], needle: str) -> None:
     p = _cli("run", "--vni", "10", "--tunnel-gso", *extra)
     assert p.returncode == 2 and needle in p.stderr, p.stderr
+    p = _cli("run", "--vni", "10", "--tunnel-gso", "on", *extra)
+    assert p.returncode == 2 and needle in p.stderr, p.stderr
+    # the default, auto, takes the datagram path there instead: the settings are valid
+    cfg, _ = config_from_args(build_parser().parse_args(["run", "--vni", "10", *extra]))
+    assert cfg.validate().tunnel_gso == "auto" and cfg.tunnel_gso_unfit() == needle[11:]
+
+
+def test_tunnel_gso_modes_from_flag_and_file(tmp_path: Path) -> None:
+    parse = lambda *argv: config_from_args(build_parser().parse_args(["run", "--vni", "10", *argv]))  # noqa: E731
+    assert parse()[0].tunnel_gso == "auto"
+    assert parse("--tunnel-gso")[0].tunnel_gso == "on"
+    assert parse("--tunnel-gso", "off")[0].tunnel_gso == "off"
+    assert parse("--tunnel-gso", "auto")[0].tunnel_gso == "auto"
+    p = _cli("run", "--vni", "10", "--tunnel-gso", "maybe")
+    assert p.returncode == 2 and "invalid choice: 'maybe'" in p.stderr, p.stderr
+    seg = "[[segment]]\nvni = 10\n"
+    for text, mode in [("true", "on"), ("false", "off"), ('"auto"', "auto"), ('"off"', "off")]:
+        cfg, _ = load_config(_write(tmp_path, f"[vtep]\ntunnel_gso = {text}\n{seg}"))
+        assert cfg.tunnel_gso == mode, text
+    with pytest.raises(ConfigError, match="tunnel_gso must be 'auto', 'on' or 'off', got 'yes'"):
+        load_config(_write(tmp_path, f'[vtep]\ntunnel_gso = "yes"\n{seg}'))
+    with pytest.raises(ConfigError, match="tunnel_gso must be"):
+        load_config(_write(tmp_path, f"[vtep]\ntunnel_gso = 1\n{seg}"))
 
 
 @pytest.mark.parametrize("bad", ["127.0.0.1", "localhost:9477", "::1:9477", "127.0.0.1:70000"])

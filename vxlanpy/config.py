@@ -32,6 +32,7 @@ ADAPTIVE_POLL_US = 200
 # frames a TAP queues for the datapath (its txqueuelen; the kernel's own default is 1000): room for
 # the thread's scheduling gaps at full packet rate (docs/performance.md: the TAP's queue)
 TAP_QUEUE = 4096
+TUNNEL_GSO_MODES = ("auto", "on", "off")
 TAP_QUEUE_MAX = 16384  # at most that many 64 KiB super-frames (offloads) waiting: 1 GiB
 
 
@@ -130,7 +131,8 @@ class VtepConfig:
     send_thread: bool = True  # C fast path: a thread of its own sends TSO super-frames
     datapath_thread: bool = True  # C fast path: the pumps poll on a C thread of their own
     gro: bool = True  # C fast path with offload: receive with UDP_GRO, coalesce TCP segments
-    tunnel_gso: bool = False  # C fast path with offload: TCP super-frames whole (io/tgso.py)
+    # TCP super-frames whole (io/tgso.py): "auto" while there is nothing to skip (hostwatch.py)
+    tunnel_gso: str = "auto"
     allow: list[str] | str | None = None  # VTEPs accepted by segments without their own list
     user: str | None = None  # switch to this user (name or uid) once TAPs and sockets are open
     run_group: str | None = None  # ... and group (default: the user's); [vtep] group in a file
@@ -161,6 +163,12 @@ class VtepConfig:
         """True if outer UDP checksums are sent as zero (IPv4 ``noudpcsum``, IPv6
         ``udp6zerocsumtx``)."""
         return self.udp6zerocsumtx if self.family() == 6 else not self.udpcsum
+
+    def tunnel_gso_unfit(self) -> str | None:
+        """Why these settings leave tunnel GSO out (None: they do not)."""
+        if not (self.fast_path and self.offload):
+            return "needs the C fast path and offloads"
+        return "works over an IPv4 underlay only" if self.family() != 4 else None
 
     def family(self) -> int:
         """4 or 6: the underlay's IP version (from local, else remotes/group; default 4)."""
@@ -221,10 +229,10 @@ class VtepConfig:
             )
         if self.df not in ("unset", "set", "inherit"):
             raise ConfigError(f"df must be 'unset', 'set' or 'inherit', got {self.df!r}")
-        if self.tunnel_gso and not (self.fast_path and self.offload):
-            raise ConfigError("tunnel_gso needs the C fast path and offloads")
-        if self.tunnel_gso and self.family() != 4:
-            raise ConfigError("tunnel_gso works over an IPv4 underlay only")
+        if self.tunnel_gso not in TUNNEL_GSO_MODES:
+            raise ConfigError(f"tunnel_gso must be 'auto', 'on' or 'off', got {self.tunnel_gso!r}")
+        if self.tunnel_gso == "on" and (why := self.tunnel_gso_unfit()):
+            raise ConfigError(f"tunnel_gso {why}")
         if self.metrics is not None:
             parse_listen(self.metrics)
         if self.profile is not None and self.profile not in PROFILES:
@@ -397,7 +405,7 @@ _VTEP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "send_thread": (bool, "true or false"),
     "datapath_thread": (bool, "true or false"),
     "gro": (bool, "true or false"),
-    "tunnel_gso": (bool, "true or false"),
+    "tunnel_gso": ((str, bool), '"auto", "on" or "off" (true: "on", false: "off")'),
     "control": (str, "a path"),
     "allow": ((str, list), 'a list of CIDR strings and/or "configured"'),
     "user": ((str, int), "a user name or uid"),
@@ -548,6 +556,7 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         except ConfigError as exc:
             raise ConfigError(f"{path}: [vtep].{exc}") from None
     control = vt.get("control")
+    tg = vt.get("tunnel_gso", "auto")  # true and false as before "auto": "on" and "off"
     cfg = VtepConfig(
         segments=specs,
         local=vt.get("local"),  # type: ignore[arg-type]
@@ -566,7 +575,7 @@ def parse_config(raw: bytes, path: str = "<config>") -> tuple[VtepConfig, str | 
         send_thread=bool(vt.get("send_thread", True)),
         datapath_thread=bool(vt.get("datapath_thread", True)),
         gro=bool(vt.get("gro", True)),
-        tunnel_gso=bool(vt.get("tunnel_gso", False)),
+        tunnel_gso=("on" if tg else "off") if isinstance(tg, bool) else str(tg),
         allow=vt.get("allow"),  # type: ignore[arg-type]
         user=None if vt.get("user") is None else str(vt["user"]),
         run_group=None if vt.get("group") is None else str(vt["group"]),

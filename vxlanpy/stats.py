@@ -98,9 +98,12 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
         "losses": losses(vtep, socket_errors, tap_errors, gro),
         "tap_queue_dropped": vtep.tap_queue_dropped(),
         "tunnel_gso": {
-            "on": vtep.config.tunnel_gso,
+            "mode": vtep.tgso.mode,
+            "on": vtep.tgso.on,
+            "why_not": vtep.tgso.why_not,
             "frames": dp.counters()["tgso_frames"] if dp is not None else 0,
             "remotes_linked": vtep.tunnel_gso_links,
+            "withdrawals": vtep.tgso.links.withdrawals if vtep.tgso.links else 0,
         },
         "peers": peer_stats(engine),
         "tables": table_sizes(engine),

@@ -41,7 +41,7 @@ from .fdb import FdbEntry
 from .io.netlink import device_for_address, route_device
 from .io.peersock import PeerSocket, ifindexes, open_watch
 from .io.tap import Device, Devices, DeviceSpec, KernelTaps, TapError, TapGone
-from .io.tgso import LinkRefresher, TunnelGso, TunnelGsoError, default_ttl
+from .io.tgso import TunnelGsoControl, TunnelGsoError
 from .io.udp import TransportError, UdpTransport
 from .peers import BatchSizes
 from .peerwatch import PeerWatch
@@ -109,9 +109,7 @@ class Vtep:
         self._poll_fds: list[int] = []
         self._rx_spill = 0  # receive slots kept for split UDP GRO receives (0: no UDP_GRO)
         self._tap_dropped: dict[str, int] = {}  # the TAPs' tx_dropped when they were closed
-        self.tgso: TunnelGso | None = None  # --tunnel-gso: the redirected TAP
-        self._links: LinkRefresher | None = None
-        self._links_task: asyncio.Task[None] | None = None
+        self.tgso = TunnelGsoControl(config.tunnel_gso, self._tgso_unfit())  # io/tgso.py
         self.batches = {"tx": BatchSizes(), "rx": BatchSizes()}  # the Python pumps' reads
         self._capture: object | None = None  # run --capture: the file being written
         self.peer_watch: PeerSocket | None = None  # peerwatch.py: once-per-peer mismatches
@@ -196,10 +194,11 @@ class Vtep:
                 log.warning("%s; super-frames are sent from the event loop's thread", e)
         self.pumps = pumps
         self._poll_fds = [self.transport.fileno(), *(t.fd for t in self.taps.values())][:16]
-        if self.tgso is not None:
-            dp.set_link(self.tgso.fd, default_ttl())
-            self._links = LinkRefresher(self.tgso, dp)
-            self._links_task = asyncio.ensure_future(self._links.run())
+        assert self._loop is not None
+        try:
+            self.tgso.attach(dp, self._loop)
+        except TunnelGsoError as exc:
+            raise VtepError(f"tunnel GSO: {exc}") from exc
 
     def _setup(self) -> int:
         """Create TAPs, segments and the transport; return the largest frame to expect."""
@@ -227,8 +226,7 @@ class Vtep:
             groups = {s.group for s in cfg.segments if s.group}
             if len(groups) > 1:
                 raise VtepError("one multicast group per VTEP is supported")
-            if cfg.tunnel_gso:
-                self.tgso = TunnelGso(self._underlay_dev(first_remote))
+            self.tgso.setup(lambda: self._underlay_dev(first_remote))
             self.transport = UdpTransport(
                 port=cfg.dstport,
                 local=cfg.local,
@@ -263,10 +261,19 @@ class Vtep:
         live = [t.name for t in self.taps.values() if not t.closed]
         return {**self._tap_dropped, **stats_mod.device_tx_dropped(live)}
 
+    def _tgso_unfit(self) -> str | None:
+        """Why tunnel GSO is left out whatever the host (None: it is not)."""
+        if not isinstance(self.devices, KernelTaps):
+            return "the devices are not the kernel's TAPs"
+        if self.config.profile == "ovs":  # over a veth, OVS would read 64 KiB packets: dropped
+            return "profile ovs: Open vSwitch's userspace datapath takes datagrams"
+        return self.config.tunnel_gso_unfit() or (None if self.config.segments else "no segment")
+
     @property
     def tunnel_gso_links(self) -> int:
         """Remotes tunnel GSO has a link to (their super-frames go whole)."""
-        return len(self._links.linked) if self._links is not None else 0
+        links = self.tgso.links
+        return len(links.linked) if links is not None else 0
 
     def _underlay_dev(self, remote: str | None) -> str:
         """The underlay device (``dev``, else the one holding ``local``, else the route's)."""
@@ -275,7 +282,7 @@ class Vtep:
         if dev is None and remote:
             dev = route_device(remote)
         if dev is None:
-            raise VtepError("tunnel GSO: no underlay device (give --dev or --local)")
+            raise TunnelGsoError("tunnel GSO: no underlay device (give --dev or --local)")
         return dev
 
     @property
@@ -298,14 +305,7 @@ class Vtep:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._links_task is not None:
-            self._links_task.cancel()
-            self._links_task = None
-        if self.tgso is not None:
-            if self.engine.datapath is not None:
-                self.engine.datapath.set_link(-1, 0)
-            self.tgso.close()
-            self.tgso = None
+        self.tgso.close(self.engine.datapath)
         if self.peer_watch is not None:
             self.peer_watch.close()
             self.peer_watch = None

@@ -5,6 +5,7 @@ On a kernel without UDP-tunnel GSO on TAPs the flag is a clear start-up error.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,97 @@ def test_tcp_super_frames_leave_whole(topo: Topology, tmp_path: Path, sender: bo
     assert frames > 0 and got < 40 * MB / 1450 / 4, (frames, got)
     assert st["losses"]["total"] == 0, st["losses"]  # type: ignore[index]
     assert st["socket_errors"] == {}, st["socket_errors"]
+
+
+def _tg(sock: str) -> dict[str, object]:
+    tg = request(sock, {"cmd": "stats"})["tunnel_gso"]
+    assert isinstance(tg, dict)
+    return tg
+
+
+def _nft_out_bytes(h: Host) -> int:
+    """Bytes the output rule of table inet vxt counted (VXLAN datagrams to port 4789)."""
+    rules = json.loads(h.sh("nft", "-j", "list", "chain", "inet", "vxt", "out"))["nftables"]
+    return sum(e["counter"]["bytes"] for r in rules if "rule" in r for e in r["rule"]["expr"]
+               if "counter" in e)  # fmt: skip
+
+
+def test_auto_withholds_while_the_host_has_rules_to_skip(topo: Topology, tmp_path: Path) -> None:
+    """The default (``auto``): super-frames go whole while nothing on a's IPv4 output path
+    would be skipped; an nftables table or an xfrm policy added while it runs takes the links
+    away at once (the firewall then counts every byte), removing it brings them back; a route
+    change takes them away and they come back."""
+    if probe() is not None:
+        pytest.skip("this kernel has no UDP-tunnel GSO on TAPs: auto takes the datagram path")
+    a, b = topo.add_host("a"), topo.add_host("b")
+    dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
+    topo.kernel_vxlan(b, vni=120, dev=dev, remote=UA, address="198.19.0.2/24")
+    sock = str(tmp_path / "a.sock")
+    v = Vxlanpy(topo, a, _args("--control", sock))
+    ping(a, "198.19.0.2")
+    assert wait_for(lambda: _tg(sock)["remotes_linked"] == 1, 5), _tg(sock)
+    tg = _tg(sock)
+    assert tg["mode"] == "auto" and tg["on"] and tg["why_not"] is None, tg
+    f0 = int(tg["frames"])
+    tcp_transfer(a, b, "198.19.0.2", 10 * MB)
+    f1 = int(_tg(sock)["frames"])
+    assert f1 > f0, (f0, f1)
+
+    # a firewall appears: withheld within a moment, and its output hook sees all the bytes
+    a.sh("nft", "add table inet vxt; add chain inet vxt out { type filter hook output "
+         "priority 0; }; add rule inet vxt out udp dport 4789 counter")  # fmt: skip
+    assert wait_for(lambda: _tg(sock)["remotes_linked"] == 0, 2), _tg(sock)
+    why = lambda: str(_tg(sock)["why_not"])  # noqa: E731
+    assert wait_for(lambda: why() == "nftables: table inet vxt", 2), why()
+    tcp_transfer(a, b, "198.19.0.2", 10 * MB)
+    assert int(_tg(sock)["frames"]) == f1
+    assert _nft_out_bytes(a) > 10 * MB, _nft_out_bytes(a)
+    a.sh("nft", "delete", "table", "inet", "vxt")
+    assert wait_for(lambda: _tg(sock)["remotes_linked"] == 1, 5), _tg(sock)
+    assert _tg(sock)["why_not"] is None
+
+    # an IPsec policy (even one for other addresses: it is the kernel's to match, not ours)
+    a.ip("xfrm", "policy", "add", "dir", "out", "src", "198.18.99.1", "dst", "198.18.99.2",
+         "tmpl", "proto", "esp", "mode", "transport")  # fmt: skip
+    assert wait_for(lambda: _tg(sock)["remotes_linked"] == 0, 2), _tg(sock)
+    assert wait_for(lambda: why() == "xfrm: 1 IPsec policy", 2), why()
+    a.ip("xfrm", "policy", "flush")
+    assert wait_for(lambda: _tg(sock)["remotes_linked"] == 1, 5), _tg(sock)
+
+    # a route change: every link is taken away and looked up again
+    w0 = int(_tg(sock)["withdrawals"])
+    a.ip("route", "add", "198.18.7.0/24", "dev", dev)
+    assert wait_for(lambda: int(_tg(sock)["withdrawals"]) > w0, 2), _tg(sock)
+    assert wait_for(lambda: _tg(sock)["remotes_linked"] == 1, 5), _tg(sock)
+    tcp_transfer(a, b, "198.19.0.2", 10 * MB)
+    assert int(_tg(sock)["frames"]) > f1
+    assert v.stop() == 0
+    st = v.stats()
+    assert st["losses"]["total"] == 0, st["losses"]  # type: ignore[index]
+
+
+def test_off_and_auto_where_it_cannot_work(topo: Topology, tmp_path: Path) -> None:
+    """``--tunnel-gso off`` sets nothing up; ``auto`` with a firewall there at start, or
+    without offloads, says why in stats and takes the datagram path, the data intact."""
+    a, b = topo.add_host("a"), topo.add_host("b")
+    dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
+    topo.kernel_vxlan(b, vni=120, dev=dev, remote=UA, address="198.19.0.2/24")
+    cases: list[tuple[list[str], str]] = [
+        (["--tunnel-gso", "off"], "off"),
+        (["--no-offload"], "needs the C fast path and offloads"),
+    ]
+    if probe() is None:
+        cases.append(([], "nftables: table ip vxstart"))
+    for extra, why in cases:
+        if why.startswith("nftables"):
+            a.sh("nft", "add", "table", "ip", "vxstart")
+        sock = str(tmp_path / f"a{len(extra)}.sock")
+        links0 = a.sh("ip", "-o", "link").count("vxg")
+        v = Vxlanpy(topo, a, _args("--control", sock, *extra))
+        ping(a, "198.19.0.2")
+        tcp_transfer(a, b, "198.19.0.2", 5 * MB)
+        tg = _tg(sock)
+        assert tg["why_not"] == why and tg["frames"] == 0 and tg["remotes_linked"] == 0, tg
+        made = a.sh("ip", "-o", "link").count("vxg") - links0
+        assert made == (1 if why.startswith("nftables") else 0), (extra, made)
+        assert v.stop() == 0

@@ -148,9 +148,14 @@ def register(sub: Any) -> None:
     )
     run.add_argument(
         "--tunnel-gso",
-        action="store_true",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=("auto", "on", "off"),
         help="hand TCP super-frames to the kernel whole as UDP-tunnel GSO packets (Linux 6.17+, "
-        "IPv4 underlay; they skip the host's routing and netfilter: see docs/reference.md)",
+        "IPv4 underlay; they skip the host's routing and netfilter, so 'auto', the default, "
+        "does it only while no nftables table, iptables table or xfrm policy is there to skip; "
+        "'on' (the flag alone) always, 'off' never: see docs/reference.md)",
     )
     run.add_argument(
         "--no-send-thread",

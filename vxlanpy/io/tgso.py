@@ -21,21 +21,34 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import socket
 import struct
 import subprocess
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytun
 
+from . import hostwatch
 from .netlink import NetlinkError, configure_link, link_index, next_hop
 
 if TYPE_CHECKING:
     from ..datapath import Datapath
 
-__all__ = ["TunnelGso", "TunnelGsoError", "LinkRefresher", "probe", "default_ttl", "Link"]
+log = logging.getLogger("vxlanpy.tgso")
+
+__all__ = [
+    "TunnelGso",
+    "TunnelGsoControl",
+    "TunnelGsoError",
+    "LinkRefresher",
+    "probe",
+    "default_ttl",
+    "Link",
+]
 
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
@@ -152,12 +165,74 @@ class TunnelGso:
 
 class LinkRefresher:
     """Keeps the datapath's remote links current: every ``period`` seconds, up to ``budget``
-    remotes (round robin) are looked up in the kernel's tables, in a worker thread."""
+    remotes (round robin) are looked up in the kernel's tables, in a worker thread; a route,
+    rule, address or link change the kernel announces (io/hostwatch.py) takes every link away
+    at once (their super-frames are cut, as datagrams, which is always right) and looks them
+    up again, a neighbour change looks them up again. With ``auto``, links are only given
+    while the host has nothing on the IPv4 output path they would skip (``why_not`` says what
+    there is), and an nftables or xfrm change takes them away at once too.
 
-    def __init__(self, tgso: TunnelGso, dp: Datapath, period: float = 1.0, budget: int = 64):
+    ``why_not`` starts as what :func:`hostwatch.skipped` found at start (read before any
+    privilege drop: it needs CAP_NET_ADMIN)."""
+
+    def __init__(
+        self,
+        tgso: TunnelGso,
+        dp: Datapath,
+        period: float = 1.0,
+        budget: int = 64,
+        auto: bool = False,
+        why_not: str | None = None,
+    ):
         self.tgso, self.dp, self.period, self.budget = tgso, dp, period, budget
+        self.auto = auto
+        self.why_not = why_not if auto else None
         self.linked: dict[int, Link] = {}  # remote id -> its link, as installed
+        self.withdrawals = 0  # times a change took every link away
         self._next = 0
+        self._policy_dirty = False  # an nftables or xfrm change to read back
+        self._netxfrm = self.why_not  # what of it nftables and xfrm hold (auto)
+        self._wake = asyncio.Event()
+        self._watch: hostwatch.HostWatch | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
+        """Subscribe to the kernel's notifications (now: before a privilege drop) and run."""
+        self._watch = hostwatch.HostWatch(
+            self._on_policy, self._on_route, self._on_neigh, self.tgso.dev_index
+        )
+        self._loop = loop
+        for fd, callback in self._watch.sockets():
+            loop.add_reader(fd, callback)
+        return loop.create_task(self.run())
+
+    def close(self) -> None:
+        if self._watch is not None and self._loop is not None:
+            for fd, _cb in self._watch.sockets():
+                self._loop.remove_reader(fd)
+            self._watch.close()
+        self._watch = None
+
+    def _on_policy(self) -> None:
+        self._policy_dirty = True
+        if self.auto:
+            self.withdraw()
+            self.why_not = "nftables or xfrm changed: reading them again"
+        self._wake.set()
+
+    def _on_route(self) -> None:
+        self.withdraw()
+        self._wake.set()
+
+    def _on_neigh(self) -> None:
+        self._wake.set()
+
+    def withdraw(self) -> None:
+        """Take every link away: super-frames are cut into datagrams until the next round."""
+        self.withdrawals += 1
+        for rid in self.linked:
+            self.dp.set_remote_link(rid, None)
+        self.linked.clear()
 
     def _batch(self) -> list[tuple[int, str]]:
         remotes = self.dp.remotes()
@@ -170,6 +245,15 @@ class LinkRefresher:
 
     def _lookups(self, batch: list[tuple[int, str]]) -> list[tuple[int, Link | None]]:
         return [(rid, self.tgso.link(ip)) for rid, ip in batch]
+
+    def _skipped(self) -> str | None:
+        """What tunnel GSO would skip now (a worker thread): nftables and xfrm are read again
+        after a change only, iptables-legacy (which announces nothing) every round."""
+        if self._policy_dirty:
+            self._policy_dirty = False
+            self._netxfrm = hostwatch.netfilter_xfrm()
+        legacy_fd = self._watch.legacy_fd if self._watch is not None else None
+        return self._netxfrm or hostwatch.legacy(legacy_fd)
 
     def refresh(self, found: list[tuple[int, Link | None]]) -> None:
         """Install what the lookups found (in the loop's thread: the datapath is not locked
@@ -187,5 +271,86 @@ class LinkRefresher:
 
     async def run(self) -> None:
         while True:
-            self.refresh(await asyncio.to_thread(self._lookups, self._batch()))
-            await asyncio.sleep(self.period)
+            self._wake.clear()
+            if self.auto:
+                why = await asyncio.to_thread(self._skipped)
+                if why != self.why_not:
+                    log.info("tunnel GSO %s", f"withheld: {why}" if why else "in use")
+                self.why_not = why
+            if self.why_not is not None:
+                self.withdraw()
+            else:
+                seen = self.withdrawals
+                found = await asyncio.to_thread(self._lookups, self._batch())
+                if self.withdrawals == seen:  # else a change came meanwhile: look again first
+                    self.refresh(found)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.period)
+                await asyncio.sleep(0.05)  # a burst of changes: one round for all of it
+            except TimeoutError:
+                pass
+
+
+class TunnelGsoControl:
+    """A VTEP's tunnel GSO, whatever its mode: set up (:meth:`setup`, in the set-up thread,
+    before any privilege drop), attached to the datapath with its refresher (:meth:`attach`,
+    in the loop's thread), closed (:meth:`close`); ``why_not`` says why super-frames are not
+    sent whole now (None: they are, to the remotes with a link).
+
+    ``mode``: "on" (errors are the caller's: TunnelGsoError), "auto" (where it cannot work or
+    there is something to skip, super-frames are cut and ``why_not`` says why), "off"."""
+
+    def __init__(self, mode: str, unfit: str | None) -> None:
+        self.mode = mode
+        self.tap: TunnelGso | None = None  # the redirected TAP, while set up
+        self.on = False  # it was set up and attached (stays True once closed)
+        self.links: LinkRefresher | None = None
+        self._why: str | None = "off" if mode == "off" else unfit
+        self._task: asyncio.Task[None] | None = None
+
+    def setup(self, underlay_dev: Callable[[], str]) -> None:
+        """Create the redirected TAP on the underlay device ``underlay_dev()`` names (it raises
+        TunnelGsoError if none) and read what the host holds that it would skip."""
+        if self.mode == "on":
+            self.tap = TunnelGso(underlay_dev())
+        elif self.mode == "auto" and self._why is None:
+            try:
+                self.tap = TunnelGso(underlay_dev())
+            except TunnelGsoError as exc:
+                self._why = str(exc).removeprefix("tunnel GSO: ")
+            else:
+                self._why = hostwatch.skipped()  # links withheld while there is something to skip
+            log.debug("tunnel GSO %s: %s", "set up" if self.tap else "not used", self._why)
+
+    def attach(self, dp: Datapath, loop: asyncio.AbstractEventLoop) -> None:
+        """Have the datapath write super-frames to the TAP, and keep its links current."""
+        if self.tap is None:
+            return
+        dp.set_link(self.tap.fd, default_ttl())
+        self.links = LinkRefresher(self.tap, dp, auto=self.mode == "auto", why_not=self._why)
+        try:
+            self._task = self.links.start(loop)
+        except OSError as exc:  # the kernel's notifications cannot be had
+            self.close(dp)
+            if self.mode == "on":
+                raise TunnelGsoError(f"cannot watch the kernel's tables: {exc}") from exc
+            self._why = f"cannot watch the kernel's tables ({exc.strerror})"
+            return
+        self.on = True
+
+    @property
+    def why_not(self) -> str | None:
+        return self.links.why_not if self.links is not None else self._why
+
+    def close(self, dp: Datapath | None) -> None:
+        """Stop refreshing, detach from the datapath, remove the TAP. Idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.links is not None:
+            self.links.close()
+        if self.tap is not None:
+            if dp is not None:
+                dp.set_link(-1, 0)
+            self.tap.close()
+            self.tap = None

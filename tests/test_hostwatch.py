@@ -1,0 +1,135 @@
+"""io/hostwatch.py without privileges: how notifications are told apart, what counts as
+something tunnel GSO would skip, and how a read that fails is reported. (Against the kernel,
+with nftables, xfrm and routes changed while a VTEP runs: tests/netns/test_tunnel_gso.py.)"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from vxlanpy.io import hostwatch
+from vxlanpy.io.hostwatch import RTM_NEWNEIGH, HostWatch
+
+RTM_NEWROUTE, RTM_NEWLINK = 24, 16
+
+
+def _msg(kind: int, body: bytes = b"\0" * 12) -> bytes:
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.got: list[str] = []
+
+    def watch(self) -> HostWatch:
+        w = HostWatch.__new__(HostWatch)  # no sockets: the handlers alone
+        w.on_policy = lambda: self.got.append("policy")
+        w.on_route = lambda: self.got.append("route")
+        w.on_neigh = lambda: self.got.append("neigh")
+        w.devindex = None
+        return w
+
+
+def test_route_messages_are_told_from_neighbour_ones() -> None:
+    c = _Calls()
+    w = c.watch()
+    w._route(_msg(RTM_NEWNEIGH) + _msg(RTM_NEWNEIGH))
+    assert c.got == ["neigh"]  # once per read, however many messages
+    w._route(_msg(RTM_NEWNEIGH) + _msg(RTM_NEWROUTE))
+    assert c.got == ["neigh", "route"]  # a route among them: the stronger reaction only
+    w._route(None)  # notifications were lost (ENOBUFS): anything may have changed
+    assert c.got == ["neigh", "route", "route"]
+    w._route(b"\x05\x00")  # a short, malformed read: nothing to act on, no crash
+    w._route(struct.pack("=IHHII", 4, RTM_NEWROUTE, 0, 0, 0))  # a length below the header
+    assert c.got == ["neigh", "route", "route"]
+
+
+def test_links_and_neighbours_of_other_devices_are_not_acted_on() -> None:
+    c = _Calls()
+    w = c.watch()
+    w.devindex = 7
+    on = lambda i: struct.pack("=BBHi", 2, 0, 0, i) + b"\0" * 8  # noqa: E731  (ndmsg/ifinfomsg)
+    w._route(_msg(RTM_NEWNEIGH, on(3)) + _msg(RTM_NEWLINK, on(3)))  # a pod's veth, say
+    assert c.got == []
+    w._route(_msg(RTM_NEWNEIGH, on(7)))
+    w._route(_msg(RTM_NEWLINK, on(7)))
+    w._route(_msg(RTM_NEWROUTE, on(3)))  # a route by any device may be the remote's now
+    assert c.got == ["neigh", "route", "route"]
+
+
+class _Sock:
+    def __init__(self, reads: list[bytes | int]) -> None:
+        self.reads = reads
+
+    def recv(self, _n: int) -> bytes:
+        if not self.reads:
+            raise BlockingIOError
+        r = self.reads.pop(0)
+        if isinstance(r, int):
+            raise OSError(r, os.strerror(r))
+        return r
+
+
+def test_a_read_drains_the_socket_and_an_overflow_counts_as_a_change() -> None:
+    c = _Calls()
+    w = c.watch()
+    HostWatch._read(_Sock([b"x", b"y"]), lambda d: c.got.append(f"data {d!r}"))  # type: ignore[arg-type]
+    assert c.got == ["data b'x'", "data b'y'"]
+    c.got.clear()
+    HostWatch._read(_Sock([errno.ENOBUFS, b"z"]), w._route)  # type: ignore[arg-type]
+    assert c.got[0] == "route"
+    with pytest.raises(OSError):  # anything else is not swallowed
+        HostWatch._read(_Sock([errno.EBADF]), w._route)  # type: ignore[arg-type]
+    # a storm is read over several turns of the loop, not in one unbounded one
+    c.got.clear()
+    HostWatch._read(_Sock([b"m"] * 300), lambda d: c.got.append("m"))  # type: ignore[arg-type]
+    assert len(c.got) == 256
+
+
+def test_legacy_tables_are_read_through_the_fd_opened_at_start(tmp_path: Path) -> None:
+    f = tmp_path / "ip_tables_names"
+    f.write_text("filter\nnat\n")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert hostwatch.legacy_tables(fd) == ["filter", "nat"]
+        assert hostwatch.legacy(fd) == "iptables-legacy: table filter, table nat"
+        f.write_text("")
+        assert hostwatch.legacy(fd) is None
+    finally:
+        os.close(fd)
+
+
+def test_what_would_be_skipped_and_a_failed_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostwatch, "nft_tables", lambda: ["inet filter", "ip nat"])
+    monkeypatch.setattr(hostwatch, "xfrm_policies", lambda: 2)
+    monkeypatch.setattr(hostwatch, "legacy_tables", lambda fd=None: [])
+    assert hostwatch.skipped() == "nftables: table inet filter, table ip nat"
+    monkeypatch.setattr(hostwatch, "nft_tables", lambda: [])
+    assert hostwatch.skipped() == "xfrm: 2 IPsec policies"
+    monkeypatch.setattr(hostwatch, "xfrm_policies", lambda: 0)
+    assert hostwatch.skipped() is None
+
+    def refused() -> list[str]:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(hostwatch, "nft_tables", refused)  # e.g. after a privilege drop
+    assert hostwatch.skipped() == (
+        "cannot read the host's nftables and xfrm tables (Operation not permitted)"
+    )
+
+
+def test_attributes_are_parsed_within_bounds() -> None:
+    name = b"filter\0"
+    attr = struct.pack("=HH", 4 + len(name), 1) + name
+    assert hostwatch._attr(b"\0" * 4 + attr, 4, 1) == name
+    assert hostwatch._attr(b"\0" * 4 + attr, 4, 2) is None
+    assert hostwatch._attr(b"\0" * 4 + struct.pack("=HH", 2, 1), 4, 1) is None  # bad length
+    assert hostwatch._attr(b"\0" * 4 + b"\x01", 4, 1) is None  # truncated
+
+
+def test_groups_are_bits_of_the_multicast_mask() -> None:
+    assert hostwatch._groups(1) == 1 and hostwatch._groups(3, 7) == 0b1000100

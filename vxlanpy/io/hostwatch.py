@@ -1,0 +1,286 @@
+"""What tunnel GSO's redirect would skip, read from the kernel and watched for changes.
+
+Tunnel GSO (io/tgso.py) puts super-frames on the underlay device through a tc redirect, so they
+do not pass the IPv4 output path the datagrams take: no netfilter (nftables tables of the
+``ip`` and ``inet`` families, iptables-legacy tables), no xfrm (IPsec) policy, and a route and
+next hop read from the kernel's tables rather than looked up per packet. With
+``tunnel_gso = "auto"`` (the default) super-frames go whole only while nothing of that could
+see them: :func:`skipped` says what would be skipped (None: nothing), and :class:`HostWatch`
+subscribes to the kernel's notifications so that a table, policy, route or neighbour change
+is acted on as it happens, not at the next poll.
+
+Reading nftables and xfrm needs CAP_NET_ADMIN (nfnetlink and xfrm netlink refuse dumps
+without it); so does subscribing to their notifications, which is why the watch is opened at
+start, before a privilege drop. A change seen after a drop that left the capability out
+cannot be read back, and counts as something that would be skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+__all__ = [
+    "skipped",
+    "netfilter_xfrm",
+    "legacy",
+    "nft_tables",
+    "xfrm_policies",
+    "legacy_tables",
+    "HostWatch",
+]
+
+NETLINK_ROUTE, NETLINK_XFRM, NETLINK_NETFILTER = 0, 6, 12
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 10, 0, 1
+NFTA_TABLE_NAME = 1
+NFPROTO_INET, NFPROTO_IPV4 = 1, 2  # the families whose hooks see IPv4 packets
+NFNLGRP_NFTABLES = 7
+XFRM_MSG_NEWPOLICY, XFRM_MSG_GETPOLICY = 0x13, 0x15
+XFRMNLGRP_POLICY = 4
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWNEIGH, RTM_DELNEIGH = 16, 17, 28, 29
+RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE = (
+    1, 3, 5, 7, 8,
+)  # fmt: skip
+LEGACY = "/proc/net/ip_tables_names"  # iptables-legacy's IPv4 tables in this namespace
+_HDR = struct.Struct("=IHHII")  # nlmsghdr
+_Handler = Callable[[bytes | None], None]  # a socket's messages (None: some were lost)
+_FAMILY = {NFPROTO_INET: "inet", NFPROTO_IPV4: "ip"}
+
+
+def _groups(*numbers: int) -> int:
+    return sum(1 << (n - 1) for n in numbers)
+
+
+def _dump(proto: int, msgtype: int, payload: bytes) -> list[tuple[int, bytes]]:
+    """One netlink dump: (type, payload) of each reply. OSError with the kernel's errno."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto) as s:
+        s.settimeout(5)
+        s.bind((0, 0))
+        head = _HDR.pack(_HDR.size + len(payload), msgtype, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+        s.send(head + payload)
+        out: list[tuple[int, bytes]] = []
+        while True:
+            data = s.recv(1 << 16)
+            off = 0
+            while off + _HDR.size <= len(data):
+                length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, off)
+                if length < _HDR.size:
+                    return out
+                body = data[off + _HDR.size : off + length]
+                if kind == NLMSG_DONE:
+                    return out
+                if kind == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", body)
+                    if err:
+                        raise OSError(-err, os.strerror(-err))
+                    return out
+                out.append((kind, body))
+                off += (length + 3) & ~3
+
+
+def _attr(body: bytes, start: int, want: int) -> bytes | None:
+    off = start
+    while off + 4 <= len(body):
+        length, kind = struct.unpack_from("=HH", body, off)
+        if length < 4:
+            return None
+        if kind & 0x3FFF == want:
+            return body[off + 4 : off + length]
+        off += (length + 3) & ~3
+    return None
+
+
+def nft_tables() -> list[str]:
+    """The nftables tables whose hooks see IPv4 packets (``ip`` and ``inet``), as "FAMILY
+    NAME". OSError (EPERM) without CAP_NET_ADMIN; a kernel without nf_tables has none."""
+    try:
+        replies = _dump(
+            NETLINK_NETFILTER,
+            NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE,
+            struct.pack("=BBH", socket.AF_UNSPEC, 0, 0),
+        )
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ENOENT):
+            return []
+        raise
+    found = []
+    for kind, body in replies:
+        if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE or len(body) < 4:
+            continue
+        family = _FAMILY.get(body[0])
+        if family is not None:
+            name = (_attr(body, 4, NFTA_TABLE_NAME) or b"?").rstrip(b"\0")
+            found.append(f"{family} {name.decode(errors='replace')}")
+    return found
+
+
+def xfrm_policies() -> int:
+    """How many xfrm (IPsec) policies this namespace holds. OSError (EPERM) without
+    CAP_NET_ADMIN; a kernel without xfrm netlink has none."""
+    try:
+        replies = _dump(NETLINK_XFRM, XFRM_MSG_GETPOLICY, b"")
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ENOENT):
+            return 0
+        raise
+    return sum(1 for kind, _ in replies if kind == XFRM_MSG_NEWPOLICY)
+
+
+def legacy_tables(fd: int | None = None) -> list[str]:
+    """iptables-legacy's IPv4 tables here (``/proc/net/ip_tables_names``, or ``fd`` opened on
+    it: the file is root's alone). OSError if it exists and cannot be read."""
+    if fd is not None:
+        data = os.pread(fd, 4096, 0)
+    else:
+        try:
+            with open(LEGACY, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:  # ip_tables is not loaded: no table
+            return []
+    return data.decode(errors="replace").split()
+
+
+def netfilter_xfrm() -> str | None:
+    """The nftables tables and xfrm policies that would see IPv4 output, or None."""
+    try:
+        tables = nft_tables()
+        policies = xfrm_policies()
+    except OSError as exc:
+        return f"cannot read the host's nftables and xfrm tables ({exc.strerror})"
+    if tables:
+        return "nftables: table " + ", table ".join(tables)
+    if policies:
+        return f"xfrm: {policies} IPsec polic{'y' if policies == 1 else 'ies'}"
+    return None
+
+
+def legacy(fd: int | None = None) -> str | None:
+    """iptables-legacy's IPv4 tables, or None (``fd``: see :func:`legacy_tables`)."""
+    try:
+        tables = legacy_tables(fd)
+    except OSError as exc:
+        return f"cannot read {LEGACY} ({exc.strerror})"
+    return "iptables-legacy: table " + ", table ".join(tables) if tables else None
+
+
+def skipped(legacy_fd: int | None = None) -> str | None:
+    """What on this host's IPv4 output path tunnel GSO's packets would not pass, or None."""
+    return netfilter_xfrm() or legacy(legacy_fd)
+
+
+class HostWatch:
+    """The kernel's notifications that change what tunnel GSO may do: nftables and xfrm
+    policy changes (``on_policy``), route, rule and address changes and the underlay device's
+    link changes (``on_route``), its neighbours' changes (``on_neigh``). Each socket is read
+    in the loop's thread (:meth:`sockets` are handed to ``add_reader``); a callback runs once
+    per read, however many messages it drained. Overflows (ENOBUFS: notifications lost)
+    count as a change."""
+
+    def __init__(
+        self,
+        on_policy: Callable[[], None],
+        on_route: Callable[[], None],
+        on_neigh: Callable[[], None],
+        devindex: int | None = None,
+    ) -> None:
+        self.on_policy, self.on_route, self.on_neigh = on_policy, on_route, on_neigh
+        self.devindex = devindex  # the underlay device's index (None: every device's)
+        self._socks: list[tuple[socket.socket, _Handler]] = []
+        self.legacy_fd: int | None = None
+        try:
+            self.legacy_fd = os.open(LEGACY, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        try:
+            self._open(NETLINK_ROUTE, _groups(
+                RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE,
+                RTNLGRP_IPV4_RULE,
+            ), self._route)  # fmt: skip
+            self._open(NETLINK_NETFILTER, _groups(NFNLGRP_NFTABLES), self._policy, optional=True)
+            self._open(NETLINK_XFRM, _groups(XFRMNLGRP_POLICY), self._policy, optional=True)
+        except OSError:
+            self.close()
+            raise
+
+    def _open(self, proto: int, groups: int, handler: _Handler, optional: bool = False) -> None:
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, proto)
+        except OSError as exc:  # no such netlink family in this kernel: nothing to watch
+            if optional and exc.errno == errno.EPROTONOSUPPORT:
+                return
+            raise
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.bind((0, groups))
+        except OSError:
+            s.close()
+            raise
+        self._socks.append((s, handler))
+
+    def sockets(self) -> list[tuple[int, Callable[[], None]]]:
+        """(fd, callback) for each socket, to hand to ``loop.add_reader``."""
+        return [(s.fileno(), functools.partial(self._read, s, h)) for s, h in self._socks]
+
+    @staticmethod
+    def _read(s: socket.socket, handler: _Handler) -> None:
+        chunks: list[bytes] = []
+        lost = False
+        for _ in range(256):  # bounded: a storm of notifications is read over several turns
+            try:
+                chunks.append(s.recv(1 << 16))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                lost = True
+        if lost:
+            handler(None)
+        for data in chunks:
+            handler(data)
+
+    def _policy(self, _data: bytes | None) -> None:
+        self.on_policy()
+
+    def _route(self, data: bytes | None) -> None:
+        if data is None:
+            self.on_route()
+            return
+        neigh = route = False
+        off = 0
+        while off + _HDR.size <= len(data):
+            length, kind, *_ = _HDR.unpack_from(data, off)
+            if length < _HDR.size:
+                break
+            # links and neighbours: the underlay device's only (a pod's veth, an overlay
+            # neighbour are none of tunnel GSO's business); ifinfomsg and ndmsg both hold the
+            # device's index at offset 4. Routes, rules, addresses: any
+            dev = data[off + _HDR.size + 4 : off + _HDR.size + 8]
+            ours = self.devindex is None or (
+                len(dev) == 4 and struct.unpack("=i", dev)[0] == self.devindex
+            )
+            if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
+                neigh = neigh or ours
+            elif kind in (RTM_NEWLINK, RTM_DELLINK):
+                route = route or ours
+            else:
+                route = True
+            off += (length + 3) & ~3
+        if route:
+            self.on_route()
+        elif neigh:
+            self.on_neigh()
+
+    def close(self) -> None:
+        for s, _h in self._socks:
+            s.close()
+        self._socks = []
+        if self.legacy_fd is not None:
+            os.close(self.legacy_fd)
+            self.legacy_fd = None
