@@ -67,6 +67,7 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
     gso_frames = t.gso_frames if t else 0
     gro = dict.fromkeys(GRO_KEYS, 0)
     sender = vtep.pumps.sender_sent() if vtep.pumps is not None else None
+    links = vtep.tgso.links  # tunnel GSO's refresher: the remotes it has a link to
     if dp is not None:
         c = dp.counters()
         gro = {k: c[field] for k, field in GRO_KEYS.items()}
@@ -97,13 +98,13 @@ def vtep_stats(vtep: Vtep) -> dict[str, Any]:
         "gro": gro,
         "losses": losses(vtep, socket_errors, tap_errors, gro),
         "tap_queue_dropped": vtep.tap_queue_dropped(),
-        "tunnel_gso": {
+        "tunnel_gso": {  # io/tgso.py
             "mode": vtep.tgso.mode,
             "on": vtep.tgso.on,
             "why_not": vtep.tgso.why_not,
             "frames": dp.counters()["tgso_frames"] if dp is not None else 0,
-            "remotes_linked": vtep.tunnel_gso_links,
-            "withdrawals": vtep.tgso.links.withdrawals if vtep.tgso.links else 0,
+            "remotes_linked": len(links.linked) if links else 0,
+            "withdrawals": links.withdrawals if links else 0,
         },
         "peers": peer_stats(engine),
         "tables": table_sizes(engine),

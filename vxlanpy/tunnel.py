@@ -152,6 +152,8 @@ class Vtep:
         self._rx_batch = FrameBatch(self._batch_size + self._rx_spill, MAX_UDP_PAYLOAD)
         if fast:
             self._attach_datapath(max_frame)
+        else:
+            self.tgso.leave_out("needs the C fast path and offloads")
         loop = self._loop
         self.engine.on_tracing = lambda _on: self._readers.sync()
         try:
@@ -267,13 +269,7 @@ class Vtep:
             return "the devices are not the kernel's TAPs"
         if self.config.profile == "ovs":  # over a veth, OVS would read 64 KiB packets: dropped
             return "profile ovs: Open vSwitch's userspace datapath takes datagrams"
-        return self.config.tunnel_gso_unfit() or (None if self.config.segments else "no segment")
-
-    @property
-    def tunnel_gso_links(self) -> int:
-        """Remotes tunnel GSO has a link to (their super-frames go whole)."""
-        links = self.tgso.links
-        return len(links.linked) if links is not None else 0
+        return self.config.tunnel_gso_unfit()
 
     def _underlay_dev(self, remote: str | None) -> str:
         """The underlay device (``dev``, else the one holding ``local``, else the route's)."""

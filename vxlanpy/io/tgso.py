@@ -188,7 +188,9 @@ class LinkRefresher:
         self.auto = auto
         self.why_not = why_not if auto else None
         self.linked: dict[int, Link] = {}  # remote id -> its link, as installed
-        self.withdrawals = 0  # times a change took every link away
+        self.withdrawals = 0  # times a change took links away (while there were some)
+        self._gen = 0  # every withdrawal, links or not: lookups begun before it are stale
+        self._logged: str | None = self.why_not  # the state last logged
         self._next = 0
         self._policy_dirty = False  # an nftables or xfrm change to read back
         self._netxfrm = self.why_not  # what of it nftables and xfrm hold (auto)
@@ -229,7 +231,8 @@ class LinkRefresher:
 
     def withdraw(self) -> None:
         """Take every link away: super-frames are cut into datagrams until the next round."""
-        self.withdrawals += 1
+        self._gen += 1
+        self.withdrawals += bool(self.linked)
         for rid in self.linked:
             self.dp.set_remote_link(rid, None)
         self.linked.clear()
@@ -274,15 +277,15 @@ class LinkRefresher:
             self._wake.clear()
             if self.auto:
                 why = await asyncio.to_thread(self._skipped)
-                if why != self.why_not:
+                if why != self._logged:
                     log.info("tunnel GSO %s", f"withheld: {why}" if why else "in use")
-                self.why_not = why
+                self.why_not = self._logged = why
             if self.why_not is not None:
                 self.withdraw()
             else:
-                seen = self.withdrawals
+                seen = self._gen
                 found = await asyncio.to_thread(self._lookups, self._batch())
-                if self.withdrawals == seen:  # else a change came meanwhile: look again first
+                if self._gen == seen:  # else a change came meanwhile: look again first
                     self.refresh(found)
             try:
                 await asyncio.wait_for(self._wake.wait(), self.period)
@@ -305,7 +308,7 @@ class TunnelGsoControl:
         self.tap: TunnelGso | None = None  # the redirected TAP, while set up
         self.on = False  # it was set up and attached (stays True once closed)
         self.links: LinkRefresher | None = None
-        self._why: str | None = "off" if mode == "off" else unfit
+        self._why: str | None = {"off": "off", "auto": unfit}.get(mode)
         self._task: asyncio.Task[None] | None = None
 
     def setup(self, underlay_dev: Callable[[], str]) -> None:
@@ -332,11 +335,17 @@ class TunnelGsoControl:
             self._task = self.links.start(loop)
         except OSError as exc:  # the kernel's notifications cannot be had
             self.close(dp)
+            self.links = None
             if self.mode == "on":
                 raise TunnelGsoError(f"cannot watch the kernel's tables: {exc}") from exc
             self._why = f"cannot watch the kernel's tables ({exc.strerror})"
             return
         self.on = True
+
+    def leave_out(self, why: str) -> None:
+        """Not attached after all (the VTEP forwards without the C datapath): say why."""
+        self.close(None)
+        self._why = why
 
     @property
     def why_not(self) -> str | None:
