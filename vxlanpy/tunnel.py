@@ -197,10 +197,7 @@ class Vtep:
         self.pumps = pumps
         self._poll_fds = [self.transport.fileno(), *(t.fd for t in self.taps.values())][:16]
         assert self._loop is not None
-        try:
-            self.tgso.attach(dp, self._loop)
-        except TunnelGsoError as exc:
-            raise VtepError(f"tunnel GSO: {exc}") from exc
+        self.tgso.attach(dp, self._loop)
 
     def _setup(self) -> int:
         """Create TAPs, segments and the transport; return the largest frame to expect."""

@@ -16,7 +16,8 @@ from conftest import Vxlanpy, ping
 from test_control import OB, UA, UB, VNI, _cli, _ok, _pair
 
 from vxlanpy.control import DEFAULT_DIR
-from vxlanpy.netns import Topology
+from vxlanpy.io.tgso import probe
+from vxlanpy.netns import Topology, wait_for
 from vxlanpy.privdrop import CAP_NET_ADMIN, needed_capabilities
 
 SENDER = """
@@ -92,6 +93,20 @@ def test_runs_as_the_given_user(topo: Topology, tmp_path: Path) -> None:
     stats = json.loads(_ok(a, "stats", "--json"))
     assert stats["segments"][str(VNI)]["rx_packets"] >= 3
     assert _ok(a, "fdb", "add", "02:00:00:00:00:77", "dst", UB) == ""
+
+    # tunnel GSO (auto) after the switch: a firewall table added now is read back (by the loop's
+    # thread, which kept CAP_NET_ADMIN if anything did) or, without the capability, withholds
+    # the links for good; either way none stays linked while the table is there
+    if probe() is None:
+        tg = lambda: json.loads(_ok(a, "stats", "--json"))["tunnel_gso"]  # noqa: E731
+        assert wait_for(lambda: tg()["remotes_linked"] == 1, 5), tg()
+        a.sh("nft", "add", "table", "inet", "vxpd")
+        want = "nftables: table inet vxpd" if CAP_NET_ADMIN in keep else "cannot read"
+        assert wait_for(lambda: str(tg()["why_not"]).startswith(want), 3), tg()
+        assert tg()["remotes_linked"] == 0
+        a.sh("nft", "delete", "table", "inet", "vxpd")
+        if CAP_NET_ADMIN in keep:
+            assert wait_for(lambda: tg()["remotes_linked"] == 1, 5), tg()
 
     assert v.stop() == 0, v.lines
     assert not os.path.exists(sock), "control socket left behind"

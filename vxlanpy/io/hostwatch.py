@@ -60,7 +60,7 @@ def _groups(*numbers: int) -> int:
 def _dump(proto: int, msgtype: int, payload: bytes) -> list[tuple[int, bytes]]:
     """One netlink dump: (type, payload) of each reply. OSError with the kernel's errno."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto) as s:
-        s.settimeout(5)
+        s.settimeout(1)  # the kernel answers at once; a dump runs in the loop's thread
         s.bind((0, 0))
         head = _HDR.pack(_HDR.size + len(payload), msgtype, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
         s.send(head + payload)
@@ -106,7 +106,9 @@ def nft_tables() -> list[str]:
             struct.pack("=BBH", socket.AF_UNSPEC, 0, 0),
         )
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ENOENT):
+        # a kernel without nf_tables: nfnetlink has no such subsystem (EINVAL once the module
+        # could not be loaded); none of its tables can exist
+        if exc.errno in (errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ENOENT, errno.EINVAL):
             return []
         raise
     found = []
@@ -152,7 +154,7 @@ def netfilter_xfrm() -> str | None:
         tables = nft_tables()
         policies = xfrm_policies()
     except OSError as exc:
-        return f"cannot read the host's nftables and xfrm tables ({exc.strerror})"
+        return f"cannot read the host's nftables and xfrm tables ({exc.strerror or exc})"
     if tables:
         return "nftables: table " + ", table ".join(tables)
     if policies:
@@ -165,7 +167,7 @@ def legacy(fd: int | None = None) -> str | None:
     try:
         tables = legacy_tables(fd)
     except OSError as exc:
-        return f"cannot read {LEGACY} ({exc.strerror})"
+        return f"cannot read {LEGACY} ({exc.strerror or exc})"
     return "iptables-legacy: table " + ", table ".join(tables) if tables else None
 
 

@@ -198,11 +198,15 @@ class LinkRefresher:
         self._watch: hostwatch.HostWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
-        """Subscribe to the kernel's notifications (now: before a privilege drop) and run."""
-        self._watch = hostwatch.HostWatch(
-            self._on_policy, self._on_route, self._on_neigh, self.tgso.dev_index
-        )
+    def start(
+        self, loop: asyncio.AbstractEventLoop, watch: hostwatch.HostWatch
+    ) -> asyncio.Task[None]:
+        """Act on ``watch``'s notifications (subscribed before the start-up read, so that a
+        change between the two is read from its socket now) and run."""
+        watch.on_policy, watch.on_route, watch.on_neigh = (
+            self._on_policy, self._on_route, self._on_neigh,
+        )  # fmt: skip
+        self._watch = watch
         self._loop = loop
         for fd, callback in self._watch.sockets():
             loop.add_reader(fd, callback)
@@ -250,8 +254,10 @@ class LinkRefresher:
         return [(rid, self.tgso.link(ip)) for rid, ip in batch]
 
     def _skipped(self) -> str | None:
-        """What tunnel GSO would skip now (a worker thread): nftables and xfrm are read again
-        after a change only, iptables-legacy (which announces nothing) every round."""
+        """What tunnel GSO would skip now: nftables and xfrm are read again after a change
+        only, iptables-legacy (which announces nothing) every round. In the loop's thread:
+        after a privilege drop only it has capabilities (worker threads have none), and no
+        notification is handled between the read and its result being applied."""
         if self._policy_dirty:
             self._policy_dirty = False
             self._netxfrm = hostwatch.netfilter_xfrm()
@@ -276,7 +282,7 @@ class LinkRefresher:
         while True:
             self._wake.clear()
             if self.auto:
-                why = await asyncio.to_thread(self._skipped)
+                why = self._skipped()  # quick netlink dumps, and only after a change
                 if why != self._logged:
                     log.info("tunnel GSO %s", f"withheld: {why}" if why else "in use")
                 self.why_not = self._logged = why
@@ -292,6 +298,10 @@ class LinkRefresher:
                 await asyncio.sleep(0.05)  # a burst of changes: one round for all of it
             except TimeoutError:
                 pass
+
+
+def _nothing() -> None:
+    """A notification before the refresher runs: it stays in the socket until then."""
 
 
 class TunnelGsoControl:
@@ -310,6 +320,7 @@ class TunnelGsoControl:
         self.links: LinkRefresher | None = None
         self._why: str | None = {"off": "off", "auto": unfit}.get(mode)
         self._task: asyncio.Task[None] | None = None
+        self._watch: hostwatch.HostWatch | None = None  # until the refresher takes it
 
     def setup(self, underlay_dev: Callable[[], str]) -> None:
         """Create the redirected TAP on the underlay device ``underlay_dev()`` names (it raises
@@ -321,25 +332,27 @@ class TunnelGsoControl:
                 self.tap = TunnelGso(underlay_dev())
             except TunnelGsoError as exc:
                 self._why = str(exc).removeprefix("tunnel GSO: ")
+        if self.tap is not None:
+            try:  # subscribe first, then read: a change in between is then announced
+                self._watch = hostwatch.HostWatch(_nothing, _nothing, _nothing, self.tap.dev_index)
+            except OSError as exc:
+                self.close(None)
+                if self.mode == "on":
+                    raise TunnelGsoError(f"cannot watch the kernel's tables: {exc}") from exc
+                self._why = f"cannot watch the kernel's tables ({exc.strerror or exc})"
             else:
-                self._why = hostwatch.skipped()  # links withheld while there is something to skip
-            log.debug("tunnel GSO %s: %s", "set up" if self.tap else "not used", self._why)
+                self._why = hostwatch.skipped() if self.mode == "auto" else None
+        log.debug("tunnel GSO %s: %s", "set up" if self.tap else "not used", self._why)
 
     def attach(self, dp: Datapath, loop: asyncio.AbstractEventLoop) -> None:
         """Have the datapath write super-frames to the TAP, and keep its links current."""
         if self.tap is None:
             return
+        assert self._watch is not None
         dp.set_link(self.tap.fd, default_ttl())
         self.links = LinkRefresher(self.tap, dp, auto=self.mode == "auto", why_not=self._why)
-        try:
-            self._task = self.links.start(loop)
-        except OSError as exc:  # the kernel's notifications cannot be had
-            self.close(dp)
-            self.links = None
-            if self.mode == "on":
-                raise TunnelGsoError(f"cannot watch the kernel's tables: {exc}") from exc
-            self._why = f"cannot watch the kernel's tables ({exc.strerror})"
-            return
+        self._task = self.links.start(loop, self._watch)
+        self._watch = None  # the refresher's now: it closes it
         self.on = True
 
     def leave_out(self, why: str) -> None:
@@ -358,6 +371,9 @@ class TunnelGsoControl:
             self._task = None
         if self.links is not None:
             self.links.close()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self.tap is not None:
             if dp is not None:
                 dp.set_link(-1, 0)
