@@ -46,8 +46,7 @@ def test_tcp_super_frames_leave_whole(topo: Topology, tmp_path: Path, sender: bo
     v = Vxlanpy(topo, a, _args(*extra))
     ping(a, "198.19.0.2")
     # the link to b is installed within a refresh period (the neighbour is resolved by now)
-    linked = lambda: request(sock, {"cmd": "stats"})["tunnel_gso"]["remotes_linked"]  # noqa: E731
-    assert wait_for(lambda: linked() == 1, 5), linked()
+    assert wait_for(lambda: _tg(sock)["remotes_linked"] == 1, 5), _tg(sock)
     rx0 = _rx(b)
     tcp_transfer(a, b, "198.19.0.2", 40 * MB)
     got = _rx(b) - rx0

@@ -66,13 +66,8 @@ def _dump(proto: int, msgtype: int, payload: bytes) -> list[tuple[int, bytes]]:
         s.send(head + payload)
         out: list[tuple[int, bytes]] = []
         while True:
-            data = s.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    return out
-                body = data[off + _HDR.size : off + length]
+            messages, whole = _messages(s.recv(1 << 16))
+            for kind, body in messages:
                 if kind == NLMSG_DONE:
                     return out
                 if kind == NLMSG_ERROR:
@@ -81,7 +76,22 @@ def _dump(proto: int, msgtype: int, payload: bytes) -> list[tuple[int, bytes]]:
                         raise OSError(-err, os.strerror(-err))
                     return out
                 out.append((kind, body))
-                off += (length + 3) & ~3
+            if not whole:
+                return out
+
+
+def _messages(data: bytes) -> tuple[list[tuple[int, bytes]], bool]:
+    """The netlink messages in one read, as (type, payload), and False if a header gave a
+    length below its own size (what follows it cannot be parsed)."""
+    out: list[tuple[int, bytes]] = []
+    off = 0
+    while off + _HDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, off)
+        if length < _HDR.size:
+            return out, False
+        out.append((kind, data[off + _HDR.size : off + length]))
+        off += (length + 3) & ~3
+    return out, True
 
 
 def _attr(body: bytes, start: int, want: int) -> bytes | None:
@@ -255,15 +265,11 @@ class HostWatch:
             self.on_route()
             return
         neigh = route = False
-        off = 0
-        while off + _HDR.size <= len(data):
-            length, kind, *_ = _HDR.unpack_from(data, off)
-            if length < _HDR.size:
-                break
+        for kind, body in _messages(data)[0]:
             # links and neighbours: the underlay device's only (a pod's veth, an overlay
             # neighbour are none of tunnel GSO's business); ifinfomsg and ndmsg both hold the
             # device's index at offset 4. Routes, rules, addresses: any
-            dev = data[off + _HDR.size + 4 : off + _HDR.size + 8]
+            dev = body[4:8]
             ours = self.devindex is None or (
                 len(dev) == 4 and struct.unpack("=i", dev)[0] == self.devindex
             )
@@ -273,7 +279,6 @@ class HostWatch:
                 route = route or ours
             else:
                 route = True
-            off += (length + 3) & ~3
         if route:
             self.on_route()
         elif neigh:
