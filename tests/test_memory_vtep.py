@@ -214,6 +214,43 @@ def test_datapath_thread_hands_over_to_tracing() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.skipif(not datapath.available(), reason="needs the C datapath (cffi backend)")
+def test_datapath_thread_refreshes_what_it_delivers() -> None:
+    """A frame the datapath thread delivers refreshes its source's learned entry, stamped after
+    the write (csrc/rx.c, VX_NOW_LATER) with the time of the delivery, not of an earlier one;
+    a burst injected after an idle spell (its first frame read alone, csrc/loop.c) arrives
+    whole and in order."""
+    import time
+
+    async def main() -> None:
+        async with pair(True) as (a, ta, b, tb):
+            dp = a.engine.datapath
+            assert dp is not None and a.datapath_thread
+            mac_b = bytes.fromhex(MAC_B.replace(":", ""))
+            tb.inject(_udp(MAC_B, "ff:ff:ff:ff:ff:ff", 0))  # A learns B (the engine)
+            assert await _got(ta)
+            learned = dp.seen_ms(VNI, mac_b)
+            assert learned is not None
+            await asyncio.sleep(0.3)  # idle: the thread sleeps
+            rx0 = dp.segment_counters(VNI)["rx_packets"]
+            before = time.monotonic() * 1000
+            burst = [_udp(MAC_B, MAC_A, 1 + k) for k in range(20)]
+            for f in burst:
+                tb.inject(f)
+            assert [f for _h, f in await _got(ta)] == burst
+            after = time.monotonic() * 1000
+            assert dp.segment_counters(VNI)["rx_packets"] == rx0 + 20  # delivered by C
+            seen = dp.seen_ms(VNI, mac_b)
+            assert seen is not None and before - 1 <= seen <= after + 1, (learned, seen)
+            assert seen >= learned + 250
+            out = [_udp(MAC_A, MAC_B, 30 + k) for k in range(20)]
+            for f in out:  # the other way: B's frames in order after A's idle spell
+                ta.inject(f)
+            assert [f for _h, f in await _got(tb)] == out
+
+    asyncio.run(main())
+
+
 def test_tap_queue_reaches_the_device() -> None:
     """The VTEP asks its devices for the TAP queue of its config (``tap_queue``): the default
     TAP_QUEUE, or the configured length (what the kernel's TAP gets as its txqueuelen)."""

@@ -10,18 +10,22 @@
 #include "vx_internal.h"
 
 /*
- * Read frames from the TAP fd into slots first.. until it would block or the batch is full.
+ * Read frames from the TAP fd into slots first.. until it would block or the batch is full
+ * (vx_tap_read_upto: or slot `last` is reached).
  * With vnet (the header's size, 0 or >= 10), the header goes into the headroom in front of
  * each frame and sets gso_type, gso_size and offload (VX_OFF_NEEDS_CSUM); the partial checksum
  * of a plain frame is completed at once (*completed counts them), a super-frame's chunks get
  * theirs when it is cut. Returns frames read, or -errno if the device is gone.
  */
-int vx_tap_read(int fd, uint32_t vnet, vx_batch *b, uint32_t first, uint32_t *completed)
+int vx_tap_read_upto(int fd, uint32_t vnet, vx_batch *b, uint32_t first, uint32_t last,
+                     uint32_t *completed)
 {
     uint32_t i = first;
     if (vnet > b->headroom || (vnet && vnet < VX_VNET_HLEN))
         return -EINVAL;
-    while (i < b->capacity) {
+    if (last > b->capacity)
+        last = b->capacity;
+    while (i < last) {
         uint8_t *p = vx_frame(b, i) - vnet;
         ssize_t r = read(fd, p, b->max_frame + vnet);
         if (r < 0) {
@@ -48,6 +52,11 @@ int vx_tap_read(int fd, uint32_t vnet, vx_batch *b, uint32_t first, uint32_t *co
         i++;
     }
     return (int)(i - first);
+}
+
+int vx_tap_read(int fd, uint32_t vnet, vx_batch *b, uint32_t first, uint32_t *completed)
+{
+    return vx_tap_read_upto(fd, vnet, b, first, b->capacity, completed);
 }
 
 /*

@@ -213,8 +213,16 @@ static uint32_t execute(vx_dp *dp, uint32_t s, vx_batch *b, uint32_t n)
  */
 int vx_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t *upcalls)
 {
+    return vx_tx_pump_first(dp, vni, b, rounds, b->capacity, upcalls);
+}
+
+int vx_tx_pump_first(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t first_max,
+                     uint32_t *upcalls)
+{
     VX_EXCLUSIVE(dp);
     *upcalls = 0;
+    if (first_max == 0)
+        first_max = 1;
     pthread_mutex_lock(&dp->lock);
     int s = vx_seg_index(dp, vni);
     int fd = s < 0 ? -1 : dp->segs[s].tap_fd;
@@ -225,7 +233,7 @@ int vx_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t *
     int n = 0;
     for (uint32_t round = 0; round < rounds; round++) {
         uint32_t completed = 0;
-        n = vx_tap_read(fd, vnet, b, 0, &completed);
+        n = vx_tap_read_upto(fd, vnet, b, 0, round ? b->capacity : first_max, &completed);
         if (completed || n > 0) {
             pthread_mutex_lock(&dp->lock);
             dp->c.checksums_completed += completed;
@@ -244,7 +252,7 @@ int vx_tx_pump(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t *
             vx_sender_drain(dp); /* what the engine sends next must not overtake the queue */
             return n;
         }
-        if ((uint32_t)n < b->capacity)
+        if ((uint32_t)n < b->capacity) /* drained, or the first batch's first_max */
             return n;
     }
     return n;

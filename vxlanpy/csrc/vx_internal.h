@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "vx.h"
 
@@ -223,6 +224,28 @@ void vx_batch_release(vx_batch *b);
 void vx_count_send(vx_dp *dp, vx_segment *g, const vx_remote *to, const vx_batch *b,
                    uint32_t first, uint32_t n, int r, uint64_t bytes);
 uint32_t vx_peer_of(vx_dp *dp, const uint8_t *sa);
+
+/* tap.c: vx_tap_read that stops at slot `last` */
+int vx_tap_read_upto(int fd, uint32_t vnet, vx_batch *b, uint32_t first, uint32_t last,
+                     uint32_t *completed);
+
+/* tx.c: vx_tx_pump whose first batch holds at most first_max frames. The datapath thread
+ * asks for one after an idle spell: that frame goes out before the TAP is asked for more,
+ * and the read that would have found the queue empty (a ping's) is the next epoll's. */
+int vx_tx_pump_first(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t first_max,
+                     uint32_t *upcalls);
+
+/* rx.c: vx_rx_pump's now_ms from a caller that has not read the clock (the datapath thread
+ * just woken: a clock read is a few µs cold): the entries its deliveries refresh are stamped
+ * once the frames are written, off the echo's path. */
+#define VX_NOW_LATER UINT64_MAX
+
+static inline uint64_t vx_now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
 
 /* tgso.c */
 int vx_tgso_send(vx_dp *dp, int fd, const vx_batch *b, uint32_t i, uint32_t vni,
