@@ -216,10 +216,9 @@ def test_datapath_thread_hands_over_to_tracing() -> None:
 
 @pytest.mark.skipif(not datapath.available(), reason="needs the C datapath (cffi backend)")
 def test_datapath_thread_refreshes_what_it_delivers() -> None:
-    """A frame the datapath thread delivers refreshes its source's learned entry, stamped after
-    the write (csrc/rx.c, VX_NOW_LATER) with the time of the delivery, not of an earlier one;
-    a burst injected after an idle spell (its first frame read alone, csrc/loop.c) arrives
-    whole and in order."""
+    """A frame the datapath thread delivers refreshes its source's learned entry with the time
+    of that wake-up, not an earlier one; a burst injected after an idle spell (its first frame
+    read alone, csrc/loop.c) arrives whole and in order."""
     import time
 
     async def main() -> None:

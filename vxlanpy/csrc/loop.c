@@ -61,8 +61,9 @@ static void loop_free(vx_loop *L)
     free(L);
 }
 
-/* A pass that finds work this long after the last one (or after a sleep) reads one frame
- * first: the frame goes out before the TAP is asked for more (vx_tx_pump_first). */
+/* A pass that finds work this long after the last one (a wake-up after a sleep, or a frame
+ * while spinning idle) reads one frame first: it goes out before the TAP is asked for more
+ * (vx_tx_pump_first), and the read that would find the queue empty is not on its path. */
 #define VX_QUIET_US 50u
 
 static void kick(int fd)
@@ -81,9 +82,10 @@ static void hold(vx_loop *L, const vx_loop_held *h)
     pthread_mutex_unlock(&L->m);
 }
 
-/* One pass over the ready descriptors (nev events of L->ev); quiet: the first work after an
- * idle spell (a frame read alone first). Returns 1 if something ran (for busy polling). */
-static int pass(vx_dp *dp, vx_loop *L, int nev, int quiet, int *again)
+/* One pass over the ready descriptors (nev events of L->ev), now_ms the time epoll returned;
+ * quiet: the first work after an idle spell (a frame read alone first). Returns 1 if
+ * something ran (for busy polling). */
+static int pass(vx_dp *dp, vx_loop *L, int nev, int quiet, uint64_t now_ms, int *again)
 {
     int worked = 0, sent = 0, udp = 0;
     *again = 0;
@@ -112,7 +114,7 @@ static int pass(vx_dp *dp, vx_loop *L, int nev, int quiet, int *again)
     if (udp || sent) {
         uint32_t out[2] = {0, 0};
         int64_t gone = -1;
-        int n = vx_rx_pump(dp, L->udp, L->rxb, VX_NOW_LATER, L->rounds, L->spill, out, &gone);
+        int n = vx_rx_pump(dp, L->udp, L->rxb, now_ms, L->rounds, L->spill, out, &gone);
         worked = 1;
         if (n < 0 || out[0] || out[1] == VX_RX_PENDING) {
             vx_loop_held h = {.kind = VX_HELD_RX, .vni = -1, .n = n, .upcalls = out[0],
@@ -148,20 +150,11 @@ static void *loop_main(void *arg)
         /* sleep in epoll, but after work spin while the last work is recent: always
          * (--busy-poll), or while packets come closer together than the adaptive window
          * (--adaptive-poll): a flow keeps the thread awake, a ping every 10 ms does not */
-        int spin = again, quiet = 0;
-        if (!spin && (busy || dense)) {
-            uint64_t since = vx_now_us() - last_work;
-            spin = (busy && since < busy) || (dense && since < adapt);
-            quiet = since >= VX_QUIET_US;
-        }
-        /* asked without waiting first, so that a wake-up from the wait below is known to
-         * follow a sleep (quiet); this call is made before sleeping, off any frame's path */
-        int r = epoll_wait(L->ep, L->ev, (int)L->ntaps + 2, 0);
-        if (r == 0 && !spin) {
-            r = epoll_wait(L->ep, L->ev, (int)L->ntaps + 2, -1);
-            quiet = 1;
-        }
+        int spin = again || (busy && vx_now_us() - last_work < busy)
+                   || (dense && vx_now_us() - last_work < adapt);
+        int r = epoll_wait(L->ep, L->ev, (int)L->ntaps + 2, spin ? 0 : -1);
         if (r > 0) {
+            uint64_t t = vx_now_us();
             for (int e = 0; e < r; e++) {
                 if (L->ev[e].data.u32 == L->ntaps + 1) {
                     uint64_t v;
@@ -169,10 +162,9 @@ static void *loop_main(void *arg)
                     (void)rr;
                 }
             }
-            if (pass(dp, L, r, quiet, &again)) {
-                /* the clock after the work: read cold after a sleep it costs a few µs,
-                 * which a frame's path then does not pay */
-                uint64_t t = vx_now_us();
+            /* nothing runs between the last write of a pass and the next wait: with the
+             * application on this vCPU, whatever ran there would delay its wake-up */
+            if (pass(dp, L, r, t - last_work >= VX_QUIET_US, t / 1000u, &again)) {
                 dense = t - last_work < adapt;
                 last_work = t;
             }

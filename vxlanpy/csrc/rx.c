@@ -82,10 +82,8 @@ static void rx_decap(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n)
 }
 
 /* Set action[i] for the decapsulated slots order[0..n), taken in that order (wire order); see
- * vx_rx_classify. With now_ms VX_NOW_LATER, the entries to refresh go to stamp[] (*nstamp of
- * them, n at most) for the caller to stamp. Returns hits. */
-static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, uint64_t now_ms,
-                     vx_entry **stamp, uint32_t *nstamp)
+ * vx_rx_classify. Returns hits. */
+static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, uint64_t now_ms)
 {
     int hits = 0;
     /* Source MACs sent up in this batch: the engine may learn or move them, so their later
@@ -138,12 +136,8 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
             up[nup++] = key; /* to learn, a move, a spoof, ...: the engine decides */
             continue;
         }
-        if (e != NULL && (e->flags & VX_EF_REFRESH)) {
-            if (now_ms != VX_NOW_LATER)
-                e->seen_ms = now_ms;
-            else if (*nstamp == 0 || stamp[*nstamp - 1] != e)
-                stamp[(*nstamp)++] = e;
-        }
+        if (e != NULL && (e->flags & VX_EF_REFRESH))
+            e->seen_ms = now_ms;
         b->action[i] = s;
         g->c.rx_packets++;
         g->c.rx_bytes += b->frame_len[i];
@@ -157,18 +151,6 @@ static int rx_decide(vx_dp *dp, vx_batch *b, const uint32_t *order, uint32_t n, 
     }
     pthread_mutex_unlock(&dp->lock);
     return hits;
-}
-
-/* Stamp the entries rx_decide left with the time now (see VX_NOW_LATER). */
-static void stamp_entries(vx_dp *dp, vx_entry *const *stamp, uint32_t n)
-{
-    if (n == 0)
-        return;
-    uint64_t now_ms = vx_now_us() / 1000u;
-    pthread_mutex_lock(&dp->lock);
-    for (uint32_t k = 0; k < n; k++)
-        stamp[k]->seen_ms = now_ms;
-    pthread_mutex_unlock(&dp->lock);
 }
 
 /*
@@ -186,11 +168,7 @@ int vx_rx_classify(vx_dp *dp, vx_batch *b, uint32_t first, uint32_t n, uint64_t 
         b->offload[i] = 0;
     }
     rx_decap(dp, b, first, n);
-    vx_entry *stamp[VX_MAX_BATCH];
-    uint32_t nstamp = 0;
-    int hits = rx_decide(dp, b, b->order + first, n, now_ms, stamp, &nstamp);
-    stamp_entries(dp, stamp, nstamp);
-    return hits;
+    return rx_decide(dp, b, b->order + first, n, now_ms);
 }
 
 /*
@@ -378,11 +356,8 @@ int vx_rx_pump(vx_dp *dp, int fd, vx_batch *b, uint64_t now_ms, uint32_t rounds,
         }
         rx_decap(dp, b, lo, m - lo);
         rx_decap(dp, b, area, next - area);
-        vx_entry *stamp[VX_MAX_BATCH];
-        uint32_t nstamp = 0;
-        rx_decide(dp, b, b->order, nout, now_ms, stamp, &nstamp);
+        rx_decide(dp, b, b->order, nout, now_ms);
         int w = rx_write(dp, b, nout, &out[0], gone_vni);
-        stamp_entries(dp, stamp, nstamp); /* after the writes: off the frames' path */
         if (w < 0)
             return w;
         out[1] = m < hi ? VX_RX_PENDING : full ? VX_RX_MORE : VX_RX_DRAINED;

@@ -235,11 +235,7 @@ int vx_tap_read_upto(int fd, uint32_t vnet, vx_batch *b, uint32_t first, uint32_
 int vx_tx_pump_first(vx_dp *dp, uint32_t vni, vx_batch *b, uint32_t rounds, uint32_t first_max,
                      uint32_t *upcalls);
 
-/* rx.c: vx_rx_pump's now_ms from a caller that has not read the clock (the datapath thread
- * just woken: a clock read is a few µs cold): the entries its deliveries refresh are stamped
- * once the frames are written, off the echo's path. */
-#define VX_NOW_LATER UINT64_MAX
-
+/* CLOCK_MONOTONIC in µs */
 static inline uint64_t vx_now_us(void)
 {
     struct timespec t;
