@@ -64,7 +64,7 @@ static void loop_free(vx_loop *L)
 /* A pass that finds work this long after the last one (a wake-up after a sleep, or a frame
  * while spinning idle) reads one frame first: it goes out before the TAP is asked for more
  * (vx_tx_pump_first), and the read that would find the queue empty is not on its path. */
-#define VX_QUIET_US 50u
+#define VX_QUIET_US 1000u
 
 static void kick(int fd)
 {
