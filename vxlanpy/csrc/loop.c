@@ -162,8 +162,9 @@ static void *loop_main(void *arg)
                     (void)rr;
                 }
             }
-            /* nothing runs between the last write of a pass and the next wait: with the
-             * application on this vCPU, whatever ran there would delay its wake-up */
+            /* the clock is read here, at the wake-up, and not after the pass: between a
+             * pass's last TAP write and the next wait only the loop's bookkeeping runs, since
+             * with the application on this vCPU whatever ran there would delay its wake-up */
             if (pass(dp, L, r, t - last_work >= VX_QUIET_US, t / 1000u, &again)) {
                 dense = t - last_work < adapt;
                 last_work = t;
