@@ -16,6 +16,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -219,7 +220,6 @@ def test_datapath_thread_refreshes_what_it_delivers() -> None:
     """A frame the datapath thread delivers refreshes its source's learned entry with the time
     of that wake-up, not an earlier one; a burst injected after an idle spell (its first frame
     read alone, csrc/loop.c) arrives whole and in order."""
-    import time
 
     async def main() -> None:
         async with pair(True) as (a, ta, b, tb):

@@ -150,8 +150,11 @@ static void *loop_main(void *arg)
         /* sleep in epoll, but after work spin while the last work is recent: always
          * (--busy-poll), or while packets come closer together than the adaptive window
          * (--adaptive-poll): a flow keeps the thread awake, a ping every 10 ms does not */
-        int spin = again || (busy && vx_now_us() - last_work < busy)
-                   || (dense && vx_now_us() - last_work < adapt);
+        int spin = again;
+        if (!spin && (busy || dense)) { /* one clock read for both windows */
+            uint64_t since = vx_now_us() - last_work;
+            spin = (busy && since < busy) || (dense && since < adapt);
+        }
         int r = epoll_wait(L->ep, L->ev, (int)L->ntaps + 2, spin ? 0 : -1);
         if (r > 0) {
             uint64_t t = vx_now_us();

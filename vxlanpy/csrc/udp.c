@@ -329,21 +329,18 @@ uint32_t vx_super_prepare(const vx_batch *b, uint32_t i, uint32_t vni, vx_batch 
 int vx_spin(const int *fds, uint32_t n, uint32_t usec)
 {
     struct pollfd p[16];
-    struct timespec t0, t;
     if (n == 0 || n > 16)
         return -EINVAL;
     for (uint32_t k = 0; k < n; k++) {
         p[k].fd = fds[k];
         p[k].events = POLLIN;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    uint64_t t0 = vx_now_us();
     for (;;) {
         int r = poll(p, n, 0);
         if (r != 0)
             return r > 0 ? 1 : -errno;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        int64_t us = (int64_t)(t.tv_sec - t0.tv_sec) * 1000000 + (t.tv_nsec - t0.tv_nsec) / 1000;
-        if (us >= (int64_t)usec)
+        if (vx_now_us() - t0 >= usec)
             return 0;
         sched_yield();
     }
