@@ -6,6 +6,7 @@ On a kernel without UDP-tunnel GSO on TAPs the flag is a clear start-up error.""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,44 @@ def test_off_and_auto_where_it_cannot_work(topo: Topology, tmp_path: Path) -> No
         made = a.sh("ip", "-o", "link").count("vxg") - links0
         assert made == (1 if why.startswith("nftables") else 0), (extra, made)
         assert v.stop() == 0
+
+
+_NEXT_HOP = """
+import json, sys
+from vxlanpy.io import netlink
+dests = sys.argv[1:]
+alone = [netlink.next_hop(d) for d in dests]
+macs = {}
+with netlink.session() as ipr:
+    shared = [netlink.next_hop(d, ipr, macs) for d in dests]
+enc = lambda h: None if h is None else [h[0], h[1].hex(), h[2].hex(), h[3]]
+print(json.dumps({"alone": [enc(h) for h in alone], "shared": [enc(h) for h in shared],
+                  "macs": {str(k): v.hex() for k, v in macs.items()}}))
+"""
+
+
+def test_next_hop_asks_for_one_neighbour(topo: Topology) -> None:
+    """The links' lookup (netlink.next_hop): the route, then the one neighbour entry asked for
+    by address among many, resolved or not, direct or through a gateway; the same answers
+    through one session for a round of lookups, the device's MAC asked for once."""
+    a, b = topo.add_host("a"), topo.add_host("b")
+    dev = topo.link(a, b, f"{UA}/24", f"{UB}/24")
+    for k in range(3, 43):  # 40 neighbours the lookup must not have to read
+        a.ip("neigh", "add", f"198.18.0.{k}", "lladdr", f"02:00:00:00:01:{k:02x}", "dev", dev)
+    a.ip("neigh", "add", "198.18.0.50", "lladdr", "02:00:00:00:01:50", "dev", dev, "nud", "stale")
+    a.ip("route", "add", "198.18.200.0/24", "via", "198.18.0.7", "dev", dev)
+    a.ip("route", "add", "198.18.201.0/24", "via", "198.18.0.60", "dev", dev)  # unresolved
+    own = a.sh("cat", f"/sys/class/net/{dev}/address").strip().replace(":", "")
+    index = int(a.sh("cat", f"/sys/class/net/{dev}/ifindex"))
+    dests = ["198.18.0.9", "198.18.0.50", "198.18.200.5", "198.18.0.99", "198.18.201.5"]
+    got = json.loads(a.sh(sys.executable, "-c", _NEXT_HOP, *dests))
+    want = [
+        [index, own, "020000000109", UA],
+        [index, own, "020000000150", UA],  # stale is usable: sending revalidates it
+        [index, own, "020000000107", UA],  # through the gateway: its neighbour entry
+        None,  # no entry yet
+        None,  # the gateway has none
+    ]
+    assert got["alone"] == want, got
+    assert got["shared"] == want, got
+    assert got["macs"] == {str(index): own}, got

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..io.netlink import NetlinkError, _ipr
+from ..io.netlink import NetlinkError, session
 from .registry import Op, Peer
 
 __all__ = [
@@ -56,7 +56,7 @@ def _v4_addrs(ipr: Any, index: int) -> list[str]:
 def find_underlay(iface: str | None, public_ip: str | None) -> Underlay:
     """Resolve ``--iface`` (a name or an address) and ``--public-ip`` as flanneld does: the
     given interface, else the one holding the public IP, else the default route's."""
-    with _ipr() as ipr:
+    with session() as ipr:
         index = None
         if iface:
             found = ipr.link_lookup(ifname=iface)
@@ -112,7 +112,7 @@ def create_vxlan(
     }
     if gbp:
         kw["vxlan_gbp"] = True
-    with _ipr() as ipr:
+    with session() as ipr:
         if ipr.link_lookup(ifname=name):
             raise NetlinkError(f"interface {name} exists already (another flannel agent?)")
         try:
@@ -127,7 +127,7 @@ def create_vxlan(
 
 
 def delete_link(name: str) -> None:
-    with _ipr() as ipr:
+    with session() as ipr:
         found = ipr.link_lookup(ifname=name)
         if found:
             try:
@@ -139,7 +139,7 @@ def delete_link(name: str) -> None:
 def set_address(name: str, subnet: ipaddress.IPv4Network) -> int:
     """Put ``<subnet>.0/32`` on ``name`` (and bring it up), as flanneld: the /32 adds no
     connected route, so every peer subnet goes by its own route. Returns the ifindex."""
-    with _ipr() as ipr:
+    with session() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             raise NetlinkError(f"no such device: {name}")
@@ -198,7 +198,7 @@ def program(index: int, ops: Sequence[Op], *, fdb: bool) -> list[tuple[Op, str]]
     device; vxlanpy keeps its FDB itself) and route per peer. Returns the failed ops with the
     error; the others are done."""
     failed: list[tuple[Op, str]] = []
-    with _ipr() as ipr:
+    with session() as ipr:
         for op in ops:
             p = op.peer
             try:

@@ -28,12 +28,12 @@ import socket
 import struct
 import subprocess
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytun
 
 from . import hostwatch
-from .netlink import NetlinkError, configure_link, link_index, next_hop
+from .netlink import NetlinkError, configure_link, link_index, next_hop, session
 
 if TYPE_CHECKING:
     from ..datapath import Datapath
@@ -141,15 +141,15 @@ class TunnelGso:
         if p.returncode != 0:
             raise TunnelGsoError(f"tc {' '.join(args)}: {p.stderr.strip() or p.returncode}")
 
-    def link(self, ip: str) -> Link | None:
+    def link(self, ip: str, ipr: Any = None, macs: dict[int, bytes] | None = None) -> Link | None:
         """The outer addresses for IPv4 remote ``ip``, if the kernel's route to it leaves by the
         underlay device and its next hop is resolved (blocking netlink calls: run it in a
-        thread)."""
+        thread; ``ipr`` and ``macs``: see :func:`netlink.next_hop`)."""
         try:
             socket.inet_aton(ip)
         except OSError:
             return None
-        hop = next_hop(ip)
+        hop = next_hop(ip, ipr, macs)
         if hop is None or hop[0] != self.dev_index:
             return None
         _index, own, mac, src = hop
@@ -251,7 +251,14 @@ class LinkRefresher:
         return [(rid, ip) for rid, ip, _port in batch]
 
     def _lookups(self, batch: list[tuple[int, str]]) -> list[tuple[int, Link | None]]:
-        return [(rid, self.tgso.link(ip)) for rid, ip in batch]
+        if not batch:
+            return []
+        try:
+            with session() as ipr:  # one netlink socket for the round, not one a remote
+                macs: dict[int, bytes] = {}
+                return [(rid, self.tgso.link(ip, ipr, macs)) for rid, ip in batch]
+        except OSError:  # no socket: no link this round (super-frames are cut)
+            return [(rid, None) for rid, _ip in batch]
 
     def _skipped(self) -> str | None:
         """What tunnel GSO would skip now: nftables and xfrm are read again after a change
