@@ -1,0 +1,68 @@
+"""io/tgso.py's LinkRefresher rounds, against stand-ins for the datapath and the TAP: which
+remotes a round looks up (those without a link every round, all of them in a sweep)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vxlanpy.io.tgso import LinkRefresher
+
+LINK = (b"\x02" * 6, b"\x04" * 6, b"\xc6\x12\x00\x01")
+
+
+class _Dp:
+    def __init__(self, n: int) -> None:
+        self.rows = [(rid, f"198.18.1.{rid}", 4789) for rid in range(1, n + 1)]
+        self.links: dict[int, Any] = {}
+
+    def remotes(self) -> list[tuple[int, str, int]]:
+        return self.rows
+
+    def set_remote_link(self, rid: int, link: Any) -> None:
+        self.links[rid] = link
+
+
+def _refresher(n: int, budget: int = 64) -> tuple[LinkRefresher, _Dp]:
+    dp = _Dp(n)
+    return LinkRefresher(None, dp, budget=budget, sweep_every=4), dp  # type: ignore[arg-type]
+
+
+def _round(r: LinkRefresher, resolved: set[int]) -> list[int]:
+    """One round as run() does it, ``resolved`` the remotes whose lookup finds a link."""
+    batch = r._batch()
+    r.refresh([(rid, LINK if rid in resolved else None) for rid, _ip in batch])
+    return [rid for rid, _ip in batch]
+
+
+def test_linked_remotes_wait_for_the_sweep() -> None:
+    r, dp = _refresher(5)
+    assert _round(r, {1, 2, 3}) == [1, 2, 3, 4, 5]  # the first round: every remote
+    assert dp.links == {1: LINK, 2: LINK, 3: LINK} and set(r.linked) == {1, 2, 3}
+    assert _round(r, {1, 2, 3}) == [4, 5]  # then only those without a link
+    assert _round(r, {1, 2, 3, 4}) == [4, 5]
+    assert set(r.linked) == {1, 2, 3, 4}
+    assert sorted(_round(r, {1, 2, 3, 4})) == [1, 2, 3, 4, 5]  # round 4: a sweep
+    assert _round(r, {1, 2, 3, 4}) == [5]
+
+
+def test_a_neighbour_change_sweeps_and_a_route_change_relinks() -> None:
+    r, dp = _refresher(3)
+    _round(r, {1, 2, 3})
+    assert _round(r, {1, 2, 3}) == []  # all linked: nothing to ask
+    r._on_neigh()
+    assert sorted(_round(r, {1, 3})) == [1, 2, 3]  # 2's next hop went: its link is taken
+    assert set(r.linked) == {1, 3} and dp.links[2] is None
+    r._on_route()  # every link away at once
+    assert r.linked == {} and all(v is None for v in dp.links.values())
+    assert sorted(_round(r, {1, 2, 3})) == [1, 2, 3]
+
+
+def test_the_budget_turns_round_robin() -> None:
+    r, _dp = _refresher(10, budget=4)
+    seen = [_round(r, set()) for _ in range(3)]  # nothing resolves: never a link
+    assert seen == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 1, 2]]
+    r2, _dp = _refresher(10, budget=4)
+    assert _round(r2, set(range(1, 11))) == [1, 2, 3, 4]  # the sweep links them
+    assert _round(r2, set(range(1, 11))) == [5, 6, 7, 8]  # the unlinked go on from there
+    assert _round(r2, set(range(1, 11))) == [9, 10]
+    assert _round(r2, set(range(1, 11))) == [1, 2, 3, 4]  # round 4: a sweep, from the start
