@@ -22,9 +22,10 @@ class _Dp:
         self.links[rid] = link
 
 
-def _refresher(n: int, budget: int = 64) -> tuple[LinkRefresher, _Dp]:
+def _refresher(n: int, budget: int = 64, sweep_every: int = 4) -> tuple[LinkRefresher, _Dp]:
     dp = _Dp(n)
-    return LinkRefresher(None, dp, budget=budget, sweep_every=4), dp  # type: ignore[arg-type]
+    r = LinkRefresher(None, dp, budget=budget, sweep_every=sweep_every)  # type: ignore[arg-type]
+    return r, dp
 
 
 def _round(r: LinkRefresher, resolved: set[int]) -> list[int]:
@@ -58,11 +59,19 @@ def test_a_neighbour_change_sweeps_and_a_route_change_relinks() -> None:
 
 
 def test_the_budget_turns_round_robin() -> None:
-    r, _dp = _refresher(10, budget=4)
+    r, _dp = _refresher(10, budget=4, sweep_every=100)
     seen = [_round(r, set()) for _ in range(3)]  # nothing resolves: never a link
     assert seen == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 1, 2]]
-    r2, _dp = _refresher(10, budget=4)
-    assert _round(r2, set(range(1, 11))) == [1, 2, 3, 4]  # the sweep links them
-    assert _round(r2, set(range(1, 11))) == [5, 6, 7, 8]  # the unlinked go on from there
-    assert _round(r2, set(range(1, 11))) == [9, 10]
-    assert _round(r2, set(range(1, 11))) == [1, 2, 3, 4]  # round 4: a sweep, from the start
+    assert _round(r, set()) == [3, 4, 5, 6]
+
+
+def test_a_sweep_over_budget_goes_on_until_every_remote_is_seen() -> None:
+    r, _dp = _refresher(10, budget=4, sweep_every=100)
+    everyone = set(range(1, 11))
+    # the first round's sweep takes three rounds of 4
+    assert [_round(r, everyone) for _ in range(3)] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 1, 2]]
+    assert _round(r, everyone) == []  # all linked: nothing until the next sweep
+    r._on_neigh()
+    swept = [_round(r, everyone) for _ in range(3)]  # the whole sweep again, in three rounds
+    assert swept == [[3, 4, 5, 6], [7, 8, 9, 10], [1, 2, 3, 4]]
+    assert _round(r, everyone) == []

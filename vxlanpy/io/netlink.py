@@ -158,8 +158,11 @@ def next_hop(
     single entry 0.4. ``macs``: device index -> its MAC, filled and reused across a round of
     lookups (the device's own MAC is another 0.6 ms to ask for)."""
     if ipr is None:
-        with session() as own:
-            return next_hop(dest, own, macs)
+        try:
+            with session() as own:
+                return next_hop(dest, own, macs)
+        except OSError:  # no netlink socket (descriptors, memory): no hop known
+            return None
     try:
         routes = ipr.route("get", dst=dest)
         if not routes:

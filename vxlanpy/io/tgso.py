@@ -200,6 +200,7 @@ class LinkRefresher:
         self._after = -1  # round robin: the last remote id a round looked up
         self._rounds = 0
         self._sweep = True  # this round looks up the linked remotes too
+        self._sweep_more = 0  # rounds the current sweep still needs (over budget remotes)
         self._policy_dirty = False  # an nftables or xfrm change to read back
         self._netxfrm = self.why_not  # what of it nftables and xfrm hold (auto)
         self._wake = asyncio.Event()
@@ -252,12 +253,17 @@ class LinkRefresher:
 
     def _batch(self) -> list[tuple[int, str]]:
         """This round's lookups: the remotes without a link, and all of them in a sweep
-        round (every ``sweep_every``, or after a neighbour change), at most ``budget``."""
+        (every ``sweep_every`` rounds, or after a neighbour change; over as many rounds as
+        ``budget`` needs), at most ``budget``."""
         self._rounds += 1
-        sweep = self._sweep or self._rounds % self.sweep_every == 0
+        more = self._sweep_more > 0  # a sweep that did not fit in one round goes on
+        sweep = more or self._sweep or self._rounds % self.sweep_every == 0
         self._sweep = False
         remotes = sorted((rid, ip) for rid, ip, _port in self.dp.remotes())
         pool = remotes if sweep else [r for r in remotes if r[0] not in self.linked]
+        if sweep:
+            rounds = -(-len(pool) // self.budget) if self.budget > 0 else 1
+            self._sweep_more = self._sweep_more - 1 if more else rounds - 1
         # round robin by remote id: this round starts after the last one looked up
         start = next((k for k, (rid, _ip) in enumerate(pool) if rid > self._after), 0)
         batch = (pool[start:] + pool[:start])[: self.budget]
@@ -312,7 +318,8 @@ class LinkRefresher:
                 self.withdraw()
             else:
                 seen = self._gen
-                found = await asyncio.to_thread(self._lookups, self._batch())
+                batch = self._batch()
+                found = await asyncio.to_thread(self._lookups, batch) if batch else []
                 if self._gen == seen:  # else a change came meanwhile: look again first
                     self.refresh(found)
             try:
