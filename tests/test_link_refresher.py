@@ -43,7 +43,7 @@ def test_linked_remotes_wait_for_the_sweep() -> None:
     assert _round(r, {1, 2, 3, 4}) == [4, 5]
     assert set(r.linked) == {1, 2, 3, 4}
     assert sorted(_round(r, {1, 2, 3, 4})) == [1, 2, 3, 4, 5]  # round 4: a sweep
-    assert _round(r, {1, 2, 3, 4}) == [5]
+    assert _round(r, {1, 2, 3, 4}) == []  # 5 missed 4 rounds in a row: it waits for sweeps
 
 
 def test_a_neighbour_change_sweeps_and_a_route_change_relinks() -> None:
@@ -75,3 +75,12 @@ def test_a_sweep_over_budget_goes_on_until_every_remote_is_seen() -> None:
     swept = [_round(r, everyone) for _ in range(3)]  # the whole sweep again, in three rounds
     assert swept == [[3, 4, 5, 6], [7, 8, 9, 10], [1, 2, 3, 4]]
     assert _round(r, everyone) == []
+
+
+def test_a_remote_that_stays_unresolved_waits_for_the_sweeps() -> None:
+    r, _dp = _refresher(2, sweep_every=4)
+    rounds = [_round(r, {1}) for _ in range(9)]  # 2 never resolves
+    # 2 is tried in 4 rounds in a row (round 4 a sweep), then only in the sweeps (round 8)
+    assert rounds == [[1, 2], [2], [2], [1, 2], [], [], [], [1, 2], []]
+    r._on_route()  # a route change: every remote is tried every round again
+    assert [_round(r, {1, 2}) for _ in range(2)] == [[1, 2], []]

@@ -164,17 +164,21 @@ class TunnelGso:
 
 
 class LinkRefresher:
-    """Keeps the datapath's remote links current: every ``period`` seconds, up to ``budget``
-    remotes without a link (round robin) are looked up in the kernel's tables, in a worker
-    thread, and every ``sweep_every`` rounds those with one too. A route, rule, address or
-    link change the kernel announces (io/hostwatch.py) takes every link away at once (their
-    super-frames are cut, as datagrams, which is always right) and looks them up again; a
-    neighbour change makes the next round, within 50 ms, a sweep of linked ones too. The kernel
-    announces what changes a link, so the rounds are a backstop: a lookup costs about 1 ms of
-    CPU (pyroute2), and looking up 64 linked remotes every second kept an idle VTEP at 6 % of
-    a core. With ``auto``, links are only given while the host has nothing on the IPv4 output
-    path they would skip (``why_not`` says what there is), and an nftables or xfrm change
-    takes them away at once too.
+    """Keeps the datapath's remote links current by looking remotes up in the kernel's
+    tables, in a worker thread, at most ``budget`` a round, round robin.
+
+    A route, rule, address or link change the kernel announces (io/hostwatch.py) takes every
+    link away at once (their super-frames are cut, as datagrams, which is always right) and
+    looks them up again; a neighbour change makes the next round, within 50 ms, a sweep of
+    every remote. Since the kernel announces what changes a link, the rounds of every
+    ``period`` seconds are a backstop: a remote without a link is looked up in each of the
+    ``sweep_every`` rounds after it appeared or lost its link, and every remote in a sweep
+    every ``sweep_every`` rounds. A lookup costs about 1 ms of CPU (pyroute2); looking up 64
+    remotes every second kept an idle VTEP at 5-6 % of a core.
+
+    With ``auto``, links are only given while the host has nothing on the IPv4 output path
+    they would skip (``why_not`` says what there is), and an nftables or xfrm change takes them
+    away at once too.
 
     ``why_not`` starts as what :func:`hostwatch.skipped` found at start (read before any
     privilege drop: it needs CAP_NET_ADMIN)."""
@@ -201,6 +205,7 @@ class LinkRefresher:
         self._rounds = 0
         self._sweep = True  # this round looks up the linked remotes too
         self._sweep_more = 0  # rounds the current sweep still needs (over budget remotes)
+        self._misses: dict[int, int] = {}  # remote id -> lookups in a row that found no link
         self._policy_dirty = False  # an nftables or xfrm change to read back
         self._netxfrm = self.why_not  # what of it nftables and xfrm hold (auto)
         self._wake = asyncio.Event()
@@ -250,6 +255,7 @@ class LinkRefresher:
         for rid in self.linked:
             self.dp.set_remote_link(rid, None)
         self.linked.clear()
+        self._misses.clear()  # every remote is tried every round again
 
     def _batch(self) -> list[tuple[int, str]]:
         """This round's lookups: the remotes without a link, and all of them in a sweep
@@ -260,7 +266,7 @@ class LinkRefresher:
         sweep = more or self._sweep or self._rounds % self.sweep_every == 0
         self._sweep = False
         remotes = sorted((rid, ip) for rid, ip, _port in self.dp.remotes())
-        pool = remotes if sweep else [r for r in remotes if r[0] not in self.linked]
+        pool = remotes if sweep else [r for r in remotes if self._eager(r[0])]
         if sweep:
             rounds = -(-len(pool) // self.budget) if self.budget > 0 else 1
             self._sweep_more = self._sweep_more - 1 if more else rounds - 1
@@ -270,6 +276,12 @@ class LinkRefresher:
         if batch:
             self._after = batch[-1][0]
         return batch
+
+    def _eager(self, rid: int) -> bool:
+        """Looked up every round: no link, and fewer than ``sweep_every`` lookups in a row that
+        found none (a remote that stays unresolved waits for the sweeps and for the kernel's
+        neighbour notification, which resolving it sends)."""
+        return rid not in self.linked and self._misses.get(rid, 0) < self.sweep_every
 
     def _lookups(self, batch: list[tuple[int, str]]) -> list[tuple[int, Link | None]]:
         if not batch:
@@ -297,6 +309,10 @@ class LinkRefresher:
         against the engine's own changes otherwise)."""
         live = {rid for rid, _ip, _port in self.dp.remotes()}
         for rid, link in found:
+            if link is None:
+                self._misses[rid] = self._misses.get(rid, 0) + 1
+            else:
+                self._misses.pop(rid, None)
             if rid in live and self.linked.get(rid) != link:
                 self.dp.set_remote_link(rid, link)
                 if link is None:
@@ -305,6 +321,8 @@ class LinkRefresher:
                     self.linked[rid] = link
         for rid in [r for r in self.linked if r not in live]:
             del self.linked[rid]
+        for rid in [r for r in self._misses if r not in live]:
+            del self._misses[rid]
 
     async def run(self) -> None:
         while True:
