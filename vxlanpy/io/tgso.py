@@ -284,8 +284,6 @@ class LinkRefresher:
         return rid not in self.linked and self._misses.get(rid, 0) < self.sweep_every
 
     def _lookups(self, batch: list[tuple[int, str]]) -> list[tuple[int, Link | None]]:
-        if not batch:
-            return []
         try:
             with session() as ipr:  # one netlink socket for the round, not one a remote
                 macs: dict[int, bytes] = {}
