@@ -104,11 +104,15 @@ def test_legacy_tables_are_read_through_the_fd_opened_at_start(tmp_path: Path) -
 
 
 def test_what_would_be_skipped_and_a_failed_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hostwatch, "nft_tables", lambda: ["inet filter", "ip nat"])
+    chains = ["inet filter output (hook output, 1 rule)", "ip nat post (hook postrouting, 2 rules)"]
+    monkeypatch.setattr(hostwatch, "nft_chains", lambda: chains)
     monkeypatch.setattr(hostwatch, "xfrm_policies", lambda: 2)
     monkeypatch.setattr(hostwatch, "legacy_tables", lambda fd=None: [])
-    assert hostwatch.skipped() == "nftables: table inet filter, table ip nat"
-    monkeypatch.setattr(hostwatch, "nft_tables", lambda: [])
+    assert hostwatch.skipped() == (
+        "nftables: chain inet filter output (hook output, 1 rule), "
+        "chain ip nat post (hook postrouting, 2 rules)"
+    )
+    monkeypatch.setattr(hostwatch, "nft_chains", lambda: [])
     assert hostwatch.skipped() == "xfrm: 2 IPsec policies"
     monkeypatch.setattr(hostwatch, "xfrm_policies", lambda: 0)
     assert hostwatch.skipped() is None
@@ -116,10 +120,67 @@ def test_what_would_be_skipped_and_a_failed_read(monkeypatch: pytest.MonkeyPatch
     def refused() -> list[str]:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(hostwatch, "nft_tables", refused)  # e.g. after a privilege drop
+    monkeypatch.setattr(hostwatch, "nft_chains", refused)  # e.g. after a privilege drop
     assert hostwatch.skipped() == (
         "cannot read the host's nftables and xfrm tables (Operation not permitted)"
     )
+
+
+def _chain(family: int, table: str, name: str, hook: int | None, policy: int | None) -> bytes:
+    body = struct.pack("=BBH", family, 0, 0)
+    body += hostwatch._nla(hostwatch.NFTA_CHAIN_TABLE, table.encode() + b"\0")
+    body += hostwatch._nla(hostwatch.NFTA_CHAIN_NAME, name.encode() + b"\0")
+    if hook is not None:
+        num = hostwatch._nla(hostwatch.NFTA_HOOK_HOOKNUM, struct.pack(">I", hook))
+        body += hostwatch._nla(hostwatch.NFTA_CHAIN_HOOK | 0x8000, num)  # NLA_F_NESTED
+    if policy is not None:
+        body += hostwatch._nla(hostwatch.NFTA_CHAIN_POLICY, struct.pack(">I", policy))
+    return body
+
+
+def test_only_output_and_postrouting_chains_with_rules_or_a_drop_policy_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inet, ip, ip6 = 1, 2, 10
+    new_chain = hostwatch.NFNL_SUBSYS_NFTABLES << 8 | hostwatch.NFT_MSG_NEWCHAIN
+    new_rule = hostwatch.NFNL_SUBSYS_NFTABLES << 8 | hostwatch.NFT_MSG_NEWRULE
+    chains = [
+        _chain(inet, "filter", "input", 1, 0),  # input, policy drop: not on the way out
+        _chain(inet, "filter", "fwd", 2, 0),
+        _chain(inet, "filter", "output", 3, 1),  # output, accept, no rule: sees nothing
+        _chain(inet, "filter", "out2", 3, 0),  # output, policy drop
+        _chain(ip, "nat", "post", 4, 1),  # postrouting with rules
+        _chain(ip, "nat", "jumped", None, None),  # a regular chain: reached by a rule only
+        _chain(ip6, "x", "o", 3, 0),  # IPv6 hooks: tunnel GSO is IPv4 only
+        b"\x02",  # truncated: skipped, no crash
+    ]
+    rules = {("filter", "output"): 0, ("nat", "post"): 2}
+    asked: list[tuple[str, str]] = []
+
+    def dump(msg: int, payload: bytes) -> list[tuple[int, bytes]]:
+        if msg == hostwatch.NFT_MSG_GETCHAIN:
+            return [(new_chain, c) for c in chains] + [(0x99, b"")]
+        key = tuple(
+            hostwatch._name(hostwatch._attr(payload, 4, a))
+            for a in (hostwatch.NFTA_RULE_TABLE, hostwatch.NFTA_RULE_CHAIN)
+        )
+        asked.append(key)  # type: ignore[arg-type]
+        return [(new_rule, b"")] * rules[key]  # type: ignore[index]
+
+    monkeypatch.setattr(hostwatch, "_nft_dump", dump)
+    assert hostwatch.nft_chains() == [
+        "inet filter out2 (hook output, policy drop)",
+        "ip nat post (hook postrouting, 2 rules)",
+    ]
+    assert asked == [("filter", "output"), ("nat", "post")]  # rules asked for those alone
+    rules[("filter", "output")] = 1
+    assert hostwatch.nft_chains()[0] == "inet filter output (hook output, 1 rule)"
+
+    def missing(msg: int, payload: bytes) -> list[tuple[int, bytes]]:
+        raise OSError(errno.EINVAL, "no nf_tables")
+
+    monkeypatch.setattr(hostwatch, "_nft_dump", missing)
+    assert hostwatch.nft_chains() == []  # a kernel without nf_tables has no chains
 
 
 def test_attributes_are_parsed_within_bounds() -> None:

@@ -98,12 +98,27 @@ def test_auto_withholds_while_the_host_has_rules_to_skip(topo: Topology, tmp_pat
     f1 = int(_tg(sock)["frames"])
     assert f1 > f0, (f0, f1)
 
-    # a firewall appears: withheld within a moment, and its output hook sees all the bytes
-    a.sh("nft", "add table inet vxt; add chain inet vxt out { type filter hook output "
-         "priority 0; }; add rule inet vxt out udp dport 4789 counter")  # fmt: skip
+    # a firewall of input rules, with an output chain that holds none and accepts (Debian's
+    # default ruleset is such chains): nothing on the way out to skip, the links stay
+    a.sh("nft", "add table inet vxt; add chain inet vxt in { type filter hook input priority "
+         "0; }; add rule inet vxt in udp dport 4789 counter; add chain inet vxt out { type "
+         "filter hook output priority 0; policy accept; }")  # fmt: skip
+    w0 = int(_tg(sock)["withdrawals"])
+    tcp_transfer(a, b, "198.19.0.2", 10 * MB)
+    tg = _tg(sock)
+    assert tg["why_not"] is None and tg["remotes_linked"] == 1, tg
+    assert int(tg["frames"]) > f1 and int(tg["withdrawals"]) == w0, (f1, w0, tg)
+    f1 = int(tg["frames"])
+    inbound = json.loads(a.sh("nft", "-j", "list", "chain", "inet", "vxt", "in"))["nftables"]
+    assert any("counter" in e and e["counter"]["packets"] > 0 for r in inbound if "rule" in r
+               for e in r["rule"]["expr"]), inbound  # fmt: skip
+
+    # a rule on the output hook: withheld within a moment, and the hook sees all the bytes
+    a.sh("nft", "add rule inet vxt out udp dport 4789 counter")
     assert wait_for(lambda: _tg(sock)["remotes_linked"] == 0, 2), _tg(sock)
     why = lambda: str(_tg(sock)["why_not"])  # noqa: E731
-    assert wait_for(lambda: why() == "nftables: table inet vxt", 2), why()
+    want = "nftables: chain inet vxt out (hook output, 1 rule)"
+    assert wait_for(lambda: why() == want, 2), why()
     tcp_transfer(a, b, "198.19.0.2", 10 * MB)
     assert int(_tg(sock)["frames"]) == f1
     assert _nft_out_bytes(a) > 10 * MB, _nft_out_bytes(a)
@@ -142,10 +157,11 @@ def test_off_and_auto_where_it_cannot_work(topo: Topology, tmp_path: Path) -> No
         (["--no-offload"], "needs the C fast path and offloads"),
     ]
     if probe() is None:
-        cases.append(([], "nftables: table ip vxstart"))
+        cases.append(([], "nftables: chain ip vxstart post (hook postrouting, 1 rule)"))
     for extra, why in cases:
         if why.startswith("nftables"):
-            a.sh("nft", "add", "table", "ip", "vxstart")
+            a.sh("nft", "add table ip vxstart; add chain ip vxstart post { type filter hook "
+                 "postrouting priority 0; }; add rule ip vxstart post counter")  # fmt: skip
         sock = str(tmp_path / f"a{len(extra)}.sock")
         links0 = a.sh("ip", "-o", "link").count("vxg")
         v = Vxlanpy(topo, a, _args("--control", sock, *extra))

@@ -154,7 +154,8 @@ def register(sub: Any) -> None:
         choices=("auto", "on", "off"),
         help="hand TCP super-frames to the kernel whole as UDP-tunnel GSO packets (Linux 6.17+, "
         "IPv4 underlay; they skip the host's routing and netfilter, so 'auto', the default, "
-        "does it only while no nftables table, iptables table or xfrm policy is there to skip; "
+        "does it only while no nftables output or postrouting rule, iptables-legacy table or "
+        "xfrm policy is there to skip; "
         "'on' (the flag alone) always, 'off' never: see docs/reference.md)",
     )
     run.add_argument(

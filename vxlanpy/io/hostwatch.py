@@ -1,8 +1,9 @@
 """What tunnel GSO's redirect would skip, read from the kernel and watched for changes.
 
 Tunnel GSO (io/tgso.py) puts super-frames on the underlay device through a tc redirect, so they
-do not pass the IPv4 output path the datagrams take: no netfilter (nftables tables of the
-``ip`` and ``inet`` families, iptables-legacy tables), no xfrm (IPsec) policy, and a route and
+do not pass the IPv4 output path the datagrams take: no netfilter (the output and postrouting
+hooks of nftables' ``ip`` and ``inet`` tables, iptables-legacy tables), no xfrm (IPsec) policy,
+and a route and
 next hop read from the kernel's tables rather than looked up per packet. With
 ``tunnel_gso = "auto"`` (the default) super-frames go whole only while nothing of that could
 see them: :func:`skipped` says what would be skipped (None: nothing), and :class:`HostWatch`
@@ -28,7 +29,7 @@ __all__ = [
     "skipped",
     "netfilter_xfrm",
     "legacy",
-    "nft_tables",
+    "nft_chains",
     "xfrm_policies",
     "legacy_tables",
     "HostWatch",
@@ -37,8 +38,15 @@ __all__ = [
 NETLINK_ROUTE, NETLINK_XFRM, NETLINK_NETFILTER = 0, 6, 12
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 10, 0, 1
-NFTA_TABLE_NAME = 1
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWCHAIN, NFT_MSG_GETCHAIN, NFT_MSG_NEWRULE, NFT_MSG_GETRULE = 3, 4, 6, 7
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY = 1, 3, 4, 5
+NFTA_HOOK_HOOKNUM = 1
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
+NF_ACCEPT = 1
+# the hooks tunnel GSO's packets skip (NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING)
+_SKIPPED_HOOKS = {3: "output", 4: "postrouting"}
+_VERDICTS = {0: "drop", 1: "accept", 2: "stolen", 3: "queue", 4: "repeat", 5: "stop"}
 NFPROTO_INET, NFPROTO_IPV4 = 1, 2  # the families whose hooks see IPv4 packets
 NFNLGRP_NFTABLES = 7
 XFRM_MSG_NEWPOLICY, XFRM_MSG_GETPOLICY = 0x13, 0x15
@@ -106,29 +114,64 @@ def _attr(body: bytes, start: int, want: int) -> bytes | None:
     return None
 
 
-def nft_tables() -> list[str]:
-    """The nftables tables whose hooks see IPv4 packets (``ip`` and ``inet``), as "FAMILY
-    NAME". OSError (EPERM) without CAP_NET_ADMIN; a kernel without nf_tables has none."""
+def _nfgen(family: int) -> bytes:
+    return struct.pack("=BBH", family, 0, 0)
+
+
+def _nla(kind: int, value: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+def _name(raw: bytes | None) -> str:
+    return (raw or b"?").rstrip(b"\0").decode(errors="replace")
+
+
+def _nft_dump(msg: int, payload: bytes) -> list[tuple[int, bytes]]:
+    return _dump(NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES << 8 | msg, payload)
+
+
+def nft_chains() -> list[str]:
+    """The nftables base chains that would see IPv4 output: those of ``ip`` and ``inet``
+    tables on the output and postrouting hooks that hold a rule or whose policy is not
+    accept, as "FAMILY TABLE CHAIN (hook HOOK, N rules | policy P)". A table with no such
+    chain (Debian's default ruleset: empty chains that accept; a firewall of input rules
+    alone) sees nothing of what tunnel GSO sends. OSError (EPERM) without CAP_NET_ADMIN; a
+    kernel without nf_tables has none."""
     try:
-        replies = _dump(
-            NETLINK_NETFILTER,
-            NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE,
-            struct.pack("=BBH", socket.AF_UNSPEC, 0, 0),
-        )
+        replies = _nft_dump(NFT_MSG_GETCHAIN, _nfgen(socket.AF_UNSPEC))
     except OSError as exc:
         # a kernel without nf_tables: nfnetlink has no such subsystem (EINVAL once the module
-        # could not be loaded); none of its tables can exist
+        # could not be loaded); none of its chains can exist
         if exc.errno in (errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.ENOENT, errno.EINVAL):
             return []
         raise
     found = []
     for kind, body in replies:
-        if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE or len(body) < 4:
+        if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN or len(body) < 4:
             continue
         family = _FAMILY.get(body[0])
-        if family is not None:
-            name = (_attr(body, 4, NFTA_TABLE_NAME) or b"?").rstrip(b"\0")
-            found.append(f"{family} {name.decode(errors='replace')}")
+        hook = _attr(body, 4, NFTA_CHAIN_HOOK)  # base chains only; a regular chain is reached
+        if family is None or hook is None:  # by a jump, which is a rule of a base chain
+            continue
+        num = _attr(hook, 0, NFTA_HOOK_HOOKNUM)
+        where = _SKIPPED_HOOKS.get(struct.unpack(">I", num)[0]) if num and len(num) == 4 else None
+        if num is not None and where is None:  # prerouting, input, forward: not on the way out
+            continue
+        table, chain = _attr(body, 4, NFTA_CHAIN_TABLE), _attr(body, 4, NFTA_CHAIN_NAME)
+        label = f"{family} {_name(table)} {_name(chain)} (hook {where or '?'}"
+        policy = _attr(body, 4, NFTA_CHAIN_POLICY)
+        verdict = struct.unpack(">I", policy)[0] if policy and len(policy) == 4 else NF_ACCEPT
+        if verdict != NF_ACCEPT:
+            found.append(f"{label}, policy {_VERDICTS.get(verdict, verdict)})")
+            continue
+        rules = _nft_dump(
+            NFT_MSG_GETRULE,
+            _nfgen(body[0]) + _nla(NFTA_RULE_TABLE, table or b"")
+            + _nla(NFTA_RULE_CHAIN, chain or b""),
+        )  # fmt: skip
+        n = sum(1 for k, _ in rules if k == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE)
+        if n or num is None:  # no hook number: not understood, so it counts
+            found.append(f"{label}, {n} rule{'' if n == 1 else 's'})")
     return found
 
 
@@ -161,12 +204,12 @@ def legacy_tables(fd: int | None = None) -> list[str]:
 def netfilter_xfrm() -> str | None:
     """The nftables tables and xfrm policies that would see IPv4 output, or None."""
     try:
-        tables = nft_tables()
+        chains = nft_chains()
         policies = xfrm_policies()
     except OSError as exc:
         return f"cannot read the host's nftables and xfrm tables ({exc.strerror or exc})"
-    if tables:
-        return "nftables: table " + ", table ".join(tables)
+    if chains:
+        return "nftables: chain " + ", chain ".join(chains)
     if policies:
         return f"xfrm: {policies} IPsec polic{'y' if policies == 1 else 'ies'}"
     return None
