@@ -126,12 +126,15 @@ def test_what_would_be_skipped_and_a_failed_read(monkeypatch: pytest.MonkeyPatch
     )
 
 
-def _chain(family: int, table: str, name: str, hook: int | None, policy: int | None) -> bytes:
+def _chain(
+    family: int, table: str, name: str, hook: int | bytes | None, policy: int | None
+) -> bytes:
     body = struct.pack("=BBH", family, 0, 0)
     body += hostwatch._nla(hostwatch.NFTA_CHAIN_TABLE, table.encode() + b"\0")
     body += hostwatch._nla(hostwatch.NFTA_CHAIN_NAME, name.encode() + b"\0")
     if hook is not None:
-        num = hostwatch._nla(hostwatch.NFTA_HOOK_HOOKNUM, struct.pack(">I", hook))
+        raw = hook if isinstance(hook, bytes) else struct.pack(">I", hook)
+        num = hostwatch._nla(hostwatch.NFTA_HOOK_HOOKNUM, raw)
         body += hostwatch._nla(hostwatch.NFTA_CHAIN_HOOK | 0x8000, num)  # NLA_F_NESTED
     if policy is not None:
         body += hostwatch._nla(hostwatch.NFTA_CHAIN_POLICY, struct.pack(">I", policy))
@@ -175,6 +178,10 @@ def test_only_output_and_postrouting_chains_with_rules_or_a_drop_policy_count(
     assert asked == [("filter", "output"), ("nat", "post")]  # rules asked for those alone
     rules[("filter", "output")] = 1
     assert hostwatch.nft_chains()[0] == "inet filter output (hook output, 1 rule)"
+    # a hook number that cannot be read: not known to be off the way out, so it counts
+    chains[:] = [_chain(ip, "t", "odd", b"\0\3", None)]  # two bytes, not four
+    rules[("t", "odd")] = 0
+    assert hostwatch.nft_chains() == ["ip t odd (hook ?, 0 rules)"]
 
     def missing(msg: int, payload: bytes) -> list[tuple[int, bytes]]:
         raise OSError(errno.EINVAL, "no nf_tables")

@@ -153,8 +153,9 @@ def nft_chains() -> list[str]:
         hook = _attr(body, 4, NFTA_CHAIN_HOOK)  # base chains only; a regular chain is reached
         if family is None or hook is None:  # by a jump, which is a rule of a base chain
             continue
-        num = _attr(hook, 0, NFTA_HOOK_HOOKNUM)
-        where = _SKIPPED_HOOKS.get(struct.unpack(">I", num)[0]) if num and len(num) == 4 else None
+        raw = _attr(hook, 0, NFTA_HOOK_HOOKNUM)
+        num = struct.unpack(">I", raw)[0] if raw is not None and len(raw) == 4 else None
+        where = _SKIPPED_HOOKS.get(num) if num is not None else None
         if num is not None and where is None:  # prerouting, input, forward: not on the way out
             continue
         table, chain = _attr(body, 4, NFTA_CHAIN_TABLE), _attr(body, 4, NFTA_CHAIN_NAME)
