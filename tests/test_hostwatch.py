@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
 from pathlib import Path
 
@@ -29,23 +30,39 @@ class _Calls:
         w = HostWatch.__new__(HostWatch)  # no sockets: the handlers alone
         w.on_policy = lambda: self.got.append("policy")
         w.on_route = lambda: self.got.append("route")
-        w.on_neigh = lambda: self.got.append("neigh")
+        w.on_neigh = lambda addrs: self.got.append(
+            "neigh" if addrs is None else "neigh " + ",".join(sorted(addrs))
+        )
         w.devindex = None
         return w
+
+
+def _nd(ip: str | None, family: int = socket.AF_INET, dev: int = 0) -> bytes:
+    """An ndmsg for neighbour ``ip`` on device ``dev`` (None: without NDA_DST)."""
+    body = struct.pack("=BBHiHBB", family, 0, 0, dev, 2, 0, 1)
+    return body + (hostwatch._nla(hostwatch.NDA_DST, socket.inet_aton(ip)) if ip else b"")
 
 
 def test_route_messages_are_told_from_neighbour_ones() -> None:
     c = _Calls()
     w = c.watch()
-    w._route(_msg(RTM_NEWNEIGH) + _msg(RTM_NEWNEIGH))
-    assert c.got == ["neigh"]  # once per read, however many messages
-    w._route(_msg(RTM_NEWNEIGH) + _msg(RTM_NEWROUTE))
-    assert c.got == ["neigh", "route"]  # a route among them: the stronger reaction only
+    w._route(_msg(RTM_NEWNEIGH, _nd("198.18.0.9")) + _msg(RTM_NEWNEIGH, _nd("198.18.0.1")))
+    assert c.got == ["neigh 198.18.0.1,198.18.0.9"]  # once per read, with every address
+    w._route(_msg(RTM_NEWNEIGH, _nd("198.18.0.9")) + _msg(RTM_NEWROUTE))
+    assert c.got[1:] == ["route"]  # a route among them: the stronger reaction only
     w._route(None)  # notifications were lost (ENOBUFS): anything may have changed
-    assert c.got == ["neigh", "route", "route"]
+    assert c.got[2:] == ["route"]
     w._route(b"\x05\x00")  # a short, malformed read: nothing to act on, no crash
     w._route(struct.pack("=IHHII", 4, RTM_NEWROUTE, 0, 0, 0))  # a length below the header
-    assert c.got == ["neigh", "route", "route"]
+    assert len(c.got) == 3
+    # IPv6 neighbours and bridge FDB entries (AF_BRIDGE): none of an IPv4 tunnel's hops
+    w._route(_msg(RTM_NEWNEIGH, _nd(None, socket.AF_INET6)) + _msg(RTM_NEWNEIGH, _nd(None, 7)))
+    assert len(c.got) == 3
+    # an IPv4 neighbour without its address: which one is not known
+    w._route(_msg(RTM_NEWNEIGH, _nd("198.18.0.9")) + _msg(RTM_NEWNEIGH, _nd(None)))
+    assert c.got[3:] == ["neigh"]
+    w._route(_msg(RTM_NEWNEIGH, b"\x02\0\0\0\0\0\0\0"))  # shorter than an ndmsg: skipped
+    assert len(c.got) == 4
 
 
 def test_links_and_neighbours_of_other_devices_are_not_acted_on() -> None:
@@ -53,12 +70,12 @@ def test_links_and_neighbours_of_other_devices_are_not_acted_on() -> None:
     w = c.watch()
     w.devindex = 7
     on = lambda i: struct.pack("=BBHi", 2, 0, 0, i) + b"\0" * 8  # noqa: E731  (ndmsg/ifinfomsg)
-    w._route(_msg(RTM_NEWNEIGH, on(3)) + _msg(RTM_NEWLINK, on(3)))  # a pod's veth, say
-    assert c.got == []
-    w._route(_msg(RTM_NEWNEIGH, on(7)))
+    w._route(_msg(RTM_NEWNEIGH, _nd("198.18.0.9", dev=3)) + _msg(RTM_NEWLINK, on(3)))
+    assert c.got == []  # a pod's veth, say
+    w._route(_msg(RTM_NEWNEIGH, _nd("198.18.0.9", dev=7)))
     w._route(_msg(RTM_NEWLINK, on(7)))
     w._route(_msg(RTM_NEWROUTE, on(3)))  # a route by any device may be the remote's now
-    assert c.got == ["neigh", "route", "route"]
+    assert c.got == ["neigh 198.18.0.9", "route", "route"]
 
 
 class _Sock:

@@ -1,5 +1,6 @@
 """io/tgso.py's LinkRefresher rounds, against stand-ins for the datapath and the TAP: which
-remotes a round looks up (those without a link every round, all of them in a sweep)."""
+remotes a round looks up (those without a link every round, those behind a neighbour that
+changed, all of them in a sweep)."""
 
 from __future__ import annotations
 
@@ -46,12 +47,29 @@ def test_linked_remotes_wait_for_the_sweep() -> None:
     assert _round(r, {1, 2, 3, 4}) == []  # 5 missed 4 rounds in a row: it waits for sweeps
 
 
-def test_a_neighbour_change_sweeps_and_a_route_change_relinks() -> None:
+def test_a_neighbour_change_looks_up_the_remotes_behind_it() -> None:
+    r, dp = _refresher(4, sweep_every=100)
+    gw = "198.18.0.254"
+    batch = r._batch()  # 1 and 2 are reached through a gateway, 3 and 4 directly
+    r.refresh([(rid, LINK) for rid, _ip in batch], {1: gw, 2: gw, 3: "198.18.1.3"})
+    assert _round(r, {1, 2, 3, 4}) == []
+    r._on_neigh(frozenset({"198.18.7.7", "198.18.1.9"}))  # other hosts on the underlay
+    assert not r._wake.is_set() and _round(r, {1, 2, 3, 4}) == []  # no lookup for them
+    r._on_neigh(frozenset({gw}))  # the gateway's entry changed: the remotes behind it
+    assert r._wake.is_set() and _round(r, {1, 3, 4}) == [1, 2]
+    assert set(r.linked) == {1, 3, 4} and dp.links[2] is None  # 2's next hop is not usable
+    r._on_neigh(frozenset({"198.18.1.4"}))  # no hop known for 4: its own address is one
+    assert sorted(_round(r, {1, 3, 4})) == [2, 4]  # (2, without a link, is tried every round)
+    r._on_neigh(None)  # a notification that did not say which: every remote
+    assert sorted(_round(r, {1, 2, 3, 4})) == [1, 2, 3, 4]
+
+
+def test_a_route_change_relinks() -> None:
     r, dp = _refresher(3)
     _round(r, {1, 2, 3})
     assert _round(r, {1, 2, 3}) == []  # all linked: nothing to ask
-    r._on_neigh()
-    assert sorted(_round(r, {1, 3})) == [1, 2, 3]  # 2's next hop went: its link is taken
+    r._on_neigh(frozenset({"198.18.1.2"}))
+    assert _round(r, {1, 3}) == [2]  # 2's next hop went: its link is taken
     assert set(r.linked) == {1, 3} and dp.links[2] is None
     r._on_route()  # every link away at once
     assert r.linked == {} and all(v is None for v in dp.links.values())

@@ -179,12 +179,12 @@ import json, sys
 from vxlanpy.io import netlink
 dests = sys.argv[1:]
 alone = [netlink.next_hop(d) for d in dests]
-macs = {}
+macs, hops = {}, {}
 with netlink.session() as ipr:
-    shared = [netlink.next_hop(d, ipr, macs) for d in dests]
+    shared = [netlink.next_hop(d, ipr, macs, hops) for d in dests]
 enc = lambda h: None if h is None else [h[0], h[1].hex(), h[2].hex(), h[3]]
 print(json.dumps({"alone": [enc(h) for h in alone], "shared": [enc(h) for h in shared],
-                  "macs": {str(k): v.hex() for k, v in macs.items()}}))
+                  "macs": {str(k): v.hex() for k, v in macs.items()}, "hops": hops}))
 """
 
 
@@ -213,3 +213,11 @@ def test_next_hop_asks_for_one_neighbour(topo: Topology) -> None:
     assert got["alone"] == want, got
     assert got["shared"] == want, got
     assert got["macs"] == {str(index): own}, got
+    # the next hop of each routed destination, resolved or not (what neighbour notifications
+    # are matched against); no route, no hop
+    a.ip("route", "add", "unreachable", "198.18.202.0/24")
+    got = json.loads(a.sh(sys.executable, "-c", _NEXT_HOP, *dests, "198.18.202.1"))
+    assert got["hops"] == {
+        "198.18.0.9": "198.18.0.9", "198.18.0.50": "198.18.0.50", "198.18.200.5": "198.18.0.7",
+        "198.18.0.99": "198.18.0.99", "198.18.201.5": "198.18.0.60",
+    }, got  # fmt: skip

@@ -55,6 +55,8 @@ RTM_NEWLINK, RTM_DELLINK, RTM_NEWNEIGH, RTM_DELNEIGH = 16, 17, 28, 29
 RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE = (
     1, 3, 5, 7, 8,
 )  # fmt: skip
+NDA_DST = 1
+_NDMSG = 12  # struct ndmsg: family, pads, ifindex, state, flags, type; then the attributes
 LEGACY = "/proc/net/ip_tables_names"  # iptables-legacy's IPv4 tables in this namespace
 _HDR = struct.Struct("=IHHII")  # nlmsghdr
 _Handler = Callable[[bytes | None], None]  # a socket's messages (None: some were lost)
@@ -233,7 +235,8 @@ def skipped(legacy_fd: int | None = None) -> str | None:
 class HostWatch:
     """The kernel's notifications that change what tunnel GSO may do: nftables and xfrm
     policy changes (``on_policy``), route, rule and address changes and the underlay device's
-    link changes (``on_route``), its neighbours' changes (``on_neigh``). Each socket is read
+    link changes (``on_route``), its IPv4 neighbours' changes (``on_neigh``, told the
+    addresses, or None where a message did not say which). Each socket is read
     in the loop's thread (:meth:`sockets` are handed to ``add_reader``); a callback runs once
     per read, however many messages it drained. Overflows (ENOBUFS: notifications lost)
     count as a change."""
@@ -242,7 +245,7 @@ class HostWatch:
         self,
         on_policy: Callable[[], None],
         on_route: Callable[[], None],
-        on_neigh: Callable[[], None],
+        on_neigh: Callable[[frozenset[str] | None], None],
         devindex: int | None = None,
     ) -> None:
         self.on_policy, self.on_route, self.on_neigh = on_policy, on_route, on_neigh
@@ -308,7 +311,8 @@ class HostWatch:
         if data is None:
             self.on_route()
             return
-        neigh = route = False
+        route = False
+        neigh: set[str] | None = set()
         for kind, body in _messages(data)[0]:
             # links and neighbours: the underlay device's only (a pod's veth, an overlay
             # neighbour are none of tunnel GSO's business); ifinfomsg and ndmsg both hold the
@@ -318,15 +322,20 @@ class HostWatch:
                 len(dev) == 4 and struct.unpack("=i", dev)[0] == self.devindex
             )
             if kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
-                neigh = neigh or ours
+                if ours and len(body) >= _NDMSG and body[0] == socket.AF_INET:
+                    dst = _attr(body, _NDMSG, NDA_DST)
+                    if neigh is not None and dst is not None and len(dst) == 4:
+                        neigh.add(socket.inet_ntoa(dst))
+                    else:
+                        neigh = None  # an IPv4 neighbour, but which: every remote may be
             elif kind in (RTM_NEWLINK, RTM_DELLINK):
                 route = route or ours
             else:
                 route = True
         if route:
             self.on_route()
-        elif neigh:
-            self.on_neigh()
+        elif neigh is None or neigh:
+            self.on_neigh(None if neigh is None else frozenset(neigh))
 
     def close(self) -> None:
         for s, _h in self._socks:

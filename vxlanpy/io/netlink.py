@@ -146,7 +146,10 @@ def route_device(dest: str) -> str | None:
 
 
 def next_hop(
-    dest: str, ipr: Any = None, macs: dict[int, bytes] | None = None
+    dest: str,
+    ipr: Any = None,
+    macs: dict[int, bytes] | None = None,
+    hops: dict[str, str] | None = None,
 ) -> tuple[int, bytes, bytes, str] | None:
     """How the kernel reaches IPv4 ``dest``: (device index, the device's MAC, the next hop's
     MAC from the neighbour table, the source address it would use); None if there is no route,
@@ -156,11 +159,13 @@ def next_hop(
     its own. The neighbour is asked for by address (RTM_GETNEIGH for one entry, Linux 4.19):
     a dump of the table filtered here cost 6.7 ms of CPU a lookup with 80 neighbours, the
     single entry 0.4. ``macs``: device index -> its MAC, filled and reused across a round of
-    lookups (the device's own MAC is another 0.6 ms to ask for)."""
+    lookups (the device's own MAC is another 0.6 ms to ask for). ``hops``: ``dest`` -> the
+    address of its next hop (the route's gateway, else ``dest``) is set there once the route is
+    known, whether or not its neighbour entry is usable yet."""
     if ipr is None:
         try:
             with session() as own:
-                return next_hop(dest, own, macs)
+                return next_hop(dest, own, macs, hops)
         except OSError:  # no netlink socket (descriptors, memory): no hop known
             return None
     try:
@@ -172,6 +177,8 @@ def next_hop(
         hop = rt.get_attr("RTA_GATEWAY") or dest
         if oif is None or src is None or rt["type"] != 1:  # RTN_UNICAST
             return None
+        if hops is not None:
+            hops[dest] = str(hop)
         for n in _neighbour(ipr, int(oif), hop):
             mac = n.get_attr("NDA_LLADDR")
             if mac and n["state"] & _NUD_USABLE:

@@ -141,15 +141,21 @@ class TunnelGso:
         if p.returncode != 0:
             raise TunnelGsoError(f"tc {' '.join(args)}: {p.stderr.strip() or p.returncode}")
 
-    def link(self, ip: str, ipr: Any = None, macs: dict[int, bytes] | None = None) -> Link | None:
+    def link(
+        self,
+        ip: str,
+        ipr: Any = None,
+        macs: dict[int, bytes] | None = None,
+        hops: dict[str, str] | None = None,
+    ) -> Link | None:
         """The outer addresses for IPv4 remote ``ip``, if the kernel's route to it leaves by the
         underlay device and its next hop is resolved (blocking netlink calls: run it in a
-        thread; ``ipr`` and ``macs``: see :func:`netlink.next_hop`)."""
+        thread; ``ipr``, ``macs`` and ``hops``: see :func:`netlink.next_hop`)."""
         try:
             socket.inet_aton(ip)
         except OSError:
             return None
-        hop = next_hop(ip, ipr, macs)
+        hop = next_hop(ip, ipr, macs, hops)
         if hop is None or hop[0] != self.dev_index:
             return None
         _index, own, mac, src = hop
@@ -169,8 +175,12 @@ class LinkRefresher:
 
     A route, rule, address or link change the kernel announces (io/hostwatch.py) takes every
     link away at once (their super-frames are cut, as datagrams, which is always right) and
-    looks them up again; a neighbour change makes the next round, within 50 ms, a sweep of
-    every remote. Since the kernel announces what changes a link, the rounds of every
+    looks them up again. A neighbour change makes the next round, within 50 ms, look up the
+    remotes whose next hop (the route's gateway, or the remote itself) is that neighbour, as
+    the last lookup found it; one the notification does not name (a lost or odd message)
+    makes it a sweep of every remote. The neighbours of other hosts on the underlay, and
+    their entries going stale and back, cost no lookup. Since the kernel announces what
+    changes a link, the rounds of every
     ``period`` seconds are a backstop: a remote without a link is looked up in each of the
     ``sweep_every`` rounds after it appeared or lost its link, and every remote in a sweep
     every ``sweep_every`` rounds. A lookup costs about 1 ms of CPU (pyroute2); looking up 64
@@ -206,6 +216,8 @@ class LinkRefresher:
         self._sweep = True  # this round looks up the linked remotes too
         self._sweep_more = 0  # rounds the current sweep still needs (over budget remotes)
         self._misses: dict[int, int] = {}  # remote id -> lookups in a row that found no link
+        self._hop: dict[int, str] = {}  # remote id -> its next hop's address, as last found
+        self._pending: set[int] = set()  # remotes a neighbour change concerns, to look up
         self._policy_dirty = False  # an nftables or xfrm change to read back
         self._netxfrm = self.why_not  # what of it nftables and xfrm hold (auto)
         self._wake = asyncio.Event()
@@ -244,9 +256,20 @@ class LinkRefresher:
         self.withdraw()
         self._wake.set()
 
-    def _on_neigh(self) -> None:
-        self._sweep = True  # a linked remote's next hop may have changed
-        self._wake.set()
+    def _on_neigh(self, addrs: frozenset[str] | None = None) -> None:
+        """Neighbours ``addrs`` changed (None: some neighbour did)."""
+        if addrs is None:
+            self._sweep = True  # any remote's next hop may have changed
+            self._wake.set()
+            return
+        hit = {
+            rid
+            for rid, ip, _port in self.dp.remotes()
+            if ip in addrs or self._hop.get(rid) in addrs
+        }
+        if hit - self._pending:
+            self._pending |= hit
+            self._wake.set()
 
     def withdraw(self) -> None:
         """Take every link away: super-frames are cut into datagrams until the next round."""
@@ -266,7 +289,9 @@ class LinkRefresher:
         sweep = more or self._sweep or self._rounds % self.sweep_every == 0
         self._sweep = False
         remotes = sorted((rid, ip) for rid, ip, _port in self.dp.remotes())
-        pool = remotes if sweep else [r for r in remotes if self._eager(r[0])]
+        pool = (
+            remotes if sweep else [r for r in remotes if self._eager(r[0]) or r[0] in self._pending]
+        )
         if sweep:
             rounds = -(-len(pool) // self.budget) if self.budget > 0 else 1
             self._sweep_more = self._sweep_more - 1 if more else rounds - 1
@@ -275,6 +300,7 @@ class LinkRefresher:
         batch = (pool[start:] + pool[:start])[: self.budget]
         if batch:
             self._after = batch[-1][0]
+        self._pending.difference_update(rid for rid, _ip in batch)
         return batch
 
     def _eager(self, rid: int) -> bool:
@@ -283,13 +309,18 @@ class LinkRefresher:
         neighbour notification, which resolving it sends)."""
         return rid not in self.linked and self._misses.get(rid, 0) < self.sweep_every
 
-    def _lookups(self, batch: list[tuple[int, str]]) -> list[tuple[int, Link | None]]:
+    def _lookups(
+        self, batch: list[tuple[int, str]]
+    ) -> tuple[list[tuple[int, Link | None]], dict[int, str]]:
+        """Each remote's link (None: none) and, where its route was found, its next hop."""
+        hops: dict[str, str] = {}
         try:
             with session() as ipr:  # one netlink socket for the round, not one a remote
                 macs: dict[int, bytes] = {}
-                return [(rid, self.tgso.link(ip, ipr, macs)) for rid, ip in batch]
+                found = [(rid, self.tgso.link(ip, ipr, macs, hops)) for rid, ip in batch]
         except OSError:  # no socket: no link this round (super-frames are cut)
-            return [(rid, None) for rid, _ip in batch]
+            found = [(rid, None) for rid, _ip in batch]
+        return found, {rid: hops[ip] for rid, ip in batch if ip in hops}
 
     def _skipped(self) -> str | None:
         """What tunnel GSO would skip now: nftables and xfrm are read again after a change
@@ -302,10 +333,14 @@ class LinkRefresher:
         legacy_fd = self._watch.legacy_fd if self._watch is not None else None
         return self._netxfrm or hostwatch.legacy(legacy_fd)
 
-    def refresh(self, found: list[tuple[int, Link | None]]) -> None:
-        """Install what the lookups found (in the loop's thread: the datapath is not locked
-        against the engine's own changes otherwise)."""
+    def refresh(
+        self, found: list[tuple[int, Link | None]], hops: dict[int, str] | None = None
+    ) -> None:
+        """Install what the lookups found, and note the next hops they found (``hops``), in
+        the loop's thread: the datapath is not locked against the engine's own changes
+        otherwise."""
         live = {rid for rid, _ip, _port in self.dp.remotes()}
+        self._hop.update(hops or {})
         for rid, link in found:
             if link is None:
                 self._misses[rid] = self._misses.get(rid, 0) + 1
@@ -319,8 +354,10 @@ class LinkRefresher:
                     self.linked[rid] = link
         for rid in [r for r in self.linked if r not in live]:
             del self.linked[rid]
-        for rid in [r for r in self._misses if r not in live]:
-            del self._misses[rid]
+        for table in (self._misses, self._hop):
+            for rid in [r for r in table if r not in live]:
+                del table[rid]
+        self._pending &= live
 
     async def run(self) -> None:
         while True:
@@ -335,9 +372,9 @@ class LinkRefresher:
             else:
                 seen = self._gen
                 batch = self._batch()
-                found = await asyncio.to_thread(self._lookups, batch) if batch else []
+                found, hops = await asyncio.to_thread(self._lookups, batch) if batch else ([], {})
                 if self._gen == seen:  # else a change came meanwhile: look again first
-                    self.refresh(found)
+                    self.refresh(found, hops)
             try:
                 await asyncio.wait_for(self._wake.wait(), self.period)
                 await asyncio.sleep(0.05)  # a burst of changes: one round for all of it
@@ -345,7 +382,7 @@ class LinkRefresher:
                 pass
 
 
-def _nothing() -> None:
+def _nothing(*_args: object) -> None:
     """A notification before the refresher runs: it stays in the socket until then."""
 
 
